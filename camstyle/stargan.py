@@ -1,0 +1,140 @@
+"""StarGAN for camera style transfer: one generator for every camera (Choi et al., CVPR 2018).
+
+ECN (Zhong et al., CVPR 2019) trains StarGAN on the target training images with the camera id as the
+domain label. Inputs are person-shaped (256x128 by default), so the discriminator's classification head
+uses a rectangular kernel covering the whole final feature map.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _instance_norm(channels: int) -> nn.InstanceNorm2d:
+    # Affine, but without running statistics: official StarGAN tracks them, which makes eval mode
+    # (generation) normalise with averages that never matched any single image.
+    return nn.InstanceNorm2d(channels, affine=True, track_running_stats=False)
+
+
+class ResidualBlock(nn.Module):
+    """conv3x3 - IN - ReLU - conv3x3 - IN, plus the identity."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, 1, 1, bias=False),
+            _instance_norm(channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, 1, 1, bias=False),
+            _instance_norm(channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class Generator(nn.Module):
+    """Image (N, 3, H, W) in [-1, 1] + target camera (N,) → image (N, 3, H, W) in that camera's style.
+
+    The one-hot camera is tiled over the image as ``num_cameras`` extra input channels. Two stride-2
+    convolutions down, ``repeat_num`` residual blocks, two transposed convolutions up, tanh; H and W must
+    be divisible by 4.
+    """
+
+    def __init__(self, num_cameras: int, conv_dim: int = 64, repeat_num: int = 6) -> None:
+        super().__init__()
+        if num_cameras < 1:
+            raise ValueError(f"num_cameras must be at least 1, got {num_cameras}")
+        self.num_cameras = num_cameras
+        layers: list[nn.Module] = [
+            nn.Conv2d(3 + num_cameras, conv_dim, 7, 1, 3, bias=False),
+            _instance_norm(conv_dim),
+            nn.ReLU(inplace=True),
+        ]
+        channels = conv_dim
+        for _ in range(2):
+            layers += [
+                nn.Conv2d(channels, channels * 2, 4, 2, 1, bias=False),
+                _instance_norm(channels * 2),
+                nn.ReLU(inplace=True),
+            ]
+            channels *= 2
+        layers += [ResidualBlock(channels) for _ in range(repeat_num)]
+        for _ in range(2):
+            layers += [
+                nn.ConvTranspose2d(channels, channels // 2, 4, 2, 1, bias=False),
+                _instance_norm(channels // 2),
+                nn.ReLU(inplace=True),
+            ]
+            channels //= 2
+        layers += [nn.Conv2d(channels, 3, 7, 1, 3, bias=False), nn.Tanh()]
+        self.main = nn.Sequential(*layers)
+
+    def forward(self, images: torch.Tensor, cameras: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = images.shape
+        if h % 4 or w % 4:
+            raise ValueError(f"generator input {h}x{w}: height and width must be divisible by 4")
+        onehot = F.one_hot(cameras.long(), self.num_cameras).to(images.dtype)
+        tiled = onehot.view(n, self.num_cameras, 1, 1).expand(n, self.num_cameras, h, w)
+        return self.main(torch.cat([images, tiled], dim=1))
+
+
+class Discriminator(nn.Module):
+    """PatchGAN critic with a camera-classification head.
+
+    ``repeat_num`` stride-2 convolutions (LeakyReLU 0.01) reduce (N, 3, H, W) to a map of
+    (H / 2^r, W / 2^r); from it a 3x3 convolution gives the real/fake patch scores (N, 1, H/2^r, W/2^r) and a
+    convolution whose kernel covers the whole map gives camera logits (N, num_cameras).
+    """
+
+    def __init__(
+        self,
+        image_size: tuple[int, int],
+        num_cameras: int,
+        conv_dim: int = 64,
+        repeat_num: int = 6,
+    ) -> None:
+        super().__init__()
+        h, w = image_size
+        scale = 2**repeat_num
+        if h % scale or w % scale:
+            raise ValueError(
+                f"discriminator input {h}x{w}: height and width must be divisible by 2^{repeat_num} = {scale}"
+            )
+        layers: list[nn.Module] = [nn.Conv2d(3, conv_dim, 4, 2, 1), nn.LeakyReLU(0.01)]
+        channels = conv_dim
+        for _ in range(1, repeat_num):
+            layers += [nn.Conv2d(channels, channels * 2, 4, 2, 1), nn.LeakyReLU(0.01)]
+            channels *= 2
+        self.main = nn.Sequential(*layers)
+        self.image_size = (h, w)
+        self.src = nn.Conv2d(channels, 1, 3, 1, 1, bias=False)
+        self.cls = nn.Conv2d(channels, num_cameras, (h // scale, w // scale), bias=False)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if tuple(images.shape[-2:]) != self.image_size:
+            raise ValueError(
+                f"discriminator built for {self.image_size[0]}x{self.image_size[1]} inputs, got "
+                f"{images.shape[-2]}x{images.shape[-1]}"
+            )
+        features = self.main(images)
+        return self.src(features), self.cls(features).flatten(1)
+
+
+def gradient_penalty(discriminator_out: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """WGAN-GP term mean_i((‖∇_x D(x_i)‖₂ − 1)²) (Gulrajani et al., 2017).
+
+    ``discriminator_out`` (N, ...) must be computed from ``inputs`` (N, ...), which requires grad; the
+    gradient of the summed output gives each sample's own gradient because samples do not interact.
+    The graph is kept so the penalty can be back-propagated into the critic.
+    """
+    (grad,) = torch.autograd.grad(
+        outputs=discriminator_out,
+        inputs=inputs,
+        grad_outputs=torch.ones_like(discriminator_out),
+        create_graph=True,
+    )
+    norms = grad.float().flatten(1).norm(dim=1)
+    return ((norms - 1.0) ** 2).mean()

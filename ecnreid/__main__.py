@@ -1,0 +1,3 @@
+from ecnreid.cli import app
+
+app()

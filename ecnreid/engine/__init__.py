@@ -1,0 +1,1 @@
+"""Training engine: the ECN trainer and its checkpoints."""

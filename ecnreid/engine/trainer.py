@@ -1,0 +1,436 @@
+"""The ECN trainer (Zhong et al., CVPR 2019): source cross-entropy plus exemplar, camera and
+neighbourhood invariance on an exemplar memory of the target training set.
+
+One epoch is one pass over the labelled source loader (``x``); the unlabelled target loader (``u``) cycles.
+Every epoch's randomness is re-seeded from ``(seed, epoch)`` so that a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ecnreid.config import TrainConfig, config_to_dict
+from ecnreid.data.camstyle_dataset import (
+    CamStyleTargetDataset,
+    apply_pseudo_cameras,
+    find_camstyle_dir,
+    load_pseudo_cameras,
+)
+from ecnreid.data.datasets import read_dataset
+from ecnreid.data.image_dataset import ImageDataset, verify_images
+from ecnreid.data.records import ImageRecord, ReidDataset, relabel_pids
+from ecnreid.data.samplers import build_loader, cycle
+from ecnreid.data.transforms import build_train_transform
+from ecnreid.engine.checkpoint import check_resume_compatible, load_checkpoint, save_checkpoint
+from ecnreid.errors import EcnreidError
+from ecnreid.evaluation.runner import evaluate_model, metrics_row
+from ecnreid.io import append_jsonl, write_json
+from ecnreid.losses import ecn_total_loss, source_loss, target_invariance_loss
+from ecnreid.memory import ExemplarMemory
+from ecnreid.models.dg import dg_source_loss
+from ecnreid.models.ecn import ECNModel
+from ecnreid.models.factory import build_ecn_model
+from ecnreid.progress import console, make_progress
+from ecnreid.runtime import DistributedContext, all_gather_cat, init_distributed, seed_everything
+
+MEMORY_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+@dataclass
+class TrainingData:
+    """The records a run trains and evaluates on."""
+
+    source_train: list[ImageRecord]
+    num_source_classes: int
+    target: ReidDataset
+    target_train: list[ImageRecord]
+    num_target_cameras: int
+    camstyle_dir: Path | None
+
+
+def _dataset_folder(records: list[ImageRecord]) -> Path:
+    """The folder holding ``bounding_box_train/`` (CamStyle sets sit beside it)."""
+    return Path(records[0].path).parent.parent
+
+
+def load_training_data(config: TrainConfig, *, announce: bool = True) -> TrainingData:
+    """Read source and target, relabel source ids, find the CamStyle set (warning when there is none)."""
+    source = read_dataset(config.source, config.source_root, require_test=False)
+    target = read_dataset(config.target, config.target_root, require_test=True)
+    source_train = relabel_pids(source.train)
+    target_train = list(target.train)
+    if config.skip_bad_images:
+        source_train, bad_source = verify_images(source_train)
+        target_train, bad_target = verify_images(target_train)
+        if announce and (bad_source or bad_target):
+            console.print(f"[yellow]skipped {len(bad_source) + len(bad_target)} undecodable images")
+    camstyle_dir = None
+    if config.uses_target_training and config.use_camera:
+        camstyle_dir = config.camstyle_dir or find_camstyle_dir(_dataset_folder(target_train))
+        if camstyle_dir is None:
+            if announce:
+                console.print(
+                    f"[yellow]warning: no CamStyle set beside {_dataset_folder(target_train)} "
+                    "(bounding_box_train_camstyle/); training without camera invariance. "
+                    "Run `ecnreid prepare` to make one."
+                )
+        elif (mapping := load_pseudo_cameras(camstyle_dir)) is not None:
+            target_train = apply_pseudo_cameras(target_train, mapping)
+    num_target_cameras = max(r.camid for r in target_train) + 1
+    return TrainingData(
+        source_train=source_train,
+        num_source_classes=len({r.pid for r in source_train}),
+        target=target,
+        target_train=target_train,
+        num_target_cameras=num_target_cameras,
+        camstyle_dir=camstyle_dir,
+    )
+
+
+class TwoDomainForward(nn.Module):
+    """One forward call that runs the source and the target batch separately (BatchNorm statistics per
+    domain), so DistributedDataParallel sees a single forward per backward."""
+
+    def __init__(self, model: ECNModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, source_images: torch.Tensor, target_images: torch.Tensor | None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+        out_x = self.model(source_images)
+        out_u = self.model(target_images) if target_images is not None else None
+        return out_x, out_u
+
+
+class ECNTrainer:
+    """Trains ECN as configured; ``fit()`` returns the final summary (also written as ``metrics.json``)."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.ctx, self.device = init_distributed(config.device)
+        self.out = Path(config.out)
+        seed_everything(config.seed)
+        self.data = load_training_data(config, announce=self.ctx.is_main)
+        self.model = build_ecn_model(config.model, config.dg, self.data.num_source_classes).to(self.device)
+        self.memory: ExemplarMemory | None = None
+        if config.uses_target_training:
+            if config.memory_dtype not in MEMORY_DTYPES:
+                raise EcnreidError(f"--memory-dtype {config.memory_dtype}: expected one of {sorted(MEMORY_DTYPES)}")
+            self.memory = ExemplarMemory(
+                len(self.data.target_train), config.model.embedding_dim, dtype=MEMORY_DTYPES[config.memory_dtype]
+            ).to(self.device)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameter_groups(config.lr, config.backbone_lr_mult),
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            nesterov=True,
+        )
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=config.lr_step, gamma=0.1)
+        self.use_amp = config.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        forward = TwoDomainForward(self.model)
+        if self.ctx.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            forward = DistributedDataParallel(forward, device_ids=ids, find_unused_parameters=config.dg.any)
+        self.forward = forward
+        self.start_epoch = 0
+        self.best: dict[str, Any] = {}
+        self.history: list[dict[str, Any]] = []
+
+    # ----------------------------------------------------------------- bookkeeping
+    def signature(self) -> dict[str, Any]:
+        """What must match between a checkpoint and a run that resumes it."""
+        return {
+            "source": f"{self.config.source}:{len(self.data.source_train)}",
+            "target": f"{self.config.target}:{len(self.data.target_train)}",
+            "memory_slots": len(self.data.target_train) if self.memory is not None else 0,
+            "num_source_classes": self.data.num_source_classes,
+            "embedding_dim": self.config.model.embedding_dim,
+            "arch": self.config.model.arch,
+            "memory_dtype": self.config.memory_dtype,
+        }
+
+    def state_dict(self, epoch: int) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "memory": self.memory.state_dict() if self.memory is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": epoch,
+            "best": self.best,
+            "history": self.history,
+            "rng": {"torch": torch.get_rng_state(), "cuda": _cuda_rng_state()},
+            "config": config_to_dict(self.config),
+            "signature": self.signature(),
+        }
+
+    def maybe_resume(self) -> None:
+        last = self.out / "last.pt"
+        if not self.config.resume:
+            if last.exists():
+                raise EcnreidError(
+                    f"{last}: a run already exists here; pass --resume to continue it or choose another --out"
+                )
+            return
+        if not last.exists():
+            if self.ctx.is_main:
+                console.print(f"[yellow]--resume: no checkpoint at {last}; starting a new run")
+            return
+        state = load_checkpoint(last, map_location=self.device)
+        check_resume_compatible(state.get("signature", {}), self.signature(), last)
+        self.model.load_state_dict(state["model"])
+        if self.memory is not None:
+            self.memory.load_state_dict(state["memory"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        self.start_epoch = int(state["epoch"])
+        self.best = state.get("best", {})
+        self.history = list(state.get("history", []))
+        if self.ctx.is_main:
+            console.print(f"resumed {last} at epoch {self.start_epoch}")
+
+    # ----------------------------------------------------------------- data per epoch
+    def _epoch_loaders(self, epoch: int) -> tuple[int, Iterator, Iterator | None]:
+        cfg = self.config
+        per_rank = max(1, cfg.batch_size // self.ctx.world_size)
+        per_rank_u = max(1, (cfg.target_batch_size or cfg.batch_size) // self.ctx.world_size)
+        transform = build_train_transform(cfg.height, cfg.width)
+        epoch_seed = cfg.seed * 10_007 + epoch
+        source_loader = build_loader(
+            ImageDataset(self.data.source_train, transform),
+            batch_size=per_rank,
+            shuffle=True,
+            drop_last=True,
+            workers=cfg.workers,
+            seed=epoch_seed,
+            distributed=self.ctx.enabled,
+        )
+        if len(source_loader) == 0:
+            raise EcnreidError(
+                f"{cfg.source_root}: {len(self.data.source_train)} source images is fewer than one batch of {per_rank}"
+            )
+        iters = cfg.iters_per_epoch or len(source_loader)
+        target_iter = None
+        if self.memory is not None:
+            target_dataset = CamStyleTargetDataset(
+                self.data.target_train, self.data.camstyle_dir, self.data.num_target_cameras, transform
+            )
+            target_loader = build_loader(
+                target_dataset,
+                batch_size=per_rank_u,
+                shuffle=True,
+                drop_last=True,
+                workers=cfg.workers,
+                seed=epoch_seed + 7_919,
+                distributed=self.ctx.enabled,
+            )
+            if len(target_loader) == 0:
+                raise EcnreidError(
+                    f"{cfg.target_root}: {len(self.data.target_train)} target images is fewer than one batch"
+                )
+            target_iter = cycle(target_loader)
+        return iters, cycle(source_loader), target_iter
+
+    # ----------------------------------------------------------------- one epoch
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        cfg = self.config
+        # Re-seed per epoch: dropout, erasing and CamStyle draws depend only on (seed, epoch, rank).
+        seed_everything(cfg.seed * 10_007 + epoch * 101 + self.ctx.rank)
+        iters, source_iter, target_iter = self._epoch_loaders(epoch)
+        self.model.train()
+        alpha = cfg.alpha * epoch
+        sums = {"loss_total": 0.0, "loss_source": 0.0, "loss_target": 0.0}
+        images_seen = 0
+        start = time.perf_counter()
+        progress = make_progress(transient=False)
+        with progress if self.ctx.is_main else nullcontext():
+            task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=iters, unit="img", info="")
+            for step in range(iters):
+                images_x, labels_x, *_ = next(source_iter)
+                images_x = images_x.to(self.device, non_blocking=True)
+                labels_x = labels_x.to(self.device, non_blocking=True)
+                images_u = indices_u = None
+                if target_iter is not None:
+                    batch_u = next(target_iter)
+                    images_u = batch_u[0].to(self.device, non_blocking=True)
+                    indices_u = batch_u[-1].to(self.device, non_blocking=True)
+                losses, target_features = self._step(epoch, images_x, labels_x, images_u, indices_u)
+                if not all(math.isfinite(v) for v in losses.values()):
+                    raise EcnreidError(
+                        f"non-finite loss at epoch {epoch + 1} iteration {step + 1} "
+                        f"({', '.join(f'{k} {v:.4g}' for k, v in losses.items())}); stopped. "
+                        f"Last good checkpoint: {self.out / 'last.pt'}"
+                    )
+                if self.memory is not None and target_features is not None:
+                    self.memory.update(
+                        all_gather_cat(target_features, self.ctx), all_gather_cat(indices_u, self.ctx), alpha
+                    )
+                for key, value in losses.items():
+                    sums[key] += value
+                batch_images = len(images_x) + (len(images_u) if images_u is not None else 0)
+                images_seen += batch_images * self.ctx.world_size
+                info = " ".join(f"{k.removeprefix('loss_')} {v:.3f}" for k, v in losses.items())
+                progress.update(task, advance=1, info=info)
+        seconds = time.perf_counter() - start
+        self.scheduler.step()
+        row: dict[str, Any] = {"epoch": epoch + 1}
+        row.update({k: v / iters for k, v in sums.items() if k != "loss_target" or self.memory is not None})
+        row.update(
+            {"lr": self.optimizer.param_groups[0]["lr"], "seconds": seconds, "images_per_s": images_seen / seconds}
+        )
+        return row
+
+    def _step(
+        self,
+        epoch: int,
+        images_x: torch.Tensor,
+        labels_x: torch.Tensor,
+        images_u: torch.Tensor | None,
+        indices_u: torch.Tensor | None,
+    ) -> tuple[dict[str, float], torch.Tensor | None]:
+        cfg = self.config
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            out_x, out_u = self.forward(images_x, images_u)
+            loss_x = source_loss(out_x["source_logits"], labels_x) + dg_source_loss(self.model, out_x, labels_x, cfg.dg)
+            losses = {"loss_source": loss_x}
+            target_features = None
+            if out_u is not None and self.memory is not None:
+                target_features = out_u["target_embedding"]
+                logits = self.memory.logits(target_features.float(), cfg.beta)
+                loss_u = target_invariance_loss(
+                    logits,
+                    indices_u,
+                    epoch,
+                    k=cfg.k,
+                    neighbour_start_epoch=cfg.neighbour_start_epoch,
+                    use_neighbourhood=cfg.use_neighbour,
+                )
+                losses["loss_target"] = loss_u
+                total = ecn_total_loss(loss_x, loss_u, cfg.lam)
+            else:
+                total = loss_x
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        values = {"loss_total": total.item(), **{k: v.item() for k, v in losses.items()}}
+        detached = target_features.detach().float() if target_features is not None else None
+        return values, detached
+
+    # ----------------------------------------------------------------- evaluation and the run
+    def evaluate(self) -> dict[str, float]:
+        target = self.data.target
+        results, _ = evaluate_model(
+            self.model,
+            target.query,
+            target.gallery,
+            height=self.config.height,
+            width=self.config.width,
+            device=self.device,
+            batch_size=max(32, self.config.batch_size),
+            workers=self.config.workers,
+            flip=self.config.flip_eval,
+        )
+        return metrics_row(results["plain"])
+
+    def fit(self) -> dict[str, Any]:
+        cfg = self.config
+        self.maybe_resume()
+        if self.ctx.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_json({**config_to_dict(cfg), "setting": cfg.setting_name, **self.signature()}, self.out / "config.json")
+            self._announce()
+        epoch = self.start_epoch
+        try:
+            for epoch in range(self.start_epoch, cfg.epochs):
+                row = self.train_epoch(epoch)
+                last_epoch = epoch + 1 == cfg.epochs
+                if self.ctx.is_main and (last_epoch or (cfg.eval_every > 0 and (epoch + 1) % cfg.eval_every == 0)):
+                    row.update(self.evaluate())
+                self._end_epoch(epoch, row)
+        except KeyboardInterrupt:
+            if self.ctx.is_main:
+                save_checkpoint(self.state_dict(epoch), self.out / "interrupted.pt")
+                console.print(
+                    f"[yellow]interrupted in epoch {epoch + 1}: weights saved to {self.out / 'interrupted.pt'}; "
+                    f"--resume continues from {self.out / 'last.pt'} (the last completed epoch)"
+                )
+            raise
+        summary = self._summary()
+        if self.ctx.is_main:
+            write_json(summary, self.out / "metrics.json")
+        if self.ctx.enabled:
+            dist.barrier()
+        return summary
+
+    def _end_epoch(self, epoch: int, row: dict[str, Any]) -> None:
+        if not self.ctx.is_main:
+            if self.ctx.enabled:
+                dist.barrier()
+            return
+        from ecnreid.plots import training_curves_png
+
+        self.history.append(row)
+        append_jsonl(row, self.out / "log.jsonl")
+        if "mAP" in row and row["mAP"] >= self.best.get("mAP", -1.0):
+            self.best = {k: row[k] for k in ("epoch", "rank1", "rank5", "rank10", "mAP", "mINP")}
+            save_checkpoint(self.state_dict(epoch + 1), self.out / "best.pt")
+        save_checkpoint(self.state_dict(epoch + 1), self.out / "last.pt")
+        training_curves_png(self.history, self.out / "curves.png")
+        if "rank1" in row:
+            console.print(
+                f"epoch {epoch + 1}: rank-1 {row['rank1']:.1f}  mAP {row['mAP']:.1f}  "
+                f"({row['images_per_s']:.0f} img/s)"
+            )
+        if self.ctx.enabled:
+            dist.barrier()
+
+    def _summary(self) -> dict[str, Any]:
+        final = next((row for row in reversed(self.history) if "rank1" in row), {})
+        return {
+            "setting": self.config.setting_name,
+            "source": self.config.source,
+            "target": self.config.target,
+            "epochs": self.config.epochs,
+            "final": {k: final.get(k) for k in ("epoch", "rank1", "rank5", "rank10", "mAP", "mINP")},
+            "best": self.best,
+            "camstyle_dir": str(self.data.camstyle_dir) if self.data.camstyle_dir else None,
+            "out": str(self.out),
+        }
+
+    def _announce(self) -> None:
+        d = self.data
+        console.print(
+            f"ECN {self.config.setting_name}: source {self.config.source} ({len(d.source_train)} images, "
+            f"{d.num_source_classes} ids) → target {self.config.target} ({len(d.target_train)} train images, "
+            f"{d.num_target_cameras} cameras, {len(d.target.query)} query, {len(d.target.gallery)} gallery) "
+            f"on {self.device}" + (f" x{self.ctx.world_size}" if self.ctx.enabled else "")
+        )
+
+
+def _cuda_rng_state() -> list[torch.Tensor] | None:
+    return torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Library entry point behind ``ecnreid train``."""
+    return ECNTrainer(config).fit()
+
+
+__all__ = ["DistributedContext", "ECNTrainer", "TrainingData", "load_training_data", "train"]

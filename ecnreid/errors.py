@@ -1,0 +1,8 @@
+"""The one exception type the CLI turns into a one-line message and exit code 2."""
+
+
+class EcnreidError(Exception):
+    """A user-facing error: bad input, a missing file, an inconsistent resume.
+
+    The message is one line that names the path (or option) and what is wrong with it.
+    """

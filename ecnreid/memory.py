@@ -1,0 +1,67 @@
+"""The exemplar memory of ECN (Zhong et al., CVPR 2019): one unit-norm feature slot per target image.
+
+The memory is state, not a parameter: a registered buffer (so it is saved with checkpoints) that is
+read to make logits and written under ``torch.no_grad()`` after each step.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def alpha_for_epoch(epoch: int, step: float = 0.01) -> float:
+    """Memory momentum of the official code, ``0.01 * epoch`` (0-based: epoch 0 overwrites each slot)."""
+    return step * epoch
+
+
+class ExemplarMemory(nn.Module):
+    """Memory ``M`` [num_slots, dim], zero at the start; ``dtype=torch.float16`` halves its size."""
+
+    features: torch.Tensor
+
+    def __init__(self, num_slots: int, dim: int = 4096, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        if num_slots < 1 or dim < 1:
+            raise ValueError(f"memory needs at least one slot and one dimension, got {num_slots} x {dim}")
+        self.num_slots = num_slots
+        self.dim = dim
+        self.register_buffer("features", torch.zeros(num_slots, dim, dtype=dtype))
+
+    def extra_repr(self) -> str:
+        return f"num_slots={self.num_slots}, dim={self.dim}, dtype={self.features.dtype}"
+
+    def logits(self, features: torch.Tensor, beta: float = 0.05) -> torch.Tensor:
+        """``z = f · Mᵀ / β``: [B, dim] -> [B, num_slots], in ``features``' dtype.
+
+        Differentiable with respect to ``features`` only (the memory is a buffer). A float16 memory is
+        multiplied in float16 on CUDA (fp32 accumulation; rows are unit norm, so products lie in [-1, 1])
+        and upcast on the CPU, where half-precision matmul is slow.
+        """
+        memory = self.features
+        if memory.dtype != features.dtype:
+            if features.is_cuda:
+                return (features.to(memory.dtype) @ memory.t()).to(features.dtype) / beta
+            memory = memory.to(features.dtype)
+        return features @ memory.t() / beta
+
+    @torch.no_grad()
+    def update(self, features: torch.Tensor, indices: torch.Tensor, alpha: float) -> None:
+        """``M[i] ← α·M[i] + (1−α)·f_i``, then ``M[i] ← M[i] / ‖M[i]‖`` for the batch [B, dim], indices [B].
+
+        Duplicate indices in one batch are first averaged into one feature, so each slot gets exactly
+        one update per call and the result does not depend on the order within the batch.
+        """
+        if features.dim() != 2 or features.shape[1] != self.dim or features.shape[0] != indices.numel():
+            raise ValueError(
+                f"update expects features [B, {self.dim}] and indices [B], "
+                f"got {tuple(features.shape)} and {tuple(indices.shape)}"
+            )
+        indices = indices.reshape(-1).to(self.features.device)
+        features = features.detach().to(device=self.features.device, dtype=torch.float32)
+        slots, inverse, counts = torch.unique(indices, return_inverse=True, return_counts=True)
+        mean = torch.zeros(slots.numel(), self.dim, device=features.device).index_add_(0, inverse, features)
+        mean /= counts.unsqueeze(1)
+        updated = alpha * self.features[slots].float() + (1.0 - alpha) * mean
+        self.features[slots] = F.normalize(updated, dim=1).to(self.features.dtype)

@@ -1,0 +1,1 @@
+"""Networks: backbones with named stages, the ECN head and model, and domain-generalisation modules."""

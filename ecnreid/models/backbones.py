@@ -1,0 +1,214 @@
+"""Torchvision backbones exposed as five named stages, so every architecture reads the same way.
+
+Every backbone has the stages ``stem`` (1/4 resolution for ResNet, 1/2 for MobileNetV2), ``layer1`` ...
+``layer4`` (1/32, or 1/16 with ``last_stride=1``). Domain-generalisation modules (MixStyle, SNR) are
+inserted after a named stage with :meth:`Backbone.insert_after`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from ecnreid.errors import EcnreidError
+
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "resnet18": torchvision.models.resnet18,
+    "resnet34": torchvision.models.resnet34,
+    "resnet50": torchvision.models.resnet50,
+    "resnet101": torchvision.models.resnet101,
+    "mobilenet_v2": torchvision.models.mobilenet_v2,
+}
+
+STAGE_NAMES: tuple[str, ...] = ("stem", "layer1", "layer2", "layer3", "layer4")
+
+# Keys of the ImageNet classifier, which a re-ID backbone never uses: they may be absent from a weights file.
+_CLASSIFIER_PREFIXES = ("fc.", "classifier.")
+
+# torchvision's original ImageNet weights; ECN's official code used ResNet-50 "V1".
+_PRETRAINED_TAG = "IMAGENET1K_V1"
+
+
+def _resnet_stages(network: nn.Module) -> OrderedDict[str, nn.Module]:
+    stem = nn.Sequential(
+        OrderedDict(conv1=network.conv1, bn1=network.bn1, relu=network.relu, maxpool=network.maxpool)
+    )
+    stages: OrderedDict[str, nn.Module] = OrderedDict(stem=stem)
+    for name in STAGE_NAMES[1:]:
+        stages[name] = getattr(network, name)
+    return stages
+
+
+def _mobilenet_v2_stages(network: nn.Module) -> OrderedDict[str, nn.Module]:
+    # Slicing a Sequential keeps the original child keys ("14", "15", ...), so the modules are shared.
+    features = network.features
+    bounds = {"stem": (0, 2), "layer1": (2, 4), "layer2": (4, 7), "layer3": (7, 14), "layer4": (14, 19)}
+    return OrderedDict((name, features[start:stop]) for name, (start, stop) in bounds.items())
+
+
+def _split_stages(arch: str, network: nn.Module) -> OrderedDict[str, nn.Module]:
+    return _mobilenet_v2_stages(network) if arch == "mobilenet_v2" else _resnet_stages(network)
+
+
+def _last_downsampling_block(arch: str, network: nn.Module) -> nn.Module:
+    """The block of the last stage that halves the resolution."""
+    return network.features[14] if arch == "mobilenet_v2" else network.layer4[0]
+
+
+def _stage_out_channels(stage: nn.Module) -> int:
+    # Every stage of these networks ends with a BatchNorm2d whose width is the stage's output width.
+    norms = [m for m in stage.modules() if isinstance(m, nn.BatchNorm2d)]
+    return norms[-1].num_features
+
+
+class Backbone(nn.Module):
+    """A torchvision network as ordered, named stages returning the last feature map [B, C, h, w].
+
+    ``stages`` holds the (shared) torchvision modules; ``inserted`` holds, per stage, the modules added
+    with :meth:`insert_after`. The wrapped torchvision model stays reachable as :attr:`network`, so its
+    own parameter names (``layer4.0.conv2.weight``, ``features.14.conv.1.0.weight``) still load.
+    """
+
+    stage_names: tuple[str, ...] = STAGE_NAMES
+
+    def __init__(self, arch: str, network: nn.Module) -> None:
+        super().__init__()
+        self.arch = arch
+        self.stages = nn.ModuleDict(_split_stages(arch, network))
+        self.inserted = nn.ModuleDict({name: nn.ModuleList() for name in self.stage_names})
+        self.stage_channels: dict[str, int] = {
+            name: _stage_out_channels(stage) for name, stage in self.stages.items()
+        }
+        self.out_channels: int = self.stage_channels[self.stage_names[-1]]
+        # Not registered as a submodule: its parameters are already registered through `stages`, and
+        # registering it too would duplicate them (and the unused classifier) in the state_dict.
+        object.__setattr__(self, "_network", network)
+
+    @property
+    def network(self) -> nn.Module:
+        """The wrapped torchvision model (shares its modules with :attr:`stages`)."""
+        return self._network
+
+    def insert_after(self, stage: str, module: nn.Module) -> None:
+        """Run ``module`` on the output of ``stage``; several modules per stage run in insertion order."""
+        if stage not in self.inserted:
+            raise EcnreidError(f"unknown backbone stage {stage!r}; valid stages: {', '.join(self.stage_names)}")
+        self.inserted[stage].append(module)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] image batch -> [B, out_channels, h, w] feature map."""
+        for name in self.stage_names:
+            x = self.stages[name](x)
+            for module in self.inserted[name]:
+                x = module(x)
+        return x
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def _unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    """Accept a plain state_dict, or a checkpoint holding one under ``state_dict`` / ``model``."""
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and inner and all(torch.is_tensor(v) for v in inner.values()):
+                obj = inner
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise EcnreidError(f"{path}: not a state_dict (expected a non-empty dict of tensors)")
+    non_tensors = [str(k) for k, v in obj.items() if not torch.is_tensor(v)]
+    if non_tensors:
+        raise EcnreidError(f"{path}: not a state_dict; non-tensor entries: {', '.join(non_tensors[:5])}")
+    state = {str(k): v for k, v in obj.items()}
+    # Weights saved from an nn.DataParallel wrapper carry a "module." prefix on every key.
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _offending(keys: list[str]) -> str:
+    shown = ", ".join(keys[:4])
+    return f"{shown} (+{len(keys) - 4} more)" if len(keys) > 4 else shown
+
+
+def load_backbone_weights(network: nn.Module, weights: Path, arch: str) -> None:
+    """Load a torchvision-layout state_dict into ``network``; only the ImageNet classifier may be missing."""
+    weights = Path(weights)
+    if not weights.is_file():
+        raise EcnreidError(f"--weights {weights}: file not found")
+    try:
+        loaded = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as error:  # any unpickling / zip failure means the file is unusable
+        raise EcnreidError(f"--weights {weights}: cannot read it as torch weights ({_first_line(error)})") from None
+    state = _unwrap_state_dict(loaded, weights)
+    expected = network.state_dict()
+    missing = [
+        k for k in expected
+        if k not in state and not k.startswith(_CLASSIFIER_PREFIXES) and not k.endswith("num_batches_tracked")
+    ]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in state if k in expected and state[k].shape != expected[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} keys: {_offending(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)} keys: {_offending(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatch in {len(mismatched)} tensors: {_offending(mismatched)}")
+    if problems:
+        raise EcnreidError(f"--weights {weights}: does not fit {arch}; " + "; ".join(problems))
+    network.load_state_dict(state, strict=False)
+
+
+def _set_last_stride_one(arch: str, network: nn.Module) -> None:
+    # Bottleneck puts the stride on conv2, BasicBlock on conv1, MobileNetV2 on the depthwise conv;
+    # every strided conv of the block (the shortcut's included) must change together.
+    block = _last_downsampling_block(arch, network)
+    strided = [m for m in block.modules() if isinstance(m, nn.Conv2d) and m.stride == (2, 2)]
+    for conv in strided:
+        conv.stride = (1, 1)
+    if hasattr(block, "stride"):
+        block.stride = 1
+
+
+def build_backbone(
+    arch: str = "resnet50",
+    *,
+    weights: Path | None = None,
+    pretrained: bool = False,
+    last_stride: int = 2,
+) -> Backbone:
+    """Build a named-stage backbone: ``weights`` (a torchvision state_dict file) or torchvision's own
+    ImageNet weights (``pretrained``, needs the internet), and last stride 2 (ECN) or 1."""
+    if arch not in ARCHITECTURES:
+        raise EcnreidError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHITECTURES)}")
+    if last_stride not in (1, 2):
+        raise EcnreidError(f"last stride must be 1 or 2, got {last_stride}")
+    if weights is not None and pretrained:
+        raise EcnreidError("give either --weights PATH or --pretrained, not both")
+    if pretrained:
+        try:
+            network = ARCHITECTURES[arch](weights=_PRETRAINED_TAG)
+        except (OSError, RuntimeError) as error:  # URLError is an OSError; a bad download fails its hash check
+            raise EcnreidError(
+                f"downloading torchvision's ImageNet weights for {arch} failed ({_first_line(error)}); "
+                "use --weights PATH with a local state_dict instead"
+            ) from None
+    else:
+        network = ARCHITECTURES[arch](weights=None)
+        if weights is not None:
+            load_backbone_weights(network, weights, arch)
+    if last_stride == 1:
+        _set_last_stride_one(arch, network)
+    return Backbone(arch, network)

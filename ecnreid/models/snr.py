@@ -1,0 +1,193 @@
+"""SNR: Style Normalization and Restitution (Jin et al., "Style Normalization and Restitution for
+Generalizable Person Re-identification", CVPR 2020).
+
+After a stage output F: ``F̃ = IN(F)`` removes style, ``R = F − F̃`` is what IN threw away, a channel gate
+``a = σ(W₂ δ(W₁ GAP(R)))`` picks its identity-relevant part ``R⁺ = a⊙R`` (the rest is ``R⁻ = (1−a)⊙R``),
+and the stage output becomes ``F̃ + R⁺``. The dual causality loss asks that adding ``R⁺`` makes the
+identity prediction more certain (lower entropy) and adding ``R⁻`` makes it less certain.
+
+Auxiliary classifier (a choice of this implementation). The loss needs class predictions from pooled
+C-channel vectors, but an SNR after layer2 has C₂ channels, not the head's width, so each SNR module owns a
+``Linear(C, num_classes)`` made by ``SNR.attach_classifier``. It is trained as a *probe*:
+- a cross-entropy on pooled ``F̃ + R⁺`` against the source labels, on detached features, trains the
+  classifier only, so that its entropy measures how well a vector identifies the person;
+- the causality loss sees the classifier with frozen (detached) weights, so it trains the SNR gate,
+  InstanceNorm affine and the backbone only.
+Why: if the causality loss could move the classifier too, the classifier alone could lower ``H(F̃+R⁺)`` and
+raise ``H(F̃+R⁻)`` (e.g. by scaling its weights along the two inputs' differences) without the features
+changing, which is the shortcut the loss must not have; and a CE that reached the backbone would add deep
+supervision at every SNR stage, which the spec's formula does not contain. The causality value itself is
+exactly the spec's ``softplus(H(F̃+R⁺) − H(F̃)) + softplus(H(F̃) − H(F̃+R⁻))``, batch-averaged.
+
+Usage: run the labelled source batch through the model, then call ``collect_snr_losses(model, labels)``
+*before* the target batch's forward pass, which overwrites each module's ``last``.
+Call ``attach_classifier`` before building the optimizer, so the classifiers are in it.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from ecnreid.errors import EcnreidError
+
+
+class SNRPooled(NamedTuple):
+    """Globally pooled vectors kept by a training forward for the causality loss, each [B, C]."""
+
+    normalised: Tensor  # GAP(F̃)
+    restituted: Tensor  # GAP(F̃ + R⁺)
+    contaminated: Tensor  # GAP(F̃ + R⁻)
+
+
+class SNRLosses(NamedTuple):
+    """Summed over the SNR modules of a model: the dual causality loss and the probe classifiers' CE."""
+
+    causality: Tensor
+    classification: Tensor
+
+
+class SNR(nn.Module):
+    """Style normalisation (affine InstanceNorm) and gated restitution of the removed residual.
+
+    [B, C, H, W] in and out. In training the pooled vectors of ``F̃``, ``F̃+R⁺``, ``F̃+R⁻`` are kept in
+    ``self.last`` (overwritten by every training forward, cleared by an eval forward).
+    """
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        if channels < 1 or reduction < 1:
+            raise EcnreidError(f"SNR channels={channels} and reduction={reduction} must be positive")
+        self.channels = channels
+        self.instance_norm = nn.InstanceNorm2d(channels, affine=True)
+        hidden = max(channels // reduction, 1)
+        self.gate = nn.Sequential(
+            nn.Linear(channels, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, channels),
+            nn.Sigmoid(),
+        )
+        self.classifier: nn.Linear | None = None
+        self.last: SNRPooled | None = None
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}"
+
+    def attach_classifier(self, num_classes: int) -> nn.Linear:
+        """Give this module its own probe classifier ``Linear(channels, num_classes)`` and return it."""
+        if num_classes < 1:
+            raise EcnreidError(f"SNR.attach_classifier num_classes={num_classes} must be positive")
+        device = self.instance_norm.weight.device
+        self.classifier = nn.Linear(self.channels, num_classes).to(device)
+        return self.classifier
+
+    def forward(self, x: Tensor) -> Tensor:
+        normalised = self.instance_norm(x)
+        residual = x - normalised
+        pooled_residual = residual.mean(dim=(2, 3))  # [B, C]
+        attention = self.gate(pooled_residual)  # [B, C], in (0, 1)
+        out = normalised + attention[:, :, None, None] * residual
+
+        if self.training:
+            # GAP is linear and the gate is per channel, so GAP(F̃ + a⊙R) = GAP(F̃) + a⊙GAP(R):
+            # no extra pass over the feature map for the loss's three vectors.
+            pooled_normalised = normalised.mean(dim=(2, 3))
+            self.last = SNRPooled(
+                normalised=pooled_normalised,
+                restituted=pooled_normalised + attention * pooled_residual,
+                contaminated=pooled_normalised + (1 - attention) * pooled_residual,
+            )
+        else:
+            self.last = None
+        return out
+
+
+def prediction_entropy(logits: Tensor) -> Tensor:
+    """Entropy of softmax(logits) per row, in nats: [B, K] -> [B]."""
+    log_probs = F.log_softmax(logits, dim=1)
+    return -(log_probs.exp() * log_probs).sum(dim=1)
+
+
+def dual_causality_terms(
+    logits_restituted: Tensor, logits_normalised: Tensor, logits_contaminated: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Per-sample terms ``softplus(H(F̃+R⁺) − H(F̃))`` and ``softplus(H(F̃) − H(F̃+R⁻))``, each [B].
+
+    Each term is below log 2 when its ordering holds and above log 2 when it is violated.
+    """
+    entropy_normalised = prediction_entropy(logits_normalised)
+    restitution = F.softplus(prediction_entropy(logits_restituted) - entropy_normalised)
+    contamination = F.softplus(entropy_normalised - prediction_entropy(logits_contaminated))
+    return restitution, contamination
+
+
+def _frozen_call(classifier: nn.Module, x: Tensor) -> Tensor:
+    """classifier(x) with its parameters detached: gradients reach x only."""
+    params = {name: p.detach() for name, p in classifier.named_parameters()}
+    return functional_call(classifier, params, (x,))
+
+
+def _last_pooled(module: SNR) -> SNRPooled:
+    if module.last is None:
+        raise EcnreidError("SNR loss: the module has no pooled features; run a training-mode forward first")
+    return module.last
+
+
+def _classifier_of(module: SNR, classifier: nn.Module | None) -> nn.Module:
+    if classifier is not None:
+        return classifier
+    if module.classifier is None:
+        raise EcnreidError("SNR loss: no classifier; call SNR.attach_classifier(num_classes) before training")
+    return module.classifier
+
+
+def snr_causality_loss(module: SNR, classifier: nn.Module | None = None) -> Tensor:
+    """Dual causality loss of one SNR module's last training forward, averaged over the batch (scalar).
+
+    ``classifier`` maps [B, C] to logits; by default the module's attached probe. Its weights are used
+    frozen (see the module docstring).
+    """
+    pooled = _last_pooled(module)
+    head = _classifier_of(module, classifier)
+    # One classifier call over the three stacked vectors instead of three calls.
+    stacked = torch.cat([pooled.restituted, pooled.normalised, pooled.contaminated])
+    logits = _frozen_call(head, stacked).chunk(3)
+    restitution, contamination = dual_causality_terms(*logits)
+    return (restitution + contamination).mean()
+
+
+def snr_classifier_loss(module: SNR, labels: Tensor, classifier: nn.Module | None = None) -> Tensor:
+    """Cross-entropy of the probe classifier on detached pooled ``F̃ + R⁺`` against source labels [B]."""
+    pooled = _last_pooled(module)
+    head = _classifier_of(module, classifier)
+    if labels.shape != pooled.restituted.shape[:1]:
+        raise EcnreidError(
+            f"SNR loss: labels of shape {tuple(labels.shape)} for a batch of "
+            f"{pooled.restituted.shape[0]}; use the source batch that ran last"
+        )
+    return F.cross_entropy(head(pooled.restituted.detach()), labels)
+
+
+def snr_modules(model: nn.Module) -> list[SNR]:
+    """Every SNR module inside ``model``, in definition order."""
+    return [m for m in model.modules() if isinstance(m, SNR)]
+
+
+def attach_snr_classifiers(model: nn.Module, num_classes: int) -> list[nn.Linear]:
+    """Attach a probe classifier to every SNR in ``model`` (before building the optimizer)."""
+    return [module.attach_classifier(num_classes) for module in snr_modules(model)]
+
+
+def collect_snr_losses(model: nn.Module, labels: Tensor) -> SNRLosses:
+    """Sum of causality losses and of probe CE losses over every SNR in ``model``, for the source batch
+    that ran through it last."""
+    modules = snr_modules(model)
+    if not modules:
+        raise EcnreidError("SNR loss: the model has no SNR module; insert one or leave the SNR loss off")
+    causality = torch.stack([snr_causality_loss(m) for m in modules]).sum()
+    classification = torch.stack([snr_classifier_loss(m, labels) for m in modules]).sum()
+    return SNRLosses(causality=causality, classification=classification)

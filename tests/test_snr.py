@@ -1,0 +1,207 @@
+"""SNR: F_out = IN(F) + a⊙R by hand, gate range, dual causality loss signs, gradient routing."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from ecnreid.errors import EcnreidError
+from ecnreid.models.snr import (
+    SNR,
+    attach_snr_classifiers,
+    collect_snr_losses,
+    dual_causality_terms,
+    prediction_entropy,
+    snr_causality_loss,
+    snr_classifier_loss,
+)
+
+LOG2 = math.log(2.0)
+
+
+def _entropy(logits: list[float]) -> float:
+    z = sum(math.exp(v) for v in logits)
+    probs = [math.exp(v) / z for v in logits]
+    return -sum(p * math.log(p) for p in probs)
+
+
+def _softplus(v: float) -> float:
+    return math.log1p(math.exp(v))
+
+
+def _randomise(module: SNR, seed: int = 0) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
+
+
+def test_output_is_instance_norm_plus_gated_residual_by_hand():
+    torch.manual_seed(0)
+    module = SNR(32, reduction=16).train()
+    _randomise(module)
+    x = torch.randn(3, 32, 6, 4) * 2 + 1
+
+    out = module(x)
+
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    var = x.var(dim=(2, 3), keepdim=True, unbiased=False)
+    gamma = module.instance_norm.weight.view(1, -1, 1, 1)
+    beta = module.instance_norm.bias.view(1, -1, 1, 1)
+    normalised = (x - mean) / torch.sqrt(var + module.instance_norm.eps) * gamma + beta
+    residual = x - normalised
+    fc1, fc2 = module.gate[0], module.gate[2]
+    assert fc1.out_features == 2  # 32 // 16
+    hidden = torch.relu(residual.mean(dim=(2, 3)) @ fc1.weight.T + fc1.bias)
+    gate = torch.sigmoid(hidden @ fc2.weight.T + fc2.bias)
+    expected = normalised + gate[:, :, None, None] * residual
+    torch.testing.assert_close(out, expected)
+
+    pooled = module.last
+    assert pooled is not None
+    torch.testing.assert_close(pooled.normalised, normalised.mean(dim=(2, 3)))
+    torch.testing.assert_close(pooled.restituted, out.mean(dim=(2, 3)))
+    contaminated = normalised + (1 - gate[:, :, None, None]) * residual
+    torch.testing.assert_close(pooled.contaminated, contaminated.mean(dim=(2, 3)))
+
+    # Eval: same output (InstanceNorm keeps no running statistics), nothing kept for the loss.
+    module.eval()
+    torch.testing.assert_close(module(x), expected)
+    assert module.last is None
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 5), (2, 24, 16, 8), (3, 64, 8, 4), (1, 96, 4, 2), (2, 256, 4, 2)])
+def test_gate_strictly_inside_unit_interval_for_several_channel_counts(shape):
+    torch.manual_seed(1)
+    module = SNR(shape[1]).train()
+    gates = []
+    module.gate.register_forward_hook(lambda _m, _inp, out: gates.append(out.detach()))
+    x = (torch.randn(*shape) * 3).requires_grad_()
+    out = module(x)
+    assert out.shape == x.shape
+    assert module.last is not None and module.last.restituted.shape == shape[:2]
+    (gate,) = gates
+    assert gate.shape == shape[:2]
+    assert torch.all(gate > 0) and torch.all(gate < 1)
+    out.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def _constructed(gate_value: float, in_bias: list[float], channel_means: list[float]) -> SNR:
+    """SNR(4) with IN weight 1, IN bias ``in_bias``, a constant gate ``gate_value`` and an identity probe."""
+    module = SNR(4, reduction=2).train()
+    classifier = module.attach_classifier(4)
+    with torch.no_grad():
+        module.instance_norm.weight.fill_(1.0)
+        module.instance_norm.bias.copy_(torch.tensor(in_bias))
+        module.gate[2].weight.zero_()
+        module.gate[2].bias.fill_(math.log(gate_value / (1 - gate_value)))
+        classifier.weight.copy_(torch.eye(4))
+        classifier.bias.zero_()
+    torch.manual_seed(2)
+    noise = torch.randn(2, 4, 5, 3)
+    x = noise - noise.mean(dim=(2, 3), keepdim=True) + torch.tensor(channel_means).view(1, 4, 1, 1)
+    module(x)
+    return module
+
+
+def test_causality_loss_when_restitution_helps():
+    # IN bias 0 -> GAP(F̃) = 0: uniform prediction, entropy log 4. GAP(R) = channel means m = (4, 0, 0, 0),
+    # so GAP(F̃+R⁺) = 0.9 m (confident) and GAP(F̃+R⁻) = 0.1 m (nearly uniform).
+    module = _constructed(0.9, [0.0, 0.0, 0.0, 0.0], [4.0, 0.0, 0.0, 0.0])
+    h_norm = math.log(4.0)
+    h_plus = _entropy([3.6, 0.0, 0.0, 0.0])
+    h_minus = _entropy([0.4, 0.0, 0.0, 0.0])
+    first, second = _softplus(h_plus - h_norm), _softplus(h_norm - h_minus)
+    assert first < LOG2 < second
+
+    assert snr_causality_loss(module).item() == pytest.approx(first + second, rel=1e-5)
+    pooled = module.last
+    assert pooled is not None
+    logits = [pooled.restituted, pooled.normalised, pooled.contaminated]
+    restitution, contamination = dual_causality_terms(*logits)  # the probe is the identity
+    torch.testing.assert_close(restitution, torch.full((2,), first), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(contamination, torch.full((2,), second), rtol=1e-5, atol=1e-6)
+
+
+def test_causality_loss_when_restitution_hurts():
+    # IN bias b = (4, 0, 0, 0) makes F̃ confident; zero-mean input gives GAP(R) = -b, so
+    # GAP(F̃+R⁺) = (1-0.9) b is less confident than F̃ and GAP(F̃+R⁻) = 0.9 b is in between.
+    module = _constructed(0.9, [4.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0])
+    h_norm = _entropy([4.0, 0.0, 0.0, 0.0])
+    h_plus = _entropy([0.4, 0.0, 0.0, 0.0])
+    h_minus = _entropy([3.6, 0.0, 0.0, 0.0])
+    first, second = _softplus(h_plus - h_norm), _softplus(h_norm - h_minus)
+    assert first > LOG2 > second
+    assert snr_causality_loss(module).item() == pytest.approx(first + second, rel=1e-5)
+
+
+def test_dual_causality_terms_equal_log2_when_entropies_match_and_entropy_values():
+    uniform = torch.zeros(3, 5)
+    peaked = torch.tensor([[10.0, 0, 0, 0, 0]] * 3)
+    restitution, contamination = dual_causality_terms(uniform, uniform, uniform)
+    torch.testing.assert_close(restitution, torch.full((3,), LOG2))
+    torch.testing.assert_close(contamination, torch.full((3,), LOG2))
+    torch.testing.assert_close(prediction_entropy(uniform), torch.full((3,), math.log(5.0)))
+    expected_peaked = _entropy([10.0, 0, 0, 0, 0])
+    torch.testing.assert_close(prediction_entropy(peaked), torch.full((3,), expected_peaked))
+    restitution, contamination = dual_causality_terms(peaked, uniform, uniform)
+    assert torch.all(restitution < LOG2) and torch.all(contamination == LOG2)
+
+
+def test_gradient_routing_probe_vs_backbone():
+    torch.manual_seed(3)
+    module = SNR(16, reduction=4).train()
+    classifier = module.attach_classifier(5)
+    x = torch.randn(4, 16, 6, 3).requires_grad_()
+    module(x)
+    labels = torch.tensor([0, 1, 2, 3])
+
+    causality = snr_causality_loss(module)
+    grads = torch.autograd.grad(causality, [x, classifier.weight, module.gate[0].weight], allow_unused=True)
+    assert grads[0] is not None and grads[0].abs().sum() > 0
+    assert grads[1] is None  # the probe is frozen inside the causality loss
+    assert grads[2] is not None and grads[2].abs().sum() > 0
+
+    module(x)
+    ce = snr_classifier_loss(module, labels)
+    grads = torch.autograd.grad(ce, [x, classifier.weight, module.gate[0].weight], allow_unused=True)
+    assert grads[0] is None and grads[2] is None  # the CE trains the probe only
+    assert grads[1] is not None and grads[1].abs().sum() > 0
+    expected = nn.functional.cross_entropy(classifier(module.last.restituted.detach()), labels)
+    assert ce.item() == pytest.approx(expected.item())
+
+
+def test_collect_sums_over_modules_and_reports_misuse():
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), SNR(8, 4), nn.Conv2d(8, 16, 3, stride=2), SNR(16, 4))
+    labels = torch.tensor([1, 0])
+    x = torch.randn(2, 3, 8, 6)
+
+    with pytest.raises(EcnreidError, match="attach_classifier"):
+        model.train()(x)
+        collect_snr_losses(model, labels)
+
+    probes = attach_snr_classifiers(model, num_classes=3)
+    assert [p.in_features for p in probes] == [8, 16]
+    model.train()(x)
+    losses = collect_snr_losses(model, labels)
+    first, second = model[1], model[3]
+    expected_causality = snr_causality_loss(first) + snr_causality_loss(second)
+    expected_ce = snr_classifier_loss(first, labels) + snr_classifier_loss(second, labels)
+    assert losses.causality.item() == pytest.approx(expected_causality.item())
+    assert losses.classification.item() == pytest.approx(expected_ce.item())
+    # The probes are registered submodules, so an optimizer over model.parameters() trains them.
+    parameter_ids = {id(p) for p in model.parameters()}
+    assert all(id(p.weight) in parameter_ids for p in probes)
+
+    with pytest.raises(EcnreidError, match="labels of shape"):
+        collect_snr_losses(model, torch.tensor([0, 1, 2]))
+    model.eval()(x)
+    with pytest.raises(EcnreidError, match="training-mode forward"):
+        collect_snr_losses(model, labels)
+    with pytest.raises(EcnreidError, match="no SNR module"):
+        collect_snr_losses(nn.Sequential(nn.ReLU()), labels)
