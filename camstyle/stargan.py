@@ -7,6 +7,8 @@ uses a rectangular kernel covering the whole final feature map.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -138,3 +140,35 @@ def gradient_penalty(discriminator_out: torch.Tensor, inputs: torch.Tensor) -> t
     )
     norms = grad.float().flatten(1).norm(dim=1)
     return ((norms - 1.0) ** 2).mean()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild the two networks; saved in every checkpoint."""
+
+    num_cameras: int
+    image_size: tuple[int, int] = (256, 128)
+    g_conv_dim: int = 64
+    g_repeat_num: int = 6
+    d_conv_dim: int = 64
+    d_repeat_num: int = 6
+
+    def build_generator(self) -> Generator:
+        return Generator(self.num_cameras, self.g_conv_dim, self.g_repeat_num)
+
+    def build_discriminator(self) -> Discriminator:
+        return Discriminator(self.image_size, self.num_cameras, self.d_conv_dim, self.d_repeat_num)
+
+    def to_dict(self) -> dict[str, int | list[int]]:
+        return {
+            "num_cameras": self.num_cameras,
+            "image_size": list(self.image_size),
+            "g_conv_dim": self.g_conv_dim,
+            "g_repeat_num": self.g_repeat_num,
+            "d_conv_dim": self.d_conv_dim,
+            "d_repeat_num": self.d_repeat_num,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelSpec:
+        return cls(**{**data, "image_size": tuple(data["image_size"])})

@@ -73,6 +73,7 @@ def demo_train_config(config: DemoConfig, data_root: Path, name: str, overrides:
 def run_demo(config: DemoConfig) -> dict[str, Any]:
     """Generate → prepare (colour CamStyle) → train each ablation row → one results table."""
     from camstyle.prepare import PrepareConfig, run_prepare
+
     from ecnreid.data.synthetic import generate_synthetic
     from ecnreid.engine.trainer import train
 
@@ -82,7 +83,9 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     generate_synthetic(data_root, seed=config.seed)
     console.rule("2/3 prepare: CamStyle set of the target (colour method)")
     run_prepare(
-        PrepareConfig(dataset="synthetic", root=data_root / "target", method="colour", device=config.device, seed=config.seed)
+        PrepareConfig(
+            dataset="synthetic", root=data_root / "target", method="colour", device=config.device, seed=config.seed
+        )
     )
     console.rule("3/3 train and evaluate the ECN ablation rows")
     results: dict[str, Any] = {}

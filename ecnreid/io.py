@@ -43,7 +43,7 @@ def atomic_save_image(image: Image.Image, path: str | os.PathLike, **save_kwargs
     """Save a PIL image atomically; the format follows the file suffix."""
     path = Path(path)
     buffer = io.BytesIO()
-    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}.get(path.suffix.lower(), None)
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}.get(path.suffix.lower())
     image.save(buffer, format=fmt, **save_kwargs)
     atomic_write_bytes(buffer.getvalue(), path)
 

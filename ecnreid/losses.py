@@ -78,19 +78,27 @@ def nearest_slots_faiss(
     return torch.from_numpy(neighbours).to(device=features.device, dtype=torch.long)
 
 
-def neighbourhood_targets(logits: torch.Tensor, indices: torch.Tensor, k: int = 6) -> torch.Tensor:
+def neighbourhood_targets(
+    logits: torch.Tensor, indices: torch.Tensor, k: int = 6, neighbours: torch.Tensor | None = None
+) -> torch.Tensor:
     """Soft targets [B, N] of the official code: 1/k on the k nearest slots, then 1 on the image's own
-    slot (overwriting, also when it is among the k), not renormalised."""
-    neighbours = nearest_slots(logits, k)
+    slot (overwriting, also when it is among the k), not renormalised.
+
+    ``neighbours`` [B, k] may come precomputed (e.g. from faiss); by default the top-k of the logits.
+    """
+    if neighbours is None:
+        neighbours = nearest_slots(logits, k)
     targets = torch.zeros_like(logits, dtype=torch.float32)
     targets.scatter_(1, neighbours, 1.0 / k)
     targets.scatter_(1, indices.reshape(-1, 1).long(), 1.0)
     return targets
 
 
-def neighbourhood_loss(logits: torch.Tensor, indices: torch.Tensor, k: int = 6) -> torch.Tensor:
+def neighbourhood_loss(
+    logits: torch.Tensor, indices: torch.Tensor, k: int = 6, neighbours: torch.Tensor | None = None
+) -> torch.Tensor:
     """Neighbourhood invariance: ``−Σ_j w_j log softmax(z)_j``, averaged over the batch."""
-    targets = neighbourhood_targets(logits, indices, k)
+    targets = neighbourhood_targets(logits, indices, k, neighbours)
     log_probs = F.log_softmax(logits.float(), dim=1)
     return -(targets * log_probs).sum(dim=1).mean()
 
@@ -102,11 +110,12 @@ def target_invariance_loss(
     k: int = 6,
     neighbour_start_epoch: int = 5,
     use_neighbourhood: bool = True,
+    neighbours: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Target loss: exemplar cross-entropy before ``neighbour_start_epoch`` (0-based; official code
     ``epoch > 4``) or without neighbourhood invariance, the neighbourhood loss from then on."""
     if use_neighbourhood and epoch >= neighbour_start_epoch:
-        return neighbourhood_loss(logits, indices, k)
+        return neighbourhood_loss(logits, indices, k, neighbours)
     return exemplar_loss(logits, indices)
 
 

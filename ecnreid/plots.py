@@ -265,7 +265,9 @@ def _draw_legend(
     ]
     def covered(corner: tuple[int, int]) -> int:
         cx, cy = corner
-        return sum(cx <= px <= cx + width and cy <= py <= cy + height for px, py in pixels)
+        near = 6 * s  # a line passing just outside the box still looks crossed by it
+        left, top, right, bottom = cx - near, cy - near, cx + width + near, cy + height + near
+        return sum(left <= px <= right and top <= py <= bottom for px, py in pixels)
 
     lx, ly = min(corners, key=covered)  # min keeps the first corner on ties
     draw.rectangle([lx, ly, lx + width, ly + height], fill=BACKGROUND, outline=(190, 190, 190), width=s)
@@ -296,7 +298,7 @@ def _check_size(size: tuple[int, int]) -> tuple[int, int]:
 
 
 def _save(canvas: Image.Image, size: tuple[int, int], path: Path) -> None:
-    atomic_save_image(canvas.resize(size, Image.Resampling.LANCZOS), path)
+    atomic_save_image(canvas.resize(size, Image.Resampling.BOX), path)
 
 
 def line_plot(
@@ -346,15 +348,15 @@ def training_curves_png(
     """Two stacked panels in one PNG: losses against epoch, then rank-1/mAP against epoch.
 
     Every numeric ``loss*`` key in the rows becomes a loss curve; ``rank1``, ``rank5``, ``rank10``, ``mAP``
-    and ``mINP`` go to the lower panel, plotted as logged. A row missing a key is skipped for that curve;
-    a panel with no curve at all is left out.
+    and ``mINP`` go to the lower panel as logged (in %, see ``evaluation.runner.metrics_row``). A row
+    missing a key is skipped for that curve; a panel with no curve at all is left out.
     """
     path = _check_png(path)
     panel_size = _check_size(panel_size)
     loss_keys = [k for k in dict.fromkeys(k for row in log_rows for k in row) if str(k).startswith("loss")]
     panels = [
         (_log_series(log_rows, loss_keys), "Training losses", "loss"),
-        (_log_series(log_rows, METRIC_KEYS), "Evaluation", "score (as logged)"),
+        (_log_series(log_rows, METRIC_KEYS), "Evaluation", "score (%)"),
     ]
     panels = [panel for panel in panels if panel[0]]
     if not panels:

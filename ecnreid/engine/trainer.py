@@ -36,15 +36,17 @@ from ecnreid.engine.checkpoint import check_resume_compatible, load_checkpoint, 
 from ecnreid.errors import EcnreidError
 from ecnreid.evaluation.runner import evaluate_model, metrics_row
 from ecnreid.io import append_jsonl, write_json
-from ecnreid.losses import ecn_total_loss, source_loss, target_invariance_loss
+from ecnreid.losses import ecn_total_loss, nearest_slots_faiss, source_loss, target_invariance_loss
 from ecnreid.memory import ExemplarMemory
-from ecnreid.models.dg import dg_source_loss
+from ecnreid.models.dg import build_rsc, dg_source_loss
 from ecnreid.models.ecn import ECNModel
 from ecnreid.models.factory import build_ecn_model
+from ecnreid.models.rsc import RSC
 from ecnreid.progress import console, make_progress
 from ecnreid.runtime import DistributedContext, all_gather_cat, init_distributed, seed_everything
 
 MEMORY_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+KNN_METHODS = ("topk", "faiss")  # topk of the logits is ~100x faster on CPU (bench/knn_speed.py)
 
 
 @dataclass
@@ -100,17 +102,29 @@ def load_training_data(config: TrainConfig, *, announce: bool = True) -> Trainin
 
 class TwoDomainForward(nn.Module):
     """One forward call that runs the source and the target batch separately (BatchNorm statistics per
-    domain), so DistributedDataParallel sees a single forward per backward."""
+    domain), so DistributedDataParallel sees a single forward per backward.
 
-    def __init__(self, model: ECNModel) -> None:
+    The target batch runs first so that modules which keep state of their last pass (SNR) hold the source
+    batch's. RSC, when on, replaces the source logits with those of its challenged feature map.
+    """
+
+    def __init__(self, model: ECNModel, rsc: RSC | None = None) -> None:
         super().__init__()
         self.model = model
+        self.rsc = rsc
 
     def forward(
-        self, source_images: torch.Tensor, target_images: torch.Tensor | None
+        self, source_images: torch.Tensor, source_labels: torch.Tensor, target_images: torch.Tensor | None
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
-        out_x = self.model(source_images)
         out_u = self.model(target_images) if target_images is not None else None
+        out_x = self.model(source_images)
+        if self.rsc is not None and self.training:
+
+            def logits_of(feature_map: torch.Tensor) -> torch.Tensor:
+                return self.model.forward_head(feature_map)["source_logits"]
+
+            challenged = self.rsc(out_x["feature_map"], source_labels, logits_of, eval_module=self.model)
+            out_x = {**out_x, "source_logits": logits_of(challenged)}
         return out_x, out_u
 
 
@@ -118,6 +132,8 @@ class ECNTrainer:
     """Trains ECN as configured; ``fit()`` returns the final summary (also written as ``metrics.json``)."""
 
     def __init__(self, config: TrainConfig) -> None:
+        if config.knn not in KNN_METHODS:
+            raise EcnreidError(f"--knn {config.knn}: expected one of {', '.join(KNN_METHODS)}")
         self.config = config
         self.ctx, self.device = init_distributed(config.device)
         self.out = Path(config.out)
@@ -141,7 +157,7 @@ class ECNTrainer:
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=config.lr_step, gamma=0.1)
         self.use_amp = config.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        forward = TwoDomainForward(self.model)
+        forward = TwoDomainForward(self.model, build_rsc(config.dg)).to(self.device)
         if self.ctx.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             forward = DistributedDataParallel(forward, device_ids=ids, find_unused_parameters=config.dg.any)
@@ -253,7 +269,7 @@ class ECNTrainer:
         # Re-seed per epoch: dropout, erasing and CamStyle draws depend only on (seed, epoch, rank).
         seed_everything(cfg.seed * 10_007 + epoch * 101 + self.ctx.rank)
         iters, source_iter, target_iter = self._epoch_loaders(epoch)
-        self.model.train()
+        self.forward.train()
         alpha = cfg.alpha * epoch
         sums = {"loss_total": 0.0, "loss_source": 0.0, "loss_target": 0.0}
         images_seen = 0
@@ -306,13 +322,16 @@ class ECNTrainer:
     ) -> tuple[dict[str, float], torch.Tensor | None]:
         cfg = self.config
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
-            out_x, out_u = self.forward(images_x, images_u)
-            loss_x = source_loss(out_x["source_logits"], labels_x) + dg_source_loss(self.model, out_x, labels_x, cfg.dg)
+            out_x, out_u = self.forward(images_x, labels_x, images_u)
+            loss_x = source_loss(out_x["source_logits"], labels_x) + dg_source_loss(self.model, labels_x, cfg.dg)
             losses = {"loss_source": loss_x}
             target_features = None
             if out_u is not None and self.memory is not None:
                 target_features = out_u["target_embedding"]
                 logits = self.memory.logits(target_features.float(), cfg.beta)
+                neighbours = None
+                if cfg.knn == "faiss" and cfg.use_neighbour and epoch >= cfg.neighbour_start_epoch:
+                    neighbours = nearest_slots_faiss(target_features, self.memory.features, cfg.k)
                 loss_u = target_invariance_loss(
                     logits,
                     indices_u,
@@ -320,6 +339,7 @@ class ECNTrainer:
                     k=cfg.k,
                     neighbour_start_epoch=cfg.neighbour_start_epoch,
                     use_neighbourhood=cfg.use_neighbour,
+                    neighbours=neighbours,
                 )
                 losses["loss_target"] = loss_u
                 total = ecn_total_loss(loss_x, loss_u, cfg.lam)
@@ -354,7 +374,9 @@ class ECNTrainer:
         self.maybe_resume()
         if self.ctx.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            write_json({**config_to_dict(cfg), "setting": cfg.setting_name, **self.signature()}, self.out / "config.json")
+            write_json(
+                {**config_to_dict(cfg), "setting": cfg.setting_name, **self.signature()}, self.out / "config.json"
+            )
             self._announce()
         epoch = self.start_epoch
         try:
@@ -395,8 +417,7 @@ class ECNTrainer:
         training_curves_png(self.history, self.out / "curves.png")
         if "rank1" in row:
             console.print(
-                f"epoch {epoch + 1}: rank-1 {row['rank1']:.1f}  mAP {row['mAP']:.1f}  "
-                f"({row['images_per_s']:.0f} img/s)"
+                f"epoch {epoch + 1}: rank-1 {row['rank1']:.1f}  mAP {row['mAP']:.1f}  ({row['images_per_s']:.0f} img/s)"
             )
         if self.ctx.enabled:
             dist.barrier()

@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from ecnreid.evaluation.distances import iter_distance_blocks, pairwise_distance
+from ecnreid.evaluation.metrics import RankingResult, evaluate_blocks, evaluate_ranking
+from ecnreid.evaluation.reranking import k_reciprocal_rerank
 from rich.table import Table
 from torch import nn
 
@@ -15,10 +18,7 @@ from ecnreid.config import EvalConfig, config_to_dict
 from ecnreid.data.datasets import read_dataset
 from ecnreid.data.image_dataset import verify_images
 from ecnreid.data.records import ImageRecord
-from ecnreid.evaluation.distances import iter_distance_blocks, pairwise_distance
 from ecnreid.evaluation.features import PooledBackbone, extract_features
-from ecnreid.evaluation.metrics import RankingResult, evaluate_blocks, evaluate_ranking
-from ecnreid.evaluation.reranking import k_reciprocal_rerank
 from ecnreid.io import write_json
 from ecnreid.models.backbones import build_backbone
 from ecnreid.progress import console
@@ -64,8 +64,15 @@ def evaluate_model(
     show_progress: bool = True,
 ) -> tuple[dict[str, RankingResult], dict[str, Any]]:
     """Extract features and score; returns results keyed ``plain`` (and ``rerank``) plus timings and features."""
-    common = dict(height=height, width=width, batch_size=batch_size, workers=workers, device=device, flip=flip,
-                  show_progress=show_progress)
+    common = dict(
+        height=height,
+        width=width,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        flip=flip,
+        show_progress=show_progress,
+    )
     start = time.perf_counter()
     qf = extract_features(model, query, description="query features", **common)
     gf = extract_features(model, gallery, description="gallery features", **common)
@@ -169,8 +176,14 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
     )
     out = Path(config.out)
     pictures = save_pictures(
-        extra["query_features"], extra["gallery_features"], query, gallery, results, out,
-        num_rank_lists=config.save_ranks, metric=config.metric,
+        extra["query_features"],
+        extra["gallery_features"],
+        query,
+        gallery,
+        results,
+        out,
+        num_rank_lists=config.save_ranks,
+        metric=config.metric,
     )
     summary = {
         "dataset": config.dataset,
@@ -184,7 +197,9 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
         "config": config_to_dict(config),
     }
     write_json(summary, out / "metrics.json")
-    console.print(render_metrics_table(results, title=f"{config.dataset}: query {len(query)} vs gallery {len(gallery)}"))
+    console.print(
+        render_metrics_table(results, title=f"{config.dataset}: query {len(query)} vs gallery {len(gallery)}")
+    )
     return summary
 
 

@@ -35,9 +35,7 @@ _PRETRAINED_TAG = "IMAGENET1K_V1"
 
 
 def _resnet_stages(network: nn.Module) -> OrderedDict[str, nn.Module]:
-    stem = nn.Sequential(
-        OrderedDict(conv1=network.conv1, bn1=network.bn1, relu=network.relu, maxpool=network.maxpool)
-    )
+    stem = nn.Sequential(OrderedDict(conv1=network.conv1, bn1=network.bn1, relu=network.relu, maxpool=network.maxpool))
     stages: OrderedDict[str, nn.Module] = OrderedDict(stem=stem)
     for name in STAGE_NAMES[1:]:
         stages[name] = getattr(network, name)
@@ -81,9 +79,7 @@ class Backbone(nn.Module):
         self.arch = arch
         self.stages = nn.ModuleDict(_split_stages(arch, network))
         self.inserted = nn.ModuleDict({name: nn.ModuleList() for name in self.stage_names})
-        self.stage_channels: dict[str, int] = {
-            name: _stage_out_channels(stage) for name, stage in self.stages.items()
-        }
+        self.stage_channels: dict[str, int] = {name: _stage_out_channels(stage) for name, stage in self.stages.items()}
         self.out_channels: int = self.stage_channels[self.stage_names[-1]]
         # Not registered as a submodule: its parameters are already registered through `stages`, and
         # registering it too would duplicate them (and the unused classifier) in the state_dict.
@@ -130,7 +126,7 @@ def _unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
     state = {str(k): v for k, v in obj.items()}
     # Weights saved from an nn.DataParallel wrapper carry a "module." prefix on every key.
     if all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 
@@ -151,13 +147,15 @@ def load_backbone_weights(network: nn.Module, weights: Path, arch: str) -> None:
     state = _unwrap_state_dict(loaded, weights)
     expected = network.state_dict()
     missing = [
-        k for k in expected
+        k
+        for k in expected
         if k not in state and not k.startswith(_CLASSIFIER_PREFIXES) and not k.endswith("num_batches_tracked")
     ]
     unexpected = [k for k in state if k not in expected]
     mismatched = [
         f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
-        for k in state if k in expected and state[k].shape != expected[k].shape
+        for k in state
+        if k in expected and state[k].shape != expected[k].shape
     ]
     problems = []
     if missing:

@@ -32,9 +32,7 @@ class ECNModel(nn.Module):
     ) -> None:
         super().__init__()
         if not 0 <= frozen_stages <= len(backbone.stage_names):
-            raise EcnreidError(
-                f"frozen stages must be between 0 and {len(backbone.stage_names)}, got {frozen_stages}"
-            )
+            raise EcnreidError(f"frozen stages must be between 0 and {len(backbone.stage_names)}, got {frozen_stages}")
         if num_source_classes < 1:
             raise EcnreidError(f"the source domain needs at least one identity, got {num_source_classes}")
         self.backbone = backbone

@@ -6,13 +6,15 @@ from typing import Any
 
 from ecnreid.config import DGConfig, ModelConfig
 from ecnreid.models.backbones import build_backbone
-from ecnreid.models.dg import attach_dg_modules
+from ecnreid.models.dg import attach_dg_modules, attach_snr_probes
 from ecnreid.models.ecn import ECNModel
 
 
 def build_ecn_model(model: ModelConfig, dg: DGConfig, num_source_classes: int) -> ECNModel:
     """Backbone (with its DG modules inserted) and the ECN head, with the spec's frozen stages."""
-    backbone = build_backbone(model.arch, weights=model.weights, pretrained=model.pretrained, last_stride=model.last_stride)
+    backbone = build_backbone(
+        model.arch, weights=model.weights, pretrained=model.pretrained, last_stride=model.last_stride
+    )
     attach_dg_modules(backbone, dg)
     ecn = ECNModel(
         backbone,
@@ -21,6 +23,7 @@ def build_ecn_model(model: ModelConfig, dg: DGConfig, num_source_classes: int) -
         dropout=model.dropout,
         frozen_stages=model.frozen_stages,
     )
+    attach_snr_probes(ecn, num_source_classes)
     return ecn
 
 

@@ -1,0 +1,1 @@
+"""Evaluation: feature distances, the re-ID ranking protocol (CMC, mAP, mINP) and k-reciprocal re-ranking."""

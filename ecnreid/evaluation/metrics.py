@@ -1,0 +1,294 @@
+"""The re-ID ranking protocol: CMC, mAP (non-interpolated) and mINP (ECN-SPEC "Evaluation protocol").
+
+Rules, for each query:
+
+- gallery entries with the query's person id **and** camera are removed from its ranking, and so are
+  gallery entries with person id -1 (junk); id 0 (distractors) is an ordinary negative;
+- the true matches are the remaining entries with the query's person id;
+- a query with no true match left is counted in ``num_queries`` but left out of every average;
+- ties: the ranking is a *stable* sort by distance, so among equal distances the smaller gallery index
+  comes first; distances are compared as float32 (``-0.0`` equals ``0.0``) and NaN ranks last.
+
+With ``p_1 < ... < p_n`` the 1-based positions of the ``n`` true matches in the filtered ranking:
+CMC rank-k is ``[p_1 <= k]``, AP is ``mean_m(m / p_m)`` and INP is ``n / p_n`` (Ye et al., TPAMI 2021).
+
+``evaluate_ranking`` never sorts a whole row: only the true matches' positions are needed, and the position
+of a match is the number of kept entries ranked at or before it. Per query the matches' (distance, index)
+keys are sorted, every kept entry no farther than the last match is bucketed into them with
+``torch.searchsorted``, and a per-row ``bincount`` + ``cumsum`` gives the positions. Entries beyond the last
+match never need a bucket, so with a useful model only a few percent of the matrix is touched twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ecnreid.errors import EcnreidError
+
+IdArray = Tensor | np.ndarray | Sequence[int]
+
+# Elements of distance matrix processed at once; bounds the boolean mask and the candidate index lists.
+_BLOCK_ELEMENTS = 1 << 22
+_NEGATIVE_MAGNITUDE = 0x7FFFFFFF
+
+
+@dataclass
+class RankingResult:
+    """CMC (``cmc[k-1]`` = rank-k, fractions), mAP and mINP over the queries that have a true match."""
+
+    cmc: list[float]
+    mAP: float
+    mINP: float
+    num_valid_queries: int
+    num_queries: int
+
+    def as_dict(self) -> dict[str, float | int | list[float]]:
+        """rank1/rank5/rank10 (those within ``max_rank``), mAP, mINP as fractions, the counts and full CMC."""
+        out: dict[str, float | int | list[float]] = {
+            f"rank{k}": self.cmc[k - 1] for k in (1, 5, 10) if k <= len(self.cmc)
+        }
+        out.update(asdict(self))
+        return out
+
+
+def _as_ids(values: IdArray, name: str) -> Tensor:
+    ids = torch.as_tensor(np.asarray(values) if not isinstance(values, Tensor) else values)
+    if ids.dim() != 1:
+        raise EcnreidError(f"evaluation {name} must be 1-D, got shape {tuple(ids.shape)}")
+    if ids.is_floating_point() or ids.is_complex():
+        raise EcnreidError(f"evaluation {name} must hold integers, got {ids.dtype}")
+    return ids.to(device="cpu", dtype=torch.int64)
+
+
+def _order_keys(values: Tensor, rows: Tensor, cols: Tensor, num_cols: int) -> Tensor:
+    """int64 keys whose order is (row, float32 value, column): an exact, tie-aware stable-sort key.
+
+    The float bits are mapped to a monotone unsigned 32-bit integer (negative floats flip their magnitude
+    bits); ``rows * num_cols < 2**31`` must hold so the product cannot overflow.
+    """
+    values = values + 0.0  # -0.0 + 0.0 is +0.0, so both zeros share one key as they tie in a sort
+    bits = values.view(torch.int32)
+    monotone = (bits ^ ((bits >> 31) & _NEGATIVE_MAGNITUDE)).to(torch.int64) + (1 << 31)
+    return ((rows << 32) + monotone) * num_cols + cols
+
+
+class RankingAccumulator:
+    """Accumulate per-query match positions from distance blocks; ``result()`` gives the metrics.
+
+    Feed it ``add(row_offset, block)`` with ``block`` = ``distmat[offset:offset + B]`` (``[B, G]``);
+    every query row must arrive exactly once, in any order.
+    """
+
+    def __init__(
+        self,
+        query_pids: IdArray,
+        gallery_pids: IdArray,
+        query_camids: IdArray,
+        gallery_camids: IdArray,
+        max_rank: int = 50,
+    ) -> None:
+        self.query_pids = _as_ids(query_pids, "query_pids")
+        self.query_camids = _as_ids(query_camids, "query_camids")
+        self.gallery_pids = _as_ids(gallery_pids, "gallery_pids")
+        self.gallery_camids = _as_ids(gallery_camids, "gallery_camids")
+        if len(self.query_pids) != len(self.query_camids):
+            raise EcnreidError(
+                f"evaluation has {len(self.query_pids)} query pids but {len(self.query_camids)} query camids"
+            )
+        if len(self.gallery_pids) != len(self.gallery_camids):
+            raise EcnreidError(
+                f"evaluation has {len(self.gallery_pids)} gallery pids but "
+                f"{len(self.gallery_camids)} gallery camids"
+            )
+        if len(self.gallery_pids) == 0:
+            raise EcnreidError("evaluation gallery is empty")
+        if max_rank < 1:
+            raise EcnreidError(f"evaluation max_rank must be at least 1, got {max_rank}")
+        self.max_rank = max_rank
+        num_queries = len(self.query_pids)
+        # Each query's same-pid gallery entries, via the gallery sorted by pid: [start, end) of its group.
+        self._gallery_by_pid = torch.argsort(self.gallery_pids, stable=True)
+        sorted_pids = self.gallery_pids[self._gallery_by_pid]
+        self._group_start = torch.searchsorted(sorted_pids, self.query_pids)
+        self._group_size = torch.searchsorted(sorted_pids, self.query_pids, right=True) - self._group_start
+        self._junk_columns = torch.nonzero(self.gallery_pids == -1).squeeze(1)
+        self._first_position = torch.zeros(num_queries, dtype=torch.int64)
+        self._average_precision = torch.zeros(num_queries, dtype=torch.float64)
+        self._inverse_negative_penalty = torch.zeros(num_queries, dtype=torch.float64)
+        self._seen = torch.zeros(num_queries, dtype=torch.bool)
+
+    def add(self, row_offset: int, block: Tensor) -> None:
+        """Record the match positions of queries ``row_offset .. row_offset + B - 1`` from ``[B, G]``."""
+        num_gallery = len(self.gallery_pids)
+        if block.dim() != 2 or block.shape[1] != num_gallery:
+            raise EcnreidError(
+                f"evaluation distance block has shape {tuple(block.shape)}; expected [rows, {num_gallery}]"
+            )
+        if row_offset < 0 or row_offset + block.shape[0] > len(self.query_pids):
+            raise EcnreidError(
+                f"evaluation distance block rows {row_offset}..{row_offset + block.shape[0]} fall outside "
+                f"the {len(self.query_pids)} queries"
+            )
+        # rows * G <= 2**22 (or a single row) also keeps the int64 keys of _order_keys from overflowing.
+        rows_per_step = max(1, _BLOCK_ELEMENTS // num_gallery)
+        block = block.detach().to(device="cpu", dtype=torch.float32)
+        for start in range(0, block.shape[0], rows_per_step):
+            self._add_rows(row_offset + start, block[start : start + rows_per_step].contiguous())
+
+    def _add_rows(self, offset: int, dist: Tensor) -> None:
+        num_rows, num_gallery = dist.shape
+        queries = slice(offset, offset + num_rows)
+        if self._seen[queries].any():
+            raise EcnreidError(f"evaluation distance rows from {offset} were given twice")
+        self._seen[queries] = True
+        row_ids = torch.arange(num_rows)
+
+        # Same-pid gallery entries of each query, padded to the largest group in these rows: [B, P].
+        sizes = self._group_size[queries]
+        width = max(int(sizes.max()), 1)
+        slot = torch.arange(width)
+        in_group = slot < sizes.unsqueeze(1)
+        group_pos = (self._group_start[queries].unsqueeze(1) + slot).clamp_max(num_gallery - 1)
+        cols = self._gallery_by_pid[group_pos]
+        same_camera = self.gallery_camids[cols] == self.query_camids[queries].unsqueeze(1)
+        is_match = in_group & ~same_camera & (self.gallery_pids[cols] != -1)
+        removed = in_group & ~is_match
+        num_matches = is_match.sum(dim=1)
+        valid = num_matches > 0
+        if not bool(valid.any()):
+            return
+
+        match_dist = dist.gather(1, cols)
+        if bool(torch.isnan(match_dist[is_match]).any()):
+            raise EcnreidError(f"evaluation distance rows from {offset} hold NaN at a true match")
+        rows2d = row_ids.unsqueeze(1).expand_as(cols)
+        # Non-match slots get the row's largest possible key, so each row's keys stay sorted and the rows
+        # stay in order once flattened (a global searchsorted then works row by row).
+        row_ceiling = ((rows2d << 32) + ((1 << 32) - 1)) * num_gallery + (num_gallery - 1)
+        match_keys = torch.where(is_match, _order_keys(match_dist, rows2d, cols, num_gallery), row_ceiling)
+        match_keys = match_keys.sort(dim=1).values
+
+        # Only entries no farther than the last match can come before a match. NaN threshold: no candidate.
+        last_match = torch.where(is_match, match_dist, torch.full_like(match_dist, -torch.inf)).amax(dim=1)
+        threshold = torch.where(valid, last_match, torch.full_like(last_match, torch.nan))
+        candidate = dist <= threshold.unsqueeze(1)
+        candidate[rows2d[removed], cols[removed]] = False
+        if len(self._junk_columns):
+            candidate[:, self._junk_columns] = False
+
+        flat = candidate.view(-1).nonzero().squeeze(1)
+        cand_rows = flat // num_gallery
+        cand_cols = flat - cand_rows * num_gallery
+        cand_keys = _order_keys(dist.view(-1)[flat], cand_rows, cand_cols, num_gallery)
+        # Bucket b of a candidate = number of its row's match keys below it, so it sits at or before
+        # matches b, b+1, ...; the cumulative bucket count at slot m is match m's 1-based position.
+        bucket = torch.searchsorted(match_keys.view(-1), cand_keys) - cand_rows * width
+        counts = torch.bincount(cand_rows * (width + 1) + bucket, minlength=num_rows * (width + 1))
+        positions = counts.view(num_rows, width + 1).cumsum(dim=1)[:, :width]
+
+        ordinal = torch.arange(1, width + 1, dtype=torch.float64)
+        matched = slot.unsqueeze(0) < num_matches.unsqueeze(1)
+        precision = torch.where(matched, ordinal / positions.clamp_min(1), torch.zeros((), dtype=torch.float64))
+        n = num_matches.clamp_min(1)
+        last_position = positions.gather(1, (n - 1).unsqueeze(1)).squeeze(1).clamp_min(1)
+        self._first_position[queries] = torch.where(valid, positions[:, 0], 0)
+        self._average_precision[queries] = torch.where(valid, precision.sum(dim=1) / n, 0.0)
+        self._inverse_negative_penalty[queries] = torch.where(valid, n.double() / last_position, 0.0)
+
+    def result(self) -> RankingResult:
+        """Average over valid queries; raises if a query row was never added or no query has a match."""
+        missing = torch.nonzero(~self._seen).squeeze(1)
+        if len(missing):
+            raise EcnreidError(
+                f"evaluation is missing distance rows for {len(missing)} queries (first: {int(missing[0])})"
+            )
+        valid = self._first_position > 0
+        num_valid = int(valid.sum())
+        if num_valid == 0:
+            raise EcnreidError("evaluation has no query with a true match in the gallery (other camera)")
+        first = self._first_position[valid]
+        hits = torch.bincount(first.clamp_max(self.max_rank + 1), minlength=self.max_rank + 2)
+        cmc = hits[1 : self.max_rank + 1].cumsum(0).double() / num_valid
+        return RankingResult(
+            cmc=cmc.tolist(),
+            mAP=float(self._average_precision[valid].mean()),
+            mINP=float(self._inverse_negative_penalty[valid].mean()),
+            num_valid_queries=num_valid,
+            num_queries=len(self.query_pids),
+        )
+
+
+def evaluate_blocks(
+    blocks: Iterable[tuple[int, Tensor]],
+    query_pids: IdArray,
+    gallery_pids: IdArray,
+    query_camids: IdArray,
+    gallery_camids: IdArray,
+    max_rank: int = 50,
+) -> RankingResult:
+    """Metrics from ``(row_offset, distance block)`` pairs, e.g. ``iter_distance_blocks``, never the full matrix."""
+    accumulator = RankingAccumulator(query_pids, gallery_pids, query_camids, gallery_camids, max_rank)
+    for offset, block in blocks:
+        accumulator.add(offset, block)
+    return accumulator.result()
+
+
+def evaluate_ranking(
+    distmat: Tensor,
+    query_pids: IdArray,
+    gallery_pids: IdArray,
+    query_camids: IdArray,
+    gallery_camids: IdArray,
+    max_rank: int = 50,
+) -> RankingResult:
+    """CMC, mAP and mINP of a query-gallery distance matrix ``[Q, G]`` under the protocol above."""
+    distmat = torch.as_tensor(distmat)
+    if distmat.dim() != 2 or distmat.shape[0] != len(query_pids):
+        raise EcnreidError(
+            f"evaluation distance matrix has shape {tuple(distmat.shape)}; expected [{len(query_pids)}, gallery]"
+        )
+    return evaluate_blocks([(0, distmat)], query_pids, gallery_pids, query_camids, gallery_camids, max_rank)
+
+
+def evaluate_ranking_reference(
+    distmat: Tensor | np.ndarray,
+    query_pids: IdArray,
+    gallery_pids: IdArray,
+    query_camids: IdArray,
+    gallery_camids: IdArray,
+    max_rank: int = 50,
+) -> RankingResult:
+    """The same protocol as a plain per-query NumPy loop with a stable full sort (slow; for tests, benches)."""
+    dist = np.asarray(distmat.detach().cpu() if isinstance(distmat, Tensor) else distmat, dtype=np.float32)
+    q_pids, q_cams = np.asarray(query_pids), np.asarray(query_camids)
+    g_pids, g_cams = np.asarray(gallery_pids), np.asarray(gallery_camids)
+    first_positions, average_precisions, inps = [], [], []
+    for i in range(dist.shape[0]):
+        row = dist[i] + np.float32(0.0)  # -0.0 -> 0.0, so that both zeros tie like in a sort by value
+        order = np.argsort(row, kind="stable")
+        same_pid = g_pids[order] == q_pids[i]
+        kept = ~(same_pid & (g_cams[order] == q_cams[i])) & (g_pids[order] != -1)
+        positions = np.flatnonzero(same_pid[kept]) + 1
+        if len(positions) == 0:
+            continue
+        if np.isnan(row[order][kept][positions - 1]).any():
+            raise EcnreidError(f"evaluation distance row {i} holds NaN at a true match")
+        first_positions.append(positions[0])
+        average_precisions.append(np.mean(np.arange(1, len(positions) + 1) / positions))
+        inps.append(len(positions) / positions[-1])
+    if not first_positions:
+        raise EcnreidError("evaluation has no query with a true match in the gallery (other camera)")
+    first = np.asarray(first_positions)
+    cmc = [float(np.mean(first <= k)) for k in range(1, max_rank + 1)]
+    return RankingResult(
+        cmc=cmc,
+        mAP=float(np.mean(average_precisions)),
+        mINP=float(np.mean(inps)),
+        num_valid_queries=len(first_positions),
+        num_queries=dist.shape[0],
+    )

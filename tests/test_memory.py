@@ -1,0 +1,121 @@
+"""Tests for ecnreid/memory.py: logits, the momentum update, duplicates, state_dict, float16."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ecnreid.memory import ExemplarMemory, alpha_for_epoch
+
+
+def test_starts_at_zero_and_is_a_saved_buffer() -> None:
+    memory = ExemplarMemory(5, dim=3)
+    assert memory.features.shape == (5, 3) and torch.count_nonzero(memory.features) == 0
+    assert list(memory.parameters()) == []
+    memory.update(torch.tensor([[1.0, 2.0, 2.0]]), torch.tensor([4]), alpha=0.0)
+    state = memory.state_dict()
+    assert list(state) == ["features"]
+    restored = ExemplarMemory(5, dim=3)
+    restored.load_state_dict(state)
+    assert torch.equal(restored.features, memory.features)
+
+
+def test_logits_hand_computed_and_gradient_to_features_only() -> None:
+    memory = ExemplarMemory(2, dim=2)
+    memory.features.copy_(torch.tensor([[1.0, 0.0], [0.6, 0.8]]))
+    f = torch.tensor([[0.0, 1.0]], requires_grad=True)
+    z = memory.logits(f, beta=0.05)
+    assert torch.allclose(z, torch.tensor([[0.0, 16.0]]))
+    z.sum().backward()
+    # d(sum_j f·m_j / β)/df = (m_0 + m_1) / β
+    assert torch.allclose(f.grad, torch.tensor([[32.0, 16.0]]))
+    assert not memory.features.requires_grad
+
+
+def test_alpha_zero_overwrites_then_normalises() -> None:
+    memory = ExemplarMemory(3, dim=3)
+    memory.features[1] = torch.tensor([0.0, 0.0, 1.0])
+    memory.update(torch.tensor([[3.0, 4.0, 0.0]]), torch.tensor([1]), alpha=0.0)
+    assert torch.allclose(memory.features[1], torch.tensor([0.6, 0.8, 0.0]))
+
+
+def test_alpha_half_hand_computed() -> None:
+    memory = ExemplarMemory(2, dim=3)
+    memory.features[0] = torch.tensor([1.0, 0.0, 0.0])
+    memory.update(torch.tensor([[0.0, 2.0, 0.0]]), torch.tensor([0]), alpha=0.5)
+    # 0.5·[1, 0, 0] + 0.5·[0, 2, 0] = [0.5, 1, 0], norm sqrt(1.25)
+    expected = torch.tensor([0.5, 1.0, 0.0]) / math.sqrt(1.25)
+    assert torch.allclose(memory.features[0], expected)
+
+
+def test_rows_unit_norm_and_untouched_rows_unchanged() -> None:
+    torch.manual_seed(0)
+    memory = ExemplarMemory(10, dim=8)
+    memory.features.copy_(F.normalize(torch.randn(10, 8), dim=1))
+    before = memory.features.clone()
+    indices = torch.tensor([7, 2, 5])
+    memory.update(torch.randn(3, 8) * 5, indices, alpha=0.3)
+    assert torch.allclose(memory.features[indices].norm(dim=1), torch.ones(3), atol=1e-6)
+    untouched = torch.tensor([0, 1, 3, 4, 6, 8, 9])
+    assert torch.equal(memory.features[untouched], before[untouched])
+    assert not torch.allclose(memory.features[indices], before[indices])
+
+
+def test_duplicate_indices_are_averaged_and_order_free() -> None:
+    m = torch.tensor([1.0, 0.0, 0.0])
+    f1, f2, other = torch.tensor([0.0, 4.0, 0.0]), torch.tensor([0.0, 0.0, 2.0]), torch.tensor([1.0, 1.0, 0.0])
+    results = []
+    for features, indices in [
+        (torch.stack([f1, other, f2]), torch.tensor([2, 0, 2])),
+        (torch.stack([f2, f1, other]), torch.tensor([2, 2, 0])),
+    ]:
+        memory = ExemplarMemory(3, dim=3)
+        memory.features[2] = m
+        memory.update(features, indices, alpha=0.5)
+        results.append(memory.features.clone())
+    # slot 2: 0.5·m + 0.5·(f1 + f2)/2 = [0.5, 1, 0.5]
+    expected_slot2 = torch.tensor([0.5, 1.0, 0.5]) / math.sqrt(1.5)
+    assert torch.allclose(results[0][2], expected_slot2)
+    assert torch.allclose(results[0][0], torch.tensor([1.0, 1.0, 0.0]) / math.sqrt(2))
+    assert torch.equal(results[0], results[1])
+
+
+def test_update_rejects_bad_shapes() -> None:
+    memory = ExemplarMemory(4, dim=3)
+    with pytest.raises(ValueError, match="update expects"):
+        memory.update(torch.randn(2, 5), torch.tensor([0, 1]), alpha=0.0)
+    with pytest.raises(ValueError, match="update expects"):
+        memory.update(torch.randn(2, 3), torch.tensor([0]), alpha=0.0)
+
+
+def test_update_does_not_track_gradients() -> None:
+    memory = ExemplarMemory(4, dim=3)
+    f = torch.randn(2, 3, requires_grad=True)
+    memory.update(f * 2, torch.tensor([0, 3]), alpha=0.0)
+    assert memory.features.grad_fn is None and not memory.features.requires_grad
+
+
+def test_float16_memory() -> None:
+    torch.manual_seed(0)
+    rows = F.normalize(torch.randn(6, 16), dim=1)
+    half = ExemplarMemory(6, dim=16, dtype=torch.float16)
+    full = ExemplarMemory(6, dim=16)
+    assert half.features.element_size() == 2 and half.state_dict()["features"].dtype == torch.float16
+    half.features.copy_(rows)
+    full.features.copy_(rows)
+    f = F.normalize(torch.randn(3, 16), dim=1)
+    z_half = half.logits(f)
+    assert z_half.dtype == torch.float32
+    assert torch.allclose(z_half, full.logits(f), atol=2e-2)  # fp16 rounding (1e-3) divided by β
+    half.update(torch.randn(2, 16), torch.tensor([1, 4]), alpha=0.2)
+    assert half.features.dtype == torch.float16
+    assert torch.allclose(half.features[[1, 4]].float().norm(dim=1), torch.ones(2), atol=1e-3)
+
+
+def test_alpha_for_epoch() -> None:
+    assert alpha_for_epoch(0) == 0.0
+    assert alpha_for_epoch(5) == pytest.approx(0.05)
+    assert alpha_for_epoch(59) == pytest.approx(0.59)
