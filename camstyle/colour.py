@@ -80,9 +80,7 @@ def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, std
 
 
-def transfer_lab(
-    lab: torch.Tensor, target_mean: torch.Tensor, target_std: torch.Tensor
-) -> torch.Tensor:
+def transfer_lab(lab: torch.Tensor, target_mean: torch.Tensor, target_std: torch.Tensor) -> torch.Tensor:
     """Match the channel statistics of ``lab`` (N, 3, H, W) to each of K styles (K, 3) → (N, K, 3, H, W).
 
     Each output channel has exactly the target mean and standard deviation (before gamut clipping).

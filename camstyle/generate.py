@@ -117,9 +117,7 @@ class ImageWriter:
         self.close()
 
 
-def missing_outputs(
-    records: Sequence[ImageRecord], num_cameras: int, out_dir: Path
-) -> tuple[torch.Tensor, int]:
+def missing_outputs(records: Sequence[ImageRecord], num_cameras: int, out_dir: Path) -> tuple[torch.Tensor, int]:
     """A (N, num_cameras) bool mask of StarGAN-named outputs still to write, and how many already exist.
 
     The own camera is never an output. One directory listing replaces N x C ``stat`` calls.

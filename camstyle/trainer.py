@@ -305,6 +305,7 @@ def train_stargan(
     if len(records) < config.batch_size:
         raise EcnreidError(f"{len(records)} training images, fewer than one batch of {config.batch_size}")
     spec = config.model_spec(num_cameras)
+    seed_everything(config.seed)  # before building, so the initial weights follow the seed
     try:
         generator, discriminator = spec.build_generator(), spec.build_discriminator()
     except ValueError as exc:
@@ -312,7 +313,6 @@ def train_stargan(
     checkpoint_path, generator_path = out_dir / CHECKPOINT_NAME, out_dir / GENERATOR_NAME
     if checkpoint_path.exists() and not resume:
         raise EcnreidError(f"{checkpoint_path}: a StarGAN run is already here; pass --resume or another folder")
-    seed_everything(config.seed)
     generator.to(device).train()
     discriminator.to(device).train()
     state = _State(

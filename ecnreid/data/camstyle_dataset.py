@@ -62,9 +62,7 @@ class CamStyleTargetDataset(Dataset):
             raise ValueError(f"num_cameras must be at least 1, got {num_cameras}")
         beyond = [r for r in records if not 0 <= r.camid < num_cameras]
         if beyond:
-            raise EcnreidError(
-                f"{beyond[0].path}: camera {beyond[0].camid} outside the target's {num_cameras} cameras"
-            )
+            raise EcnreidError(f"{beyond[0].path}: camera {beyond[0].camid} outside the target's {num_cameras} cameras")
         self.records = list(records)
         self.camstyle_dir = Path(camstyle_dir) if camstyle_dir is not None else None
         self.num_cameras = num_cameras
@@ -121,8 +119,7 @@ def load_pseudo_cameras(camstyle_dir: str | os.PathLike | None) -> dict[str, int
     except (OSError, ValueError) as error:
         raise EcnreidError(f"{path}: unreadable pseudo-camera mapping ({error})") from None
     if not isinstance(mapping, dict) or not all(
-        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
-        for k, v in mapping.items()
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0 for k, v in mapping.items()
     ):
         raise EcnreidError(f"{path}: expected a JSON object of image path -> camera (non-negative integer)")
     return mapping

@@ -111,9 +111,7 @@ def detect_scheme(camstyle_dir: str | os.PathLike) -> Scheme:
     raise EcnreidError(f"{camstyle_dir}: no CamStyle images (*_fake_C.jpg or *_fake_AtoB.jpg) in this folder")
 
 
-def camstyle_path(
-    camstyle_dir: str | os.PathLike, record: ImageRecord, target_cam0: int, scheme: Scheme
-) -> Path:
+def camstyle_path(camstyle_dir: str | os.PathLike, record: ImageRecord, target_cam0: int, scheme: Scheme) -> Path:
     """Where ``record`` rendered in camera ``target_cam0``'s style lives; its own path for its own camera."""
     if target_cam0 == record.camid:
         return Path(record.path)

@@ -95,6 +95,6 @@ def verify_images(
                     bar.update(task, advance=1)
         else:
             ok = list(results)
-    good_records = [r for r, good in zip(records, ok) if good]
-    bad_paths = [p for p, good in zip(paths, ok) if not good]
+    good_records = [r for r, good in zip(records, ok, strict=True) if good]
+    bad_paths = [p for p, good in zip(paths, ok, strict=True) if not good]
     return good_records, bad_paths

@@ -189,14 +189,16 @@ def _apply_camera(image: np.ndarray, camera: dict, rng: np.random.Generator) -> 
     """Camera rendering of a float (H, W, 3) image in [0, 1]: colour, exposure, shade, gamma, blur, noise."""
     matrix = np.diag(camera["gains"]) @ _hue_rotation(camera["hue"])
     out = image @ matrix.T.astype(np.float32)
-    out = (out - 0.5) * camera["contrast"] + 0.5
+    out = (out - 0.5) * np.float32(camera["contrast"]) + 0.5
     ramp = np.linspace(-0.5, 0.5, image.shape[0], dtype=np.float32)[:, None, None]
-    out = out * camera["exposure"] * (1.0 + camera["shade"] * ramp) * rng.uniform(0.95, 1.05)
-    out = np.clip(out, 0.0, 1.0) ** camera["gamma"]
+    gain = np.float32(camera["exposure"] * rng.uniform(0.95, 1.05))  # per-image exposure flicker
+    out = out * gain * (1.0 + np.float32(camera["shade"]) * ramp)
+    out = np.clip(out, 0.0, 1.0) ** np.float32(camera["gamma"])
     pil = Image.fromarray((out * 255.0 + 0.5).astype(np.uint8))
     if camera["blur"] > 0.05:
         pil = pil.filter(ImageFilter.GaussianBlur(camera["blur"]))
-    noisy = np.asarray(pil, np.float32) + rng.normal(0.0, camera["noise"] * 255.0, size=out.shape)
+    noise = rng.standard_normal(size=out.shape, dtype=np.float32) * np.float32(camera["noise"] * 255.0)
+    noisy = np.asarray(pil, np.float32) + noise
     return Image.fromarray(np.clip(noisy + 0.5, 0, 255).astype(np.uint8))
 
 
@@ -248,9 +250,9 @@ def _draw_person(canvas: Image.Image, who: dict, rng: np.random.Generator, view:
         shoulder = (cx + (0.0 if side else sign * (torso_w / 2 + arm_w * 0.2)), shoulder_y + arm_w * 0.4)
         angle = -sign * swing * 1.1
         length = 0.34 * ph
-        elbow = (shoulder[0] + math.sin(angle) * length * 0.5 * (facing if side else 0.3) + (0 if side else sign * 1.0 * s),
-                 shoulder[1] + length * 0.5)
-        hand = (elbow[0] + math.sin(angle * 1.3) * length * 0.5 * (facing if side else 0.3), shoulder[1] + length * 0.97)
+        reach = length * 0.5 * (facing if side else 0.3)
+        elbow = (shoulder[0] + math.sin(angle) * reach + (0.0 if side else sign * s), shoulder[1] + length * 0.5)
+        hand = (elbow[0] + math.sin(angle * 1.3) * reach, shoulder[1] + length * 0.97)
         return [shoulder, elbow, hand]
 
     def draw_leg(sign: float, dim: float) -> None:
@@ -262,7 +264,7 @@ def _draw_person(canvas: Image.Image, who: dict, rng: np.random.Generator, view:
         else:
             _limb(draw, [hip, knee, ankle], skin, leg_w * 0.85)
             if kind == "shorts":
-                mid = ((hip[0] + knee[0]) / 2 + (knee[0] - hip[0]) * 0.3, (hip[1] + knee[1]) / 2 + (knee[1] - hip[1]) * 0.3)
+                mid = (hip[0] + (knee[0] - hip[0]) * 0.8, hip[1] + (knee[1] - hip[1]) * 0.8)
                 _limb(draw, [hip, mid], bottom, leg_w * 1.05)
         shoe_w = leg_w * (1.5 if side else 1.1)
         shoe_dx = facing * leg_w * 0.3 if side else 0.0

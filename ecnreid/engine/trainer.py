@@ -276,7 +276,7 @@ class ECNTrainer:
         start = time.perf_counter()
         progress = make_progress(transient=False)
         with progress if self.ctx.is_main else nullcontext():
-            task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=iters, unit="img", info="")
+            task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=iters, unit="it", info="")
             for step in range(iters):
                 images_x, labels_x, *_ = next(source_iter)
                 images_x = images_x.to(self.device, non_blocking=True)
@@ -301,7 +301,8 @@ class ECNTrainer:
                     sums[key] += value
                 batch_images = len(images_x) + (len(images_u) if images_u is not None else 0)
                 images_seen += batch_images * self.ctx.world_size
-                info = " ".join(f"{k.removeprefix('loss_')} {v:.3f}" for k, v in losses.items())
+                rate = images_seen / max(time.perf_counter() - start, 1e-9)
+                info = " ".join(f"{k.removeprefix('loss_')} {v:.3f}" for k, v in losses.items()) + f" {rate:.0f} img/s"
                 progress.update(task, advance=1, info=info)
         seconds = time.perf_counter() - start
         self.scheduler.step()

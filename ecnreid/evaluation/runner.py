@@ -10,7 +10,6 @@ from typing import Any
 import torch
 from ecnreid.evaluation.distances import iter_distance_blocks, pairwise_distance
 from ecnreid.evaluation.metrics import RankingResult, evaluate_blocks, evaluate_ranking
-from ecnreid.evaluation.reranking import k_reciprocal_rerank
 from rich.table import Table
 from torch import nn
 
@@ -42,6 +41,8 @@ def score_features(
     q_pids, q_cams = _ids(query)
     g_pids, g_cams = _ids(gallery)
     if rerank:
+        from ecnreid.evaluation.reranking import k_reciprocal_rerank
+
         distmat = k_reciprocal_rerank(query_features, gallery_features)
         return evaluate_ranking(distmat, q_pids, g_pids, q_cams, g_cams)
     blocks = iter_distance_blocks(query_features, gallery_features, metric=metric)

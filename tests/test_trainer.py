@@ -1,0 +1,165 @@
+"""The ECN trainer end to end on tiny data: one epoch, checkpoints, exact resume, errors, two-process DDP."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from ecnreid.config import ModelConfig, TrainConfig
+from ecnreid.engine.checkpoint import load_checkpoint
+from ecnreid.engine.trainer import ECNTrainer, train
+from ecnreid.errors import EcnreidError
+
+
+def tiny_config(source: Path, target: Path, out: Path, **overrides) -> TrainConfig:
+    config = TrainConfig(
+        source="synthetic",
+        source_root=source,
+        target="synthetic",
+        target_root=target,
+        model=ModelConfig(arch="resnet18", embedding_dim=64, frozen_stages=3),
+        out=out,
+        epochs=2,
+        batch_size=8,
+        height=32,
+        width=16,
+        workers=0,
+        eval_every=1,
+        neighbour_start_epoch=1,
+        lr_step=1,
+        seed=0,
+        device="cpu",
+    )
+    return dataclasses.replace(config, **overrides)
+
+
+def test_one_epoch_run_writes_everything(two_domains, tmp_path: Path) -> None:
+    source, target = two_domains
+    summary = train(tiny_config(source, target, tmp_path / "run", epochs=1))
+    run = tmp_path / "run"
+    for name in ("last.pt", "best.pt", "log.jsonl", "curves.png", "metrics.json", "config.json"):
+        assert (run / name).is_file(), name
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["epoch"] == 1
+    assert {"loss_total", "loss_source", "loss_target", "rank1", "mAP", "images_per_s"} <= rows[0].keys()
+    assert 0.0 <= summary["final"]["rank1"] <= 100.0
+    state = load_checkpoint(run / "last.pt")
+    # The memory holds one unit-norm row per target image once every slot has been visited...
+    memory = state["memory"]["features"]
+    assert memory.shape == (24, 64)
+    visited = memory.norm(dim=1) > 0
+    assert torch.allclose(memory[visited].norm(dim=1), torch.ones(int(visited.sum())), atol=1e-4)
+    assert state["epoch"] == 1 and state["signature"]["memory_slots"] == 24
+    # ...and, with no CamStyle set beside the target, camera invariance was off (warned, not failed).
+    assert summary["camstyle_dir"] is None
+
+
+def test_resume_equals_straight_run(two_domains, tmp_path: Path) -> None:
+    source, target = two_domains
+    train(tiny_config(source, target, tmp_path / "straight", epochs=2))
+    train(tiny_config(source, target, tmp_path / "resumed", epochs=1))
+    train(tiny_config(source, target, tmp_path / "resumed", epochs=2, resume=True))
+    straight = load_checkpoint(tmp_path / "straight" / "last.pt")
+    resumed = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    assert torch.equal(straight["memory"]["features"], resumed["memory"]["features"])
+    assert straight["history"][-1]["loss_total"] == resumed["history"][-1]["loss_total"]
+
+
+def test_existing_run_is_not_overwritten(two_domains, tmp_path: Path) -> None:
+    source, target = two_domains
+    train(tiny_config(source, target, tmp_path / "run", epochs=1, eval_every=0))
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    with pytest.raises(EcnreidError, match="--resume"):
+        train(tiny_config(source, target, tmp_path / "run", epochs=1))
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
+
+
+def test_resume_with_a_different_target_is_an_error(two_domains, tmp_path: Path) -> None:
+    from conftest import make_reid_tree
+
+    source, target = two_domains
+    train(tiny_config(source, target, tmp_path / "run", epochs=1, eval_every=0))
+    other = make_reid_tree(tmp_path / "other", ids=5, cameras=3, per_camera=2, first_pid=70)
+    with pytest.raises(EcnreidError, match="cannot resume.*target"):
+        train(tiny_config(source, other, tmp_path / "run", epochs=2, resume=True))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(two_domains, tmp_path: Path, monkeypatch) -> None:
+    import ecnreid.engine.trainer as trainer_module
+
+    source, target = two_domains
+    train(tiny_config(source, target, tmp_path / "run", epochs=1, eval_every=0))
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    monkeypatch.setattr(trainer_module, "source_loss", lambda logits, labels: logits.sum() * float("nan"))
+    with pytest.raises(EcnreidError, match="non-finite loss at epoch 2 iteration 1"):
+        train(tiny_config(source, target, tmp_path / "run", epochs=2, resume=True))
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
+
+
+def test_source_only_has_no_memory_and_no_target_loss(two_domains, tmp_path: Path) -> None:
+    source, target = two_domains
+    trainer = ECNTrainer(tiny_config(source, target, tmp_path / "run", epochs=1, source_only=True))
+    assert trainer.memory is None
+    row = trainer.train_epoch(0)
+    assert "loss_target" not in row and row["loss_source"] > 0
+
+
+def test_camera_invariance_uses_the_camstyle_set(two_domains, tmp_path: Path) -> None:
+    from camstyle.prepare import PrepareConfig, run_prepare
+
+    source, target = two_domains
+    run_prepare(PrepareConfig(dataset="synthetic", root=target, method="colour", device="cpu"))
+    summary = train(tiny_config(source, target, tmp_path / "run", epochs=1, eval_every=0))
+    assert summary["camstyle_dir"] == str(target / "bounding_box_train_camstyle")
+    assert summary["setting"] == "+E+C+N"
+
+
+def test_frozen_stages_do_not_change_in_training(two_domains, tmp_path: Path) -> None:
+    source, target = two_domains
+    trainer = ECNTrainer(tiny_config(source, target, tmp_path / "run", epochs=1))
+    stem = {k: v.clone() for k, v in trainer.model.backbone.stages["stem"].state_dict().items()}
+    layer4 = {k: v.clone() for k, v in trainer.model.backbone.stages["layer4"].state_dict().items()}
+    trainer.train_epoch(0)
+    for key, value in trainer.model.backbone.stages["stem"].state_dict().items():
+        assert torch.equal(value, stem[key]), key  # weights and BN running stats
+    assert any(not torch.equal(v, layer4[k]) for k, v in trainer.model.backbone.stages["layer4"].state_dict().items())
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, config: TrainConfig, results: dict) -> None:
+    os.environ.update(
+        {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1",
+         "MASTER_PORT": str(port)}
+    )
+    torch.set_num_threads(1)
+    trainer = ECNTrainer(config)
+    losses = [trainer.train_epoch(epoch)["loss_total"] for epoch in range(2)]
+    results[rank] = {"memory": trainer.memory.features.clone(), "losses": losses}
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_process_gloo_memories_agree(two_domains, tmp_path: Path) -> None:
+    source, target = two_domains
+    config = tiny_config(source, target, tmp_path / "ddp", epochs=2, eval_every=0)
+    manager = mp.get_context("spawn").Manager()
+    results = manager.dict()
+    mp.start_processes(_ddp_worker, args=(2, _free_port(), config, results), nprocs=2, start_method="spawn")
+    first, second = results[0], results[1]
+    assert torch.equal(first["memory"], second["memory"])
+    assert (first["memory"].norm(dim=1) > 0).sum() > 0
+    assert all(torch.isfinite(torch.tensor(first["losses"] + second["losses"])))
