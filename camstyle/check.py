@@ -153,15 +153,13 @@ def run_check(path: str | os.PathLike, workers: int = 8, progress: bool = True) 
 
 
 def render_check_table(report: CheckReport, listed: int = 5) -> Table:
-    """Coverage matrix: rows are own cameras, columns target cameras (1-based), cells ``present/expected``."""
+    """Coverage matrix (rows own cameras, columns target cameras, 1-based; cells ``present/expected``)
+    above the totals and the first ``listed`` missing, corrupt and unexpected names."""
     status = "[green]complete" if report.complete else "[red]incomplete"
-    table = Table(
-        title=f"CamStyle set {report.camstyle_dir} ({report.scheme} names, {report.dataset}): {status}",
-        caption=_caption(report, listed),
-    )
-    table.add_column("own \\ target", justify="right")
+    matrix = Table()
+    matrix.add_column("own \\ target", justify="right")
     for target in range(report.num_cameras):
-        table.add_column(f"c{target + 1}", justify="right")
+        matrix.add_column(f"c{target + 1}", justify="right")
     for own in range(report.num_cameras):
         cells = []
         for target in range(report.num_cameras):
@@ -171,17 +169,18 @@ def render_check_table(report: CheckReport, listed: int = 5) -> Table:
             present, expected = report.pairs.get((own, target), (0, 0))
             colour = "green" if present == expected else "red"
             cells.append(f"[{colour}]{present}/{expected}")
-        table.add_row(f"c{own + 1}", *cells)
-    return table
-
-
-def _caption(report: CheckReport, listed: int) -> str:
-    lines = [
+        matrix.add_row(f"c{own + 1}", *cells)
+    # An outer grid keeps the notes below at their own width instead of wrapping them to the matrix's.
+    layout = Table.grid()
+    layout.add_row(f"[bold]CamStyle check ({report.scheme} names, {report.dataset}):[/] {status}")
+    layout.add_row(matrix)
+    layout.add_row(str(report.camstyle_dir))
+    layout.add_row(
         f"{report.num_images} training images x {report.num_cameras - 1} other cameras: "
         f"{report.present}/{report.expected} present and decodable"
-    ]
+    )
     for label, names in (("missing", report.missing), ("corrupt", report.corrupt), ("unexpected", report.unexpected)):
         if names:
             shown = ", ".join(names[:listed]) + (", …" if len(names) > listed else "")
-            lines.append(f"{len(names)} {label}: {shown}")
-    return "\n".join(lines)
+            layout.add_row(f"[red]{len(names)} {label}:[/] {shown}")
+    return layout

@@ -95,7 +95,8 @@ class ImageWriter:
         image = Image.fromarray(pixels)
         if size is not None and image.size != size:
             image = image.resize(size, Image.Resampling.BICUBIC)
-        atomic_save_image(image, path, quality=self.quality)
+        # Full-resolution chroma (4:4:4): a camera's style is largely its colour, which 4:2:0 would blur.
+        atomic_save_image(image, path, quality=self.quality, subsampling=0)
 
     def submit(self, pixels: np.ndarray, path: Path, size: tuple[int, int] | None = None) -> None:
         """Queue (H, W, 3) uint8 ``pixels`` for ``path``, resized to ``size`` = (width, height) if given."""

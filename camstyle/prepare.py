@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from camstyle.check import PREPARE_FILE, CheckReport, render_check_table, run_check
 from camstyle.colour import generate_colour_camstyle
-from camstyle.generate import generate_camstyle, load_generator
+from camstyle.generate import GenerationCounts, generate_camstyle, load_generator
 from camstyle.pseudo_cameras import adjusted_rand_index, assign_pseudo_cameras, cluster_purity, write_pseudo_cameras
-from camstyle.trainer import StarGANConfig, train_stargan
+from camstyle.trainer import GENERATOR_NAME, StarGANConfig, train_stargan
 from ecnreid.config import config_to_dict
 from ecnreid.data.camstyle_dataset import (
     CAMSTYLE_FOLDER,
@@ -146,6 +148,51 @@ def _pseudo_cameras(
     return grouped, info
 
 
+def _stargan_set(
+    config: PrepareConfig,
+    records: list[ImageRecord],
+    num_cameras: int,
+    out: Path,
+    device: torch.device,
+    summary: dict[str, Any],
+) -> GenerationCounts | None:
+    """Train (or load) the generator, then render the set; None when training was interrupted."""
+    work_dir = Path(config.work_dir) if config.work_dir is not None else out.parent / f"{out.name}_stargan"
+    if config.generator is not None:
+        generator, spec = load_generator(config.generator, device)
+        summary["paths"]["generator"] = str(config.generator)
+        if spec.num_cameras != num_cameras:
+            raise EcnreidError(
+                f"--generator {config.generator}: trained for {spec.num_cameras} cameras but the "
+                f"{summary['dataset']} training images at {summary['root']} have {num_cameras}"
+            )
+    elif not config.resume and (work_dir / GENERATOR_NAME).is_file():
+        # A finished training run (e.g. generation was interrupted): reuse it rather than refuse to overwrite.
+        console.print(f"reusing the trained generator {work_dir / GENERATOR_NAME} (pass --resume to train further)")
+        generator, spec = load_generator(work_dir / GENERATOR_NAME, device)
+        summary["paths"] |= {"work_dir": str(work_dir), "generator": str(work_dir / GENERATOR_NAME)}
+    else:
+        result = train_stargan(records, num_cameras, config.stargan_config(), work_dir, device, config.resume)
+        summary["paths"] |= {"work_dir": str(work_dir), "checkpoint": str(result.checkpoint)}
+        summary["iterations"] = result.iteration
+        if result.interrupted:
+            return None
+        generator, spec = load_generator(result.generator, device)
+        summary["paths"]["generator"] = str(result.generator)
+    summary["image_size"] = list(spec.image_size)
+    return generate_camstyle(
+        generator,
+        records,
+        num_cameras,
+        out,
+        image_size=spec.image_size,
+        batch_size=config.generate_batch_size,
+        device=device,
+        workers=config.workers,
+        progress=config.progress,
+    )
+
+
 def run_prepare(config: PrepareConfig) -> dict[str, Any]:
     """Make the CamStyle set described by ``config``; returns the summary also written to ``prepare.json``."""
     started = time.perf_counter()
@@ -178,44 +225,24 @@ def run_prepare(config: PrepareConfig) -> dict[str, Any]:
     if pseudo is not None:
         summary["pseudo_cameras"] = pseudo
 
-    if config.method == "colour":
-        counts, styles = generate_colour_camstyle(
-            records, num_cameras, out, workers=config.workers, progress=config.progress
-        )
-        summary["colour_styles"] = styles.to_dict()
-    else:
-        if config.generator is not None:
-            generator, spec = load_generator(config.generator, device)
-            summary["paths"]["generator"] = str(config.generator)
-        else:
-            work_dir = Path(config.work_dir) if config.work_dir is not None else out.parent / f"{out.name}_stargan"
-            result = train_stargan(records, num_cameras, config.stargan_config(), work_dir, device, config.resume)
-            summary["paths"] |= {"work_dir": str(work_dir), "checkpoint": str(result.checkpoint)}
-            summary["iterations"] = result.iteration
-            if result.interrupted:
-                summary |= {"interrupted": True, "written": 0, "skipped": 0}
-                summary["seconds"] = time.perf_counter() - started
-                summary["config"] = config_to_dict(config)
-                return summary
-            generator, spec = load_generator(result.generator, device)
-            summary["paths"]["generator"] = str(result.generator)
-        if spec.num_cameras != num_cameras:
-            raise EcnreidError(
-                f"--generator {config.generator}: trained for {spec.num_cameras} cameras but {config.dataset} "
-                f"at {dataset.root} has {num_cameras}"
+    try:
+        if config.method == "colour":
+            counts, styles = generate_colour_camstyle(
+                records, num_cameras, out, workers=config.workers, progress=config.progress
             )
-        summary["image_size"] = list(spec.image_size)
-        counts = generate_camstyle(
-            generator,
-            records,
-            num_cameras,
-            out,
-            image_size=spec.image_size,
-            batch_size=config.generate_batch_size,
-            device=device,
-            workers=config.workers,
-            progress=config.progress,
+            summary["colour_styles"] = styles.to_dict()
+        else:
+            counts = _stargan_set(config, records, num_cameras, out, device, summary)
+    except KeyboardInterrupt:
+        counts = None  # every file already written is complete (atomic writes); a rerun skips them
+    if counts is None:
+        summary |= {"interrupted": True, "seconds": round(time.perf_counter() - started, 3)}
+        summary["config"] = config_to_dict(config)
+        console.print(
+            "[yellow]prepare interrupted; rerun the same command to continue"
+            + (" (add --resume to continue StarGAN training)" if config.method == "stargan" else "")
         )
+        return summary
     summary |= {"written": counts.written, "skipped": counts.skipped}
     summary["seconds"] = round(time.perf_counter() - started, 3)
     summary["config"] = config_to_dict(config)

@@ -171,7 +171,9 @@ def render_sample_grid(
 
 
 @dataclass
-class _State:
+class TrainState:
+    """Networks, optimisers, the trainer's own RNG (target cameras, GP mixing) and the iteration count."""
+
     generator: Generator
     discriminator: Discriminator
     opt_g: torch.optim.Adam
@@ -180,7 +182,7 @@ class _State:
     iteration: int = 0
 
 
-def _save_checkpoint(path: Path, state: _State, spec: ModelSpec, config: StarGANConfig) -> None:
+def _save_checkpoint(path: Path, state: TrainState, spec: ModelSpec, config: StarGANConfig) -> None:
     atomic_torch_save(
         {
             "generator": state.generator.state_dict(),
@@ -200,13 +202,13 @@ def _save_checkpoint(path: Path, state: _State, spec: ModelSpec, config: StarGAN
     )
 
 
-def _save_generator(path: Path, state: _State, spec: ModelSpec) -> None:
+def _save_generator(path: Path, state: TrainState, spec: ModelSpec) -> None:
     atomic_torch_save(
         {"generator": state.generator.state_dict(), "model": spec.to_dict(), "iteration": state.iteration}, path
     )
 
 
-def _restore(path: Path, state: _State, spec: ModelSpec) -> None:
+def _restore(path: Path, state: TrainState, spec: ModelSpec) -> None:
     try:
         saved = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises many types for truncated or foreign files
@@ -230,8 +232,8 @@ def _restore(path: Path, state: _State, spec: ModelSpec) -> None:
         torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
 
 
-def _critic_step(
-    state: _State, x_real: torch.Tensor, c_org: torch.Tensor, c_trg: torch.Tensor, config: StarGANConfig
+def critic_step(
+    state: TrainState, x_real: torch.Tensor, c_org: torch.Tensor, c_trg: torch.Tensor, config: StarGANConfig
 ) -> dict[str, torch.Tensor]:
     """One discriminator update: WGAN critic on real vs fake, camera classification of real, gradient penalty."""
     device = x_real.device
@@ -256,8 +258,8 @@ def _critic_step(
     return {"d_real": d_real.detach(), "d_fake": d_fake.detach(), "d_cls": d_cls.detach(), "d_gp": gp.detach()}
 
 
-def _generator_step(
-    state: _State, x_real: torch.Tensor, c_org: torch.Tensor, c_trg: torch.Tensor, config: StarGANConfig
+def generator_step(
+    state: TrainState, x_real: torch.Tensor, c_org: torch.Tensor, c_trg: torch.Tensor, config: StarGANConfig
 ) -> dict[str, torch.Tensor]:
     """One generator update: fool the critic, be classified as the target camera, reconstruct the input."""
     g, d = state.generator, state.discriminator
@@ -315,7 +317,7 @@ def train_stargan(
         raise EcnreidError(f"{checkpoint_path}: a StarGAN run is already here; pass --resume or another folder")
     generator.to(device).train()
     discriminator.to(device).train()
-    state = _State(
+    state = TrainState(
         generator=generator,
         discriminator=discriminator,
         opt_g=torch.optim.Adam(generator.parameters(), config.g_lr, (config.beta1, config.beta2)),
@@ -360,9 +362,9 @@ def train_stargan(
                     group["lr"] = learning_rate(config.g_lr, state.iteration, config)
                 for group in state.opt_d.param_groups:
                     group["lr"] = learning_rate(config.d_lr, state.iteration, config)
-                losses = _critic_step(state, x_real, c_org, c_trg, config)
+                losses = critic_step(state, x_real, c_org, c_trg, config)
                 if (state.iteration + 1) % config.n_critic == 0:
-                    losses |= _generator_step(state, x_real, c_org, c_trg, config)
+                    losses |= generator_step(state, x_real, c_org, c_trg, config)
                 state.iteration += 1
                 if state.iteration % config.log_every == 0 or state.iteration == config.iters:
                     last |= {key: float(value) for key, value in losses.items()}

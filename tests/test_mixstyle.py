@@ -25,7 +25,7 @@ def _fixed_lambda(value: float):
 
 def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample, per-channel mean and population std over H, W: [B, C] each."""
-    return x.mean(dim=(2, 3)), x.var(dim=(2, 3), unbiased=False).sqrt()
+    return x.mean(dim=(2, 3)), x.var(dim=(2, 3), correction=0).sqrt()
 
 
 def _partners(x: torch.Tensor, y: torch.Tensor, lam: float) -> list[int]:

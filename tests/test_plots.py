@@ -55,8 +55,14 @@ def test_nice_steps_and_ticks():
 def test_line_plot_draws_each_series_in_its_colour(tmp_path: Path):
     path = tmp_path / "plot.png"
     xs = list(range(10))
-    line_plot({"a": (xs, [1.0] * 10), "b": (xs, [float(x) for x in xs])}, path, title="t", xlabel="x",
-              ylabel="y", size=(640, 400))
+    line_plot(
+        {"a": (xs, [1.0] * 10), "b": (xs, [float(x) for x in xs])},
+        path,
+        title="t",
+        xlabel="x",
+        ylabel="y",
+        size=(640, 400),
+    )
     image = _open_png(path, (640, 400))
     assert _pixels_of(image, PALETTE[0]).sum() > CURVE_PIXELS
     assert _pixels_of(image, PALETTE[1]).sum() > CURVE_PIXELS
@@ -72,8 +78,13 @@ def test_non_finite_values_are_skipped_and_break_the_line(tmp_path: Path):
     assert full > CURVE_PIXELS
     assert 0.3 * full < gap < 0.7 * full  # two of the four segments are gone
 
-    line_plot({"a": (xs, [1, 2, 3, 4, 5]), "b": (xs, [math.nan, math.inf, -math.inf, math.nan, math.nan])},
-              tmp_path / "nan.png", title="nan", xlabel="x", ylabel="y")
+    line_plot(
+        {"a": (xs, [1, 2, 3, 4, 5]), "b": (xs, [math.nan, math.inf, -math.inf, math.nan, math.nan])},
+        tmp_path / "nan.png",
+        title="nan",
+        xlabel="x",
+        ylabel="y",
+    )
     image = Image.open(tmp_path / "nan.png")
     assert _pixels_of(image, PALETTE[0]).sum() > CURVE_PIXELS
     assert 0 < _pixels_of(image, PALETTE[1]).sum() < 150  # the legend swatch only
@@ -87,8 +98,9 @@ def test_one_point_and_constant_series(tmp_path: Path):
     dot = _pixels_of(Image.open(tmp_path / "one.png"), PALETTE[0])
     assert 10 < dot.sum() < 100  # one marker, no legend (empty label)
 
-    line_plot({"": ([0, 1, 2, 3], [5.0] * 4)}, tmp_path / "flat.png", title="flat", xlabel="x", ylabel="y",
-              size=(600, 400))
+    line_plot(
+        {"": ([0, 1, 2, 3], [5.0] * 4)}, tmp_path / "flat.png", title="flat", xlabel="x", ylabel="y", size=(600, 400)
+    )
     rows = np.nonzero(_pixels_of(Image.open(tmp_path / "flat.png"), PALETTE[0]))[0]
     assert rows.size > CURVE_PIXELS
     assert rows.max() - rows.min() <= 8  # a horizontal line...
@@ -96,8 +108,9 @@ def test_one_point_and_constant_series(tmp_path: Path):
 
 
 def test_ylim_clips_points_outside(tmp_path: Path):
-    line_plot({"": ([0, 1, 2], [5.0, 6.0, 7.0])}, tmp_path / "clip.png", title="", xlabel="", ylabel="",
-              ylim=(0.0, 1.0))
+    line_plot(
+        {"": ([0, 1, 2], [5.0, 6.0, 7.0])}, tmp_path / "clip.png", title="", xlabel="", ylabel="", ylim=(0.0, 1.0)
+    )
     assert _pixels_of(Image.open(tmp_path / "clip.png"), PALETTE[0]).sum() == 0
 
 
@@ -135,8 +148,9 @@ def test_training_curves_with_partial_rows(tmp_path: Path):
 
 
 def test_training_curves_without_metrics_or_rows(tmp_path: Path):
-    training_curves_png([{"epoch": 0, "loss_total": 1.0}, {"epoch": 1, "loss_total": 0.5}], tmp_path / "l.png",
-                        panel_size=(500, 300))
+    training_curves_png(
+        [{"epoch": 0, "loss_total": 1.0}, {"epoch": 1, "loss_total": 0.5}], tmp_path / "l.png", panel_size=(500, 300)
+    )
     _open_png(tmp_path / "l.png", (500, 300))  # one panel: there is no metric to show
     with pytest.raises(EcnreidError, match="epoch"):
         training_curves_png([{"loss_total": 1.0}, {"epoch": 2, "lr": 0.1}], tmp_path / "none.png")

@@ -48,7 +48,7 @@ def test_output_is_instance_norm_plus_gated_residual_by_hand():
     out = module(x)
 
     mean = x.mean(dim=(2, 3), keepdim=True)
-    var = x.var(dim=(2, 3), keepdim=True, unbiased=False)
+    var = x.var(dim=(2, 3), keepdim=True, correction=0)
     gamma = module.instance_norm.weight.view(1, -1, 1, 1)
     beta = module.instance_norm.bias.view(1, -1, 1, 1)
     normalised = (x - mean) / torch.sqrt(var + module.instance_norm.eps) * gamma + beta

@@ -33,18 +33,21 @@ def scene(tmp_path: Path):
         (-1, 1, 0.05),  # junk: never shown
         (0, 0, 0.20),  # distractor
     ]
-    gallery = [ImageRecord(_image(tmp_path / f"g{i}.png", COLORS[i]), pid, cam) for i, (pid, cam, _) in
-               enumerate(layout)]
+    gallery = [
+        ImageRecord(_image(tmp_path / f"g{i}.png", COLORS[i]), pid, cam) for i, (pid, cam, _) in enumerate(layout)
+    ]
     query = [
         ImageRecord(_image(tmp_path / "q0.png", QUERY_COLORS[0]), 1, 0),
         ImageRecord(_image(tmp_path / "q1.png", QUERY_COLORS[1]), 4, 1),  # no pid 4 in the gallery: invalid
         ImageRecord(_image(tmp_path / "q2.png", QUERY_COLORS[2]), 2, 1),  # g2 is a match from another camera
     ]
-    distmat = torch.tensor([
-        [d for _, _, d in layout],
-        [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
-        [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3],
-    ])
+    distmat = torch.tensor(
+        [
+            [d for _, _, d in layout],
+            [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
+            [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3],
+        ]
+    )
     return query, gallery, distmat
 
 

@@ -21,6 +21,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ecnreid.data.camstyle_names import Scheme, camstyle_path, detect_scheme
+from ecnreid.data.image_dataset import load_image
 from ecnreid.data.records import ImageRecord
 from ecnreid.errors import EcnreidError
 
@@ -47,7 +48,8 @@ class CamStyleTargetDataset(Dataset):
     ``camid`` is the image's own (0-based) camera; the style camera is drawn with torch's global RNG, so
     ``torch.manual_seed`` makes the draws reproducible (DataLoader workers derive their seeds from it too).
     A CamStyle file missing for a drawn camera falls back to the original image and is counted in
-    ``missing`` (per process: each DataLoader worker keeps its own count).
+    ``missing``; one that does not decode likewise, counted in ``unreadable`` (counts are per process:
+    each DataLoader worker keeps its own).
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class CamStyleTargetDataset(Dataset):
             scheme = detect_scheme(self.camstyle_dir)
         self.scheme: Scheme | None = scheme
         self.missing = 0
+        self.unreadable = 0
 
     def __len__(self) -> int:
         return len(self.records)
@@ -88,8 +91,15 @@ class CamStyleTargetDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, int, int]:
         camera = int(torch.randint(self.num_cameras, ()).item())
-        with Image.open(self.style_path(index, camera)) as handle:
-            image = handle.convert("RGB")
+        original = self.records[index].path
+        path = self.style_path(index, camera)
+        try:
+            image = load_image(str(path))
+        except EcnreidError:
+            if path == Path(original):
+                raise
+            self.unreadable += 1  # a broken CamStyle file costs one style draw, not the run
+            image = load_image(original)
         if self.transform is not None:
             image = self.transform(image)
         return image, self.records[index].camid, index

@@ -120,22 +120,42 @@ def _hue_rotation(degrees: float) -> np.ndarray:
     return math.cos(angle) * np.eye(3) + math.sin(angle) * cross + (1 - math.cos(angle)) * np.outer(axis, axis)
 
 
-def _make_camera(rng: np.random.Generator, index: int, count: int, strength: float, textured: bool) -> dict:
-    """A camera style; ``strength`` scales every departure from a neutral camera (0 = neutral)."""
-    # Spread hue rotations over the cameras so that each one is distinct, in a shuffled order.
-    spread = np.linspace(-1.0, 1.0, count) if count > 1 else np.zeros(1)
-    hue = float(spread[index] * 60.0 * strength + rng.uniform(-6, 6) * strength)
-    gains = np.exp(rng.normal(0.0, 0.3 * strength, size=3))
+def _saturation(factor: float) -> np.ndarray:
+    """3×3 RGB matrix scaling saturation about the luma of each pixel (0 = grey, 1 = unchanged)."""
+    luma = np.array([0.299, 0.587, 0.114])
+    return factor * np.eye(3) + (1.0 - factor) * np.outer(np.ones(3), luma)
+
+
+def _make_camera(
+    rng: np.random.Generator,
+    index: int,
+    count: int,
+    strength: float,
+    cast: float,
+    textured: bool,
+    cast_offset: float,
+) -> dict:
+    """A camera style. ``cast`` is the amplitude of the colour cast (white balance: channel gains up to
+    ``1 ± cast``); ``strength`` scales every other departure from a neutral camera (0 = neutral).
+
+    The cast of camera ``index`` points in its own direction of the colour wheel, spread evenly over the
+    domain's cameras, so that every camera's cast is distinct.
+    """
+    direction = 2.0 * math.pi * (index / count + cast_offset + rng.uniform(-0.05, 0.05))
+    channel_angles = np.array([0.0, 2.0 * math.pi / 3.0, 4.0 * math.pi / 3.0])  # R, G, B on the wheel
+    gains = 1.0 + cast * np.cos(direction - channel_angles)
     gains = gains / gains.max()
     kinds = TARGET_BACKGROUNDS if textured else SOURCE_BACKGROUNDS
-    if textured:
-        colours = [_rgb(rng.random(), rng.uniform(0.2, 0.65), rng.uniform(0.2, 0.75)) for _ in range(2)]
+    if textured:  # a low-contrast texture in a tinted colour (walls, paving, hedges)
+        hue_bg, sat, val = rng.random(), rng.uniform(0.05, 0.35), rng.uniform(0.35, 0.75)
+        colours = [_rgb(hue_bg, sat, val), _rgb(hue_bg + rng.uniform(-0.05, 0.05), sat, val * rng.uniform(0.8, 0.9))]
     else:
         base_hue = rng.uniform(0.05, 0.6)
         colours = [_rgb(base_hue, rng.uniform(0.0, 0.15), rng.uniform(0.45, 0.8)) for _ in range(2)]
     return {
-        "hue": hue,
+        "hue": float(rng.uniform(-10.0, 10.0) * strength),
         "gains": gains.tolist(),
+        "saturation": float(math.exp(rng.uniform(-0.5, 0.35) * strength)),
         "exposure": float(rng.uniform(1.0 - 0.4 * strength, 1.0 + 0.2 * strength)),
         "contrast": float(rng.uniform(1.0 - 0.35 * strength, 1.0 + 0.25 * strength)),
         "gamma": float(math.exp(rng.uniform(-0.35, 0.35) * strength)),
@@ -187,7 +207,7 @@ def _background(style: dict, rng: np.random.Generator, height: int, width: int) 
 
 def _apply_camera(image: np.ndarray, camera: dict, rng: np.random.Generator) -> Image.Image:
     """Camera rendering of a float (H, W, 3) image in [0, 1]: colour, exposure, shade, gamma, blur, noise."""
-    matrix = np.diag(camera["gains"]) @ _hue_rotation(camera["hue"])
+    matrix = np.diag(camera["gains"]) @ _saturation(camera["saturation"]) @ _hue_rotation(camera["hue"])
     out = image @ matrix.T.astype(np.float32)
     out = (out - 0.5) * np.float32(camera["contrast"]) + 0.5
     ramp = np.linspace(-0.5, 0.5, image.shape[0], dtype=np.float32)[:, None, None]
@@ -465,6 +485,8 @@ def generate_synthetic(
     gallery_per_camera: int = 2,
     source_style: float = 0.2,
     target_style: float = 1.0,
+    source_cast: float = 0.08,
+    target_cast: float = 0.4,
     height: int = 128,
     width: int = 64,
     jpeg_quality: int = 92,
@@ -494,6 +516,8 @@ def generate_synthetic(
         "gallery_per_camera": gallery_per_camera,
         "source_style": source_style,
         "target_style": target_style,
+        "source_cast": source_cast,
+        "target_cast": target_cast,
         "height": height,
         "width": width,
         "jpeg_quality": jpeg_quality,
@@ -510,8 +534,10 @@ def generate_synthetic(
             return existing
 
     domains = {
-        "source": {"first_pid": 1, "cameras": source_cameras, "style": source_style, "textured": False},
-        "target": {"first_pid": 5001, "cameras": target_cameras, "style": target_style, "textured": True},
+        "source": {"first_pid": 1, "cameras": source_cameras, "style": source_style, "cast": source_cast,
+                   "textured": False},
+        "target": {"first_pid": 5001, "cameras": target_cameras, "style": target_style, "cast": target_cast,
+                   "textured": True},
     }
     staging = out_dir / ".synthetic.staging"
     if staging.exists():
@@ -533,9 +559,10 @@ def generate_synthetic(
         task = bar.add_task("synthetic", total=total, unit="img", info="")
     try:
         for index, (name, spec) in enumerate(domains.items()):
+            cast_offset = float(np.random.default_rng([seed, index, 5]).random())
             cams = [
                 _make_camera(np.random.default_rng([seed, index, 1, c]), c, spec["cameras"], spec["style"],
-                             spec["textured"])
+                             spec["cast"], spec["textured"], cast_offset)
                 for c in range(spec["cameras"])
             ]
             scenes = [_background(cam["background"], np.random.default_rng([seed, index, 2, c]), height, width)

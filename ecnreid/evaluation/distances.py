@@ -79,9 +79,7 @@ def iter_distance_blocks(
 
 
 @torch.no_grad()
-def pairwise_distance(
-    query: Tensor, gallery: Tensor, metric: str = "cosine", block_size: int = 4096
-) -> Tensor:
+def pairwise_distance(query: Tensor, gallery: Tensor, metric: str = "cosine", block_size: int = 4096) -> Tensor:
     """Distance matrix ``[Q, G]`` (float32) between query ``[Q, D]`` and gallery ``[G, D]`` features.
 
     ``cosine`` is ``1 - cos`` (features are normalised here); ``euclidean`` is the true (not squared)

@@ -33,8 +33,8 @@ from ecnreid.errors import EcnreidError
 IdArray = Tensor | np.ndarray | Sequence[int]
 
 # Elements of distance matrix processed at once; bounds the boolean mask and the candidate index lists.
-_BLOCK_ELEMENTS = 1 << 22
-_NEGATIVE_MAGNITUDE = 0x7FFFFFFF
+_BLOCK_ELEMENTS = 1 << 20
+_MAGNITUDE = 0x7FFFFFFF
 
 
 @dataclass
@@ -65,16 +65,25 @@ def _as_ids(values: IdArray, name: str) -> Tensor:
     return ids.to(device="cpu", dtype=torch.int64)
 
 
-def _order_keys(values: Tensor, rows: Tensor, cols: Tensor, num_cols: int) -> Tensor:
-    """int64 keys whose order is (row, float32 value, column): an exact, tie-aware stable-sort key.
+def _monotone_bits(values: Tensor) -> Tensor:
+    """int32 whose order is the float32 order of ``values`` (NaN excluded); ``-0.0`` and ``0.0`` map to 0.
 
-    The float bits are mapped to a monotone unsigned 32-bit integer (negative floats flip their magnitude
-    bits); ``rows * num_cols < 2**31`` must hold so the product cannot overflow.
+    A negative float becomes minus its magnitude bits, a non-negative one keeps its bits.
     """
-    values = values + 0.0  # -0.0 + 0.0 is +0.0, so both zeros share one key as they tie in a sort
     bits = values.view(torch.int32)
-    monotone = (bits ^ ((bits >> 31) & _NEGATIVE_MAGNITUDE)).to(torch.int64) + (1 << 31)
-    return ((rows << 32) + monotone) * num_cols + cols
+    sign = bits >> 31  # 0 for non-negative, -1 for negative
+    return ((bits & _MAGNITUDE) ^ sign) - sign  # conditional negation in two's complement
+
+
+def _order_keys(values: Tensor, flat_index: Tensor, rows: Tensor, num_cols: int) -> Tensor:
+    """int64 keys ordered by (row, float32 value, column): an exact, tie-aware stable-sort key.
+
+    ``key = (row * 2**32 + monotone(value)) * G + column``, with ``flat_index = row * G + column``;
+    ``rows * G <= _BLOCK_ELEMENTS`` (or a single row) keeps it inside int64.
+    """
+    keys = rows * (num_cols * ((1 << 32) - 1))
+    keys += flat_index
+    return keys.add_(_monotone_bits(values).to(torch.int64), alpha=num_cols)
 
 
 class RankingAccumulator:
@@ -102,8 +111,7 @@ class RankingAccumulator:
             )
         if len(self.gallery_pids) != len(self.gallery_camids):
             raise EcnreidError(
-                f"evaluation has {len(self.gallery_pids)} gallery pids but "
-                f"{len(self.gallery_camids)} gallery camids"
+                f"evaluation has {len(self.gallery_pids)} gallery pids but {len(self.gallery_camids)} gallery camids"
             )
         if len(self.gallery_pids) == 0:
             raise EcnreidError("evaluation gallery is empty")
@@ -134,7 +142,7 @@ class RankingAccumulator:
                 f"evaluation distance block rows {row_offset}..{row_offset + block.shape[0]} fall outside "
                 f"the {len(self.query_pids)} queries"
             )
-        # rows * G <= 2**22 (or a single row) also keeps the int64 keys of _order_keys from overflowing.
+        # rows * G <= _BLOCK_ELEMENTS (or a single row) also keeps the int64 keys of _order_keys from overflowing.
         rows_per_step = max(1, _BLOCK_ELEMENTS // num_gallery)
         block = block.detach().to(device="cpu", dtype=torch.float32)
         for start in range(0, block.shape[0], rows_per_step):
@@ -169,8 +177,9 @@ class RankingAccumulator:
         rows2d = row_ids.unsqueeze(1).expand_as(cols)
         # Non-match slots get the row's largest possible key, so each row's keys stay sorted and the rows
         # stay in order once flattened (a global searchsorted then works row by row).
-        row_ceiling = ((rows2d << 32) + ((1 << 32) - 1)) * num_gallery + (num_gallery - 1)
-        match_keys = torch.where(is_match, _order_keys(match_dist, rows2d, cols, num_gallery), row_ceiling)
+        row_ceiling = ((rows2d << 32) + _MAGNITUDE) * num_gallery + (num_gallery - 1)
+        match_flat = rows2d * num_gallery + cols
+        match_keys = torch.where(is_match, _order_keys(match_dist, match_flat, rows2d, num_gallery), row_ceiling)
         match_keys = match_keys.sort(dim=1).values
 
         # Only entries no farther than the last match can come before a match. NaN threshold: no candidate.
@@ -182,13 +191,13 @@ class RankingAccumulator:
             candidate[:, self._junk_columns] = False
 
         flat = candidate.view(-1).nonzero().squeeze(1)
-        cand_rows = flat // num_gallery
-        cand_cols = flat - cand_rows * num_gallery
-        cand_keys = _order_keys(dist.view(-1)[flat], cand_rows, cand_cols, num_gallery)
-        # Bucket b of a candidate = number of its row's match keys below it, so it sits at or before
-        # matches b, b+1, ...; the cumulative bucket count at slot m is match m's 1-based position.
-        bucket = torch.searchsorted(match_keys.view(-1), cand_keys) - cand_rows * width
-        counts = torch.bincount(cand_rows * (width + 1) + bucket, minlength=num_rows * (width + 1))
+        cand_rows = flat // num_gallery  # candidate-sized work, unlike a dense per-row count
+        cand_keys = _order_keys(dist.view(-1)[flat], flat, cand_rows, num_gallery)
+        # A candidate's bucket b (number of its row's match keys below its key) puts it at or before
+        # matches b, b+1, ...; so the cumulative bucket count at slot m is match m's 1-based position.
+        # searchsorted returns row * P + b over the flattened keys; adding the row gives row * (P + 1) + b.
+        bins = torch.searchsorted(match_keys.view(-1), cand_keys).add_(cand_rows)
+        counts = torch.bincount(bins, minlength=num_rows * (width + 1))
         positions = counts.view(num_rows, width + 1).cumsum(dim=1)[:, :width]
 
         ordinal = torch.arange(1, width + 1, dtype=torch.float64)

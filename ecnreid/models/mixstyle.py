@@ -106,7 +106,7 @@ class MixStyle(nn.Module):
             return x
         batch_size = x.size(0)
         mean = x.mean(dim=(2, 3), keepdim=True).detach()
-        std = (x.var(dim=(2, 3), keepdim=True, unbiased=False) + self.eps).sqrt().detach()
+        std = (x.var(dim=(2, 3), keepdim=True, correction=0) + self.eps).sqrt().detach()
         normalised = (x - mean) / std
 
         partner = _PERMUTATIONS[self.mix](batch_size).to(x.device)

@@ -1,0 +1,169 @@
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ecnreid.data.camstyle_dataset import (
+    CamStyleTargetDataset,
+    apply_pseudo_cameras,
+    find_camstyle_dir,
+    load_pseudo_cameras,
+    pseudo_camera_keys,
+)
+from ecnreid.data.camstyle_names import cyclegan_name, stargan_name
+from ecnreid.data.records import ImageRecord
+from ecnreid.errors import EcnreidError
+
+CAMERAS = [0, 0, 1, 2]  # own camera of each training image; the target has 3 cameras
+
+
+def _solid(path: Path, colour: tuple[int, int, int]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 16), colour).save(path, quality=95)
+
+
+def _original_colour(i: int) -> tuple[int, int, int]:
+    return (30 + 50 * i, 0, 0)
+
+
+def _styled_colour(i: int, camera: int) -> tuple[int, int, int]:
+    return (30 + 50 * i, 60 + 60 * camera, 0)
+
+
+def _decode(pixel: np.ndarray) -> tuple[int, int | None]:
+    """(image index, style camera or None for the original) from a pixel written by the helpers above."""
+    index = round((int(pixel[0]) - 30) / 50)
+    camera = None if pixel[1] < 30 else round((int(pixel[1]) - 60) / 60)
+    return index, camera
+
+
+def _make_set(root: Path, scheme: str) -> list[ImageRecord]:
+    records = []
+    for i, own in enumerate(CAMERAS):
+        stem = f"{i + 1:04d}_c{own + 1}_f{i:07d}"
+        path = root / "bounding_box_train" / f"{stem}.jpg"
+        _solid(path, _original_colour(i))
+        records.append(ImageRecord(str(path), i + 1, own))
+        for camera in range(3):
+            if camera != own:
+                name = stargan_name(stem, camera) if scheme == "stargan" else cyclegan_name(stem, own, camera)
+                _solid(root / "bounding_box_train_camstyle" / name, _styled_colour(i, camera))
+    return records
+
+
+def _first_pixel(image: Image.Image) -> np.ndarray:
+    return np.asarray(image)[0, 0]
+
+
+@pytest.mark.parametrize("scheme", ["stargan", "cyclegan"])
+def test_every_camera_maps_to_the_right_file(tmp_path, scheme):
+    records = _make_set(tmp_path, scheme)
+    dataset = CamStyleTargetDataset(records, tmp_path / "bounding_box_train_camstyle", 3, _first_pixel)
+    assert dataset.scheme == scheme  # detected from the files
+    for i, own in enumerate(CAMERAS):
+        for camera in range(3):
+            with Image.open(dataset.style_path(i, camera)) as image:
+                found = _decode(_first_pixel(image.convert("RGB")))
+            assert found == (i, None if camera == own else camera)
+    assert dataset.missing == 0
+
+
+@pytest.mark.parametrize("scheme", ["stargan", "cyclegan"])
+def test_getitem_draws_cameras_uniformly_and_reproducibly(tmp_path, scheme):
+    records = _make_set(tmp_path, scheme)
+    dataset = CamStyleTargetDataset(records, tmp_path / "bounding_box_train_camstyle", 3, _first_pixel)
+
+    def draws(seed: int) -> list[tuple[int, int | None]]:
+        torch.manual_seed(seed)
+        out = []
+        for _ in range(75):
+            for i in range(len(dataset)):
+                pixel, camid, index = dataset[i]
+                assert (camid, index) == (CAMERAS[i], i)
+                out.append(_decode(pixel))
+        return out
+
+    first = draws(0)
+    assert first == draws(0)
+    assert first != draws(1)
+    # Image 0 lives in camera 0: its original stands for camera 0, CamStyle files for cameras 1 and 2.
+    counts = Counter(camera for index, camera in first if index == 0)
+    assert set(counts) == {None, 1, 2}
+    assert all(10 <= n <= 45 for n in counts.values())  # 75 draws, 25 expected each
+    assert all(index == i % 4 for i, (index, _) in enumerate(first))
+
+
+def test_without_camstyle_dir_every_item_is_the_original(tmp_path):
+    records = _make_set(tmp_path, "stargan")
+    dataset = CamStyleTargetDataset(records, None, 3, _first_pixel)
+    torch.manual_seed(0)
+    assert all(_decode(dataset[i % 4][0]) == (i % 4, None) for i in range(40))
+
+
+def test_missing_file_falls_back_to_the_original_and_is_counted(tmp_path):
+    records = _make_set(tmp_path, "stargan")
+    stem = Path(records[2].path).stem
+    (tmp_path / "bounding_box_train_camstyle" / stargan_name(stem, 0)).unlink()
+    dataset = CamStyleTargetDataset(records, tmp_path / "bounding_box_train_camstyle", 3, _first_pixel)
+    assert dataset.style_path(2, 0) == Path(records[2].path)
+    assert dataset.missing == 1
+    assert dataset.style_path(2, 2).name == stargan_name(stem, 2)
+    assert dataset.missing == 1
+
+
+def test_undecodable_file_falls_back_to_the_original_and_is_counted(tmp_path):
+    records = _make_set(tmp_path, "stargan")
+    folder = tmp_path / "bounding_box_train_camstyle"
+    for path in folder.iterdir():
+        path.write_bytes(path.read_bytes()[:20])  # truncated headers: nothing decodes
+    dataset = CamStyleTargetDataset(records, folder, 3, _first_pixel)
+    torch.manual_seed(0)
+    found = [_decode(dataset[i % 4][0]) for i in range(40)]
+    assert found == [(i % 4, None) for i in range(40)]
+    assert dataset.unreadable > 10 and dataset.missing == 0  # about 2/3 of the draws hit another camera
+
+
+def test_camera_outside_the_target_is_an_error(tmp_path):
+    records = _make_set(tmp_path, "stargan")
+    with pytest.raises(EcnreidError, match="outside"):
+        CamStyleTargetDataset(records, None, 2, None)
+
+
+def test_find_camstyle_dir(tmp_path):
+    assert find_camstyle_dir(tmp_path) is None
+    (tmp_path / "bounding_box_train_camstyle").mkdir()
+    (tmp_path / "bounding_box_train_camstyle" / "prepare.json").write_text("{}")
+    assert find_camstyle_dir(tmp_path) is None  # a folder without images is no set
+    _solid(tmp_path / "bounding_box_train_camstyle" / "a_fake_1.jpg", (1, 2, 3))
+    assert find_camstyle_dir(tmp_path) == tmp_path / "bounding_box_train_camstyle"
+
+
+def test_pseudo_camera_mapping_round_trip(tmp_path):
+    records = [
+        ImageRecord(str(tmp_path / "train" / "a" / "1.jpg"), 1, 0),
+        ImageRecord(str(tmp_path / "train" / "b" / "2.jpg"), 2, 0),
+        ImageRecord(str(tmp_path / "train" / "b" / "3.jpg"), 3, 0),
+    ]
+    assert pseudo_camera_keys(records) == ["a/1.jpg", "b/2.jpg", "b/3.jpg"]
+    folder = tmp_path / "camstyle"
+    folder.mkdir()
+    assert load_pseudo_cameras(folder) is None
+    assert load_pseudo_cameras(None) is None
+    (folder / "pseudo_cameras.json").write_text(json.dumps({"a/1.jpg": 1, "b/2.jpg": 0, "b/3.jpg": 2}))
+    mapping = load_pseudo_cameras(folder)
+    assert [r.camid for r in apply_pseudo_cameras(records, mapping)] == [1, 0, 2]
+    assert [r.pid for r in apply_pseudo_cameras(records, mapping)] == [1, 2, 3]
+    with pytest.raises(EcnreidError, match="1 of 3"):
+        apply_pseudo_cameras(records, {"a/1.jpg": 1, "b/2.jpg": 0})
+
+
+@pytest.mark.parametrize("text", ["not json", "[1, 2]", '{"a.jpg": -1}', '{"a.jpg": "1"}'])
+def test_bad_pseudo_camera_file_is_a_one_line_error(tmp_path, text):
+    (tmp_path / "pseudo_cameras.json").write_text(text)
+    with pytest.raises(EcnreidError) as error:
+        load_pseudo_cameras(tmp_path)
+    assert "\n" not in str(error.value)

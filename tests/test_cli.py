@@ -1,0 +1,197 @@
+"""The command line: exit codes, one-line errors, the files each command writes, the configs it builds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ecnreid.cli import app, parse_size, parse_stages
+from ecnreid.errors import EcnreidError
+
+runner = CliRunner()
+
+
+def test_eval_scores_a_tiny_split_and_writes_metrics(two_domains, tmp_path: Path) -> None:
+    _, target = two_domains
+    out = tmp_path / "eval"
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--dataset",
+            "synthetic",
+            "--root",
+            str(target),
+            "--arch",
+            "resnet18",
+            "--height",
+            "32",
+            "--width",
+            "16",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--out",
+            str(out),
+            "--rerank",
+            "--save-ranks",
+            "2",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["results"]) == {"plain", "rerank"}
+    assert metrics["query"] == 9 and metrics["gallery"] == 18
+    assert 0 <= metrics["results"]["plain"]["rank1"] <= 100
+    assert metrics["config"]["model"]["arch"] == "resnet18"
+    assert (out / "cmc.png").is_file() and len(list((out / "ranks").glob("*.png"))) == 2
+
+
+def test_eval_of_a_training_checkpoint(two_domains, tmp_path: Path) -> None:
+    source, target = two_domains
+    out = tmp_path / "run"
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--source",
+            "synthetic",
+            "--source-root",
+            str(source),
+            "--target",
+            "synthetic",
+            "--target-root",
+            str(target),
+            "--arch",
+            "resnet18",
+            "--height",
+            "32",
+            "--width",
+            "16",
+            "--batch-size",
+            "8",
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--no-camera",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["use_camera"] is False and config["setting"] == "+E+N" and config["lam"] == 0.3
+    trained = json.loads((out / "metrics.json").read_text())["final"]
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--dataset",
+            "synthetic",
+            "--root",
+            str(target),
+            "--checkpoint",
+            str(out / "last.pt"),
+            "--height",
+            "32",
+            "--width",
+            "16",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--out",
+            str(tmp_path / "eval"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    scored = json.loads((tmp_path / "eval" / "metrics.json").read_text())["results"]["plain"]
+    # The same model on the same split gives the trainer's final numbers.
+    assert scored["rank1"] == pytest.approx(trained["rank1"]) and scored["mAP"] == pytest.approx(trained["mAP"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dataset", "market1501", "--root", "/nonexistent/market"], "/nonexistent/market"),
+        (["--dataset", "nosuchset", "--root", "."], "unknown dataset"),
+    ],
+)
+def test_eval_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
+    result = runner.invoke(app, ["eval", *args, "--device", "cpu"])
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+    assert result.output.strip().startswith("error:")
+
+
+def test_bad_weights_file_is_one_line_and_exit_2(two_domains, tmp_path: Path) -> None:
+    _, target = two_domains
+    bad = tmp_path / "bad.pth"
+    torch.save({"not.a.key": torch.zeros(1)}, bad)
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--dataset",
+            "synthetic",
+            "--root",
+            str(target),
+            "--arch",
+            "resnet18",
+            "--weights",
+            str(bad),
+            "--device",
+            "cpu",
+        ],
+    )
+    assert result.exit_code == 2 and str(bad) in result.output and "Traceback" not in result.output
+
+
+def test_checkpoint_and_weights_together_are_refused(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["eval", "--dataset", "synthetic", "--root", str(tmp_path), "--checkpoint", "a.pt", "--weights", "b.pth"]
+    )
+    assert result.exit_code == 2 and "--checkpoint" in result.output
+
+
+def test_train_source_only_and_no_target_conflict(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--source",
+            "synthetic",
+            "--source-root",
+            str(tmp_path),
+            "--target",
+            "synthetic",
+            "--target-root",
+            str(tmp_path),
+            "--source-only",
+            "--no-target",
+        ],
+    )
+    assert result.exit_code == 2 and "choose one" in result.output
+
+
+def test_parsers() -> None:
+    assert parse_size("256x128", "--image-size") == (256, 128)
+    with pytest.raises(EcnreidError, match="HEIGHTxWIDTH"):
+        parse_size("256", "--image-size")
+    assert parse_stages("layer1, layer2") == ("layer1", "layer2")
+    assert parse_stages(None) == ()
+
+
+def test_help_lists_the_commands() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("prepare", "train", "eval", "demo"):
+        assert command in result.output

@@ -1,0 +1,211 @@
+"""The ranking protocol: hand-worked CMC / AP / INP, every filtering rule, ties, and fast == reference."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+from ecnreid.errors import EcnreidError
+from ecnreid.evaluation import metrics
+from ecnreid.evaluation.distances import iter_distance_blocks, pairwise_distance
+from ecnreid.evaluation.metrics import (
+    RankingResult,
+    evaluate_blocks,
+    evaluate_ranking,
+    evaluate_ranking_reference,
+)
+
+BOTH = [evaluate_ranking, evaluate_ranking_reference]
+
+# Gallery used by the hand-worked protocol case:   index: pid, camera
+#   0: 1, 0   1: 2, 1   2: 1, 1   3: 0 (distractor), 0   4: -1 (junk), 1   5: 1, 2   6: 3, 2   7: 4, 0
+GALLERY_PIDS = [1, 2, 1, 0, -1, 1, 3, 4]
+GALLERY_CAMS = [0, 1, 1, 0, 1, 2, 2, 0]
+QUERY_PIDS = [1, 4, 3, 1]
+QUERY_CAMS = [0, 0, 0, 2]
+DISTANCES = torch.tensor(
+    [
+        # q0 (pid 1, cam 0): 0 same pid+cam -> removed; 4 junk -> removed. Kept order 1, 2*, 3, 5*, 6, 7:
+        # matches at positions 2 and 4 -> AP (1/2 + 2/4) / 2 = 1/2, INP 2/4, first 2.
+        [0.1, 0.2, 0.3, 0.4, 0.05, 0.6, 0.7, 0.8],
+        # q1 (pid 4, cam 0): its only gallery image (7) is in camera 0 -> no true match -> left out.
+        [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.0],
+        # q2 (pid 3, cam 0): match 6 is nearest of the kept ones -> AP 1, INP 1, first 1.
+        [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.1, 0.5],
+        # q3 (pid 1, cam 2): 5 removed (same camera), 4 junk. Kept order 3, 0*, 6, 7, 2*, 1:
+        # matches at positions 2 and 5 -> AP (1/2 + 2/5) / 2 = 9/20, INP 2/5, first 2.
+        [0.3, 0.9, 0.6, 0.2, 0.0, 0.1, 0.4, 0.5],
+    ]
+)
+
+
+def close(value: float, exact: Fraction) -> bool:
+    return abs(value - float(exact)) < 1e-12
+
+
+@pytest.mark.parametrize("evaluate", BOTH)
+def test_hand_worked_protocol(evaluate) -> None:
+    result = evaluate(DISTANCES, QUERY_PIDS, GALLERY_PIDS, QUERY_CAMS, GALLERY_CAMS, max_rank=3)
+    assert result.num_queries == 4 and result.num_valid_queries == 3
+    assert close(result.mAP, (Fraction(1, 2) + 1 + Fraction(9, 20)) / 3)  # 13/20
+    assert close(result.mINP, (Fraction(1, 2) + 1 + Fraction(2, 5)) / 3)  # 19/30
+    assert result.cmc == pytest.approx([1 / 3, 1.0, 1.0], abs=1e-12)
+
+
+@pytest.mark.parametrize("evaluate", BOTH)
+def test_three_matches_ap_and_inp(evaluate) -> None:
+    # Matches (pid 7, camera 1) at positions 1, 3 and 6: AP (1/1 + 2/3 + 3/6) / 3 = 13/18, INP 3/6.
+    gallery_pids = [7, 9, 7, 9, 9, 7, 9]
+    dist = torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]])
+    result = evaluate(dist, [7], gallery_pids, [0], [1] * 7, max_rank=5)
+    assert close(result.mAP, Fraction(13, 18))
+    assert close(result.mINP, Fraction(1, 2))
+    assert result.cmc == [1.0] * 5
+
+
+@pytest.mark.parametrize("evaluate", BOTH)
+def test_distractors_are_negatives_and_junk_is_removed(evaluate) -> None:
+    dist = torch.tensor([[0.1, 0.2, 0.3]])
+    distractor_first = evaluate(dist, [5], [0, -1, 5], [0], [1, 1, 1])
+    # pid 0 stays (position 1), junk -1 goes: the match is at position 2 -> AP 1/2.
+    assert close(distractor_first.mAP, Fraction(1, 2))
+    assert distractor_first.cmc[:2] == [0.0, 1.0]
+    junk_first = evaluate(torch.tensor([[0.1, 0.2]]), [5], [-1, 5], [0], [1, 1])
+    assert close(junk_first.mAP, Fraction(1)) and junk_first.cmc[0] == 1.0
+
+
+@pytest.mark.parametrize("evaluate", BOTH)
+def test_same_pid_same_camera_is_removed_not_counted(evaluate) -> None:
+    # Gallery 0 is the query's pid in the query's camera: neither a hit nor a negative.
+    result = evaluate(torch.tensor([[0.0, 0.5, 0.7]]), [3], [3, 8, 3], [2], [2, 1, 0])
+    assert close(result.mAP, Fraction(1, 2))  # kept order 1 (neg), 2 (match)
+    assert close(result.mINP, Fraction(1, 2))
+
+
+@pytest.mark.parametrize("evaluate", BOTH)
+def test_ties_rank_by_gallery_index(evaluate) -> None:
+    # All distances equal: stable order = index order; matches at 1 and 3 are positions 2 and 4.
+    dist = torch.full((1, 4), 0.5)
+    result = evaluate(dist, [1], [2, 1, 3, 1], [0], [1, 1, 1, 2])
+    assert close(result.mAP, Fraction(1, 2)) and close(result.mINP, Fraction(1, 2))
+    assert result.cmc[:2] == [0.0, 1.0]
+    # Matches ahead in index order win the tie: positions 1 and 2.
+    swapped = evaluate(dist, [1], [1, 1, 2, 3], [0], [1, 2, 1, 1])
+    assert close(swapped.mAP, Fraction(1)) and close(swapped.mINP, Fraction(1))
+
+
+@pytest.mark.parametrize("evaluate", BOTH)
+def test_negative_zero_ties_with_zero(evaluate) -> None:
+    # -0.0 == 0.0, so the negative at index 0 stays ahead of the match at index 1.
+    result = evaluate(torch.tensor([[0.0, -0.0, -1.0]]), [1], [2, 1, 3], [0], [1, 1, 1])
+    assert close(result.mAP, Fraction(1, 3))
+
+
+@pytest.mark.parametrize("evaluate", BOTH)
+def test_nan_distances_rank_last_but_not_at_a_match(evaluate) -> None:
+    nan = float("nan")
+    result = evaluate(torch.tensor([[nan, 0.3, nan, 0.4]]), [1], [2, 1, 3, 1], [0], [1, 1, 1, 2])
+    assert close(result.mAP, Fraction(1))
+    with pytest.raises(EcnreidError, match="NaN"):
+        evaluate(torch.tensor([[0.1, nan]]), [1], [2, 1], [0], [1, 1])
+
+
+@pytest.mark.parametrize("evaluate", BOTH)
+def test_no_valid_query_raises(evaluate) -> None:
+    with pytest.raises(EcnreidError, match="no query with a true match"):
+        evaluate(torch.tensor([[0.1, 0.2]]), [1], [1, 2], [0], [0, 1])
+
+
+def random_problem(seed: int, num_query: int, num_gallery: int, num_pids: int, rounding: float):
+    gen = torch.Generator().manual_seed(seed)
+    query_pids = torch.randint(0, num_pids, (num_query,), generator=gen)
+    gallery_pids = torch.randint(-1, num_pids, (num_gallery,), generator=gen)
+    query_cams = torch.randint(0, 3, (num_query,), generator=gen)
+    gallery_cams = torch.randint(0, 3, (num_gallery,), generator=gen)
+    dist = torch.randn(num_query, num_gallery, generator=gen)
+    if rounding:
+        dist = (dist / rounding).round() * rounding  # many exact ties, and -0.0 next to 0.0
+    return dist, query_pids, gallery_pids, query_cams, gallery_cams
+
+
+@pytest.mark.parametrize(
+    ("seed", "num_query", "num_gallery", "num_pids", "rounding"),
+    [(0, 30, 80, 6, 0.0), (1, 50, 200, 10, 0.25), (2, 7, 500, 4, 0.5), (3, 64, 40, 3, 1.0), (4, 1, 30, 2, 0.1)],
+)
+def test_fast_matches_reference_on_random_problems(seed, num_query, num_gallery, num_pids, rounding) -> None:
+    problem = random_problem(seed, num_query, num_gallery, num_pids, rounding)
+    fast = evaluate_ranking(*problem, max_rank=20)
+    reference = evaluate_ranking_reference(*problem, max_rank=20)
+    assert fast.num_valid_queries == reference.num_valid_queries > 0
+    assert fast.num_queries == reference.num_queries == num_query
+    assert fast.mAP == pytest.approx(reference.mAP, abs=1e-6)
+    assert fast.mINP == pytest.approx(reference.mINP, abs=1e-6)
+    assert fast.cmc == pytest.approx(reference.cmc, abs=1e-6)
+
+
+def test_small_internal_blocks_match_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Forces many row sub-blocks (3 rows of 40) inside one add() call.
+    monkeypatch.setattr(metrics, "_BLOCK_ELEMENTS", 120)
+    problem = random_problem(5, 23, 40, 4, 0.5)
+    fast = evaluate_ranking(*problem)
+    reference = evaluate_ranking_reference(*problem)
+    assert fast.mAP == pytest.approx(reference.mAP, abs=1e-12)
+    assert fast.mINP == pytest.approx(reference.mINP, abs=1e-12)
+    assert fast.cmc == pytest.approx(reference.cmc, abs=1e-12)
+
+
+def test_blocked_evaluation_equals_unblocked() -> None:
+    dist, *ids = random_problem(6, 37, 60, 5, 0.25)
+    whole = evaluate_ranking(dist, *ids)
+    order = [(30, dist[30:]), (0, dist[:7]), (7, dist[7:30])]  # any order, uneven sizes
+    assert evaluate_blocks(order, *ids) == whole
+
+
+def test_blocks_from_features_equal_full_matrix() -> None:
+    gen = torch.Generator().manual_seed(7)
+    query, gallery = torch.randn(20, 8, generator=gen), torch.randn(50, 8, generator=gen)
+    ids = (
+        torch.arange(20) % 5,
+        torch.arange(50) % 5,
+        torch.zeros(20, dtype=torch.long),
+        torch.ones(50, dtype=torch.long),
+    )
+    full = evaluate_ranking(pairwise_distance(query, gallery), *ids)
+    blocked = evaluate_blocks(iter_distance_blocks(query, gallery, "cosine", block_size=6), *ids)
+    assert blocked.mAP == pytest.approx(full.mAP, abs=1e-12) and blocked.cmc == full.cmc
+
+
+def test_missing_or_repeated_rows_raise() -> None:
+    dist, *ids = random_problem(8, 10, 20, 3, 0.0)
+    with pytest.raises(EcnreidError, match="missing distance rows for 3 queries"):
+        evaluate_blocks([(0, dist[:7])], *ids)
+    with pytest.raises(EcnreidError, match="given twice"):
+        evaluate_blocks([(0, dist), (5, dist[5:6])], *ids)
+    with pytest.raises(EcnreidError, match="outside"):
+        evaluate_blocks([(8, dist[:5])], *ids)
+
+
+def test_shape_and_id_errors() -> None:
+    dist = torch.zeros(2, 3)
+    with pytest.raises(EcnreidError, match="shape"):
+        evaluate_ranking(dist, [1, 2], [1, 2], [0, 0], [0, 0])
+    with pytest.raises(EcnreidError, match="2 query pids but 1 query camids"):
+        evaluate_ranking(dist, [1, 2], [1, 2, 3], [0], [0, 0, 0])
+    with pytest.raises(EcnreidError, match="integers"):
+        evaluate_ranking(dist, np.array([1.0, 2.0]), [1, 2, 3], [0, 0], [0, 0, 0])
+    with pytest.raises(EcnreidError, match="max_rank"):
+        evaluate_ranking(dist, [1, 2], [1, 2, 3], [0, 0], [0, 0, 0], max_rank=0)
+
+
+def test_as_dict_reports_fractions_counts_and_cmc() -> None:
+    result = RankingResult(
+        cmc=[0.5, 0.6, 0.7, 0.8, 0.9, 0.9, 0.9, 0.9, 0.9, 1.0], mAP=0.4, mINP=0.2, num_valid_queries=9, num_queries=10
+    )
+    out = result.as_dict()
+    assert (out["rank1"], out["rank5"], out["rank10"]) == (0.5, 0.9, 1.0)
+    assert (out["mAP"], out["mINP"], out["num_valid_queries"], out["num_queries"]) == (0.4, 0.2, 9, 10)
+    assert out["cmc"] == result.cmc
+    assert "rank10" not in RankingResult([1.0] * 5, 1.0, 1.0, 1, 1).as_dict()

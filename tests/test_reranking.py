@@ -1,0 +1,124 @@
+"""k-reciprocal re-ranking against a plain-loop reference of the CVPR 2017 algorithm, and its properties."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ecnreid.errors import EcnreidError
+from ecnreid.evaluation.reranking import k_reciprocal_rerank
+
+
+def reference_rerank(query: np.ndarray, gallery: np.ndarray, k1: int, k2: int, lambda_value: float) -> np.ndarray:
+    """The algorithm as written in the paper's pseudo-code: dense float64 matrices, loops, full sorts."""
+    x = np.concatenate([query, gallery]).astype(np.float64)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    n, num_query = len(x), len(query)
+    squared = np.array([[np.sum((x[i] - x[j]) ** 2) for j in range(n)] for i in range(n)])
+    original = np.array([squared[i] / squared[i].max() for i in range(n)])
+    rank = np.argsort(original, axis=1, kind="stable")
+
+    def reciprocal(i: int, k: int) -> list[int]:
+        return [int(j) for j in rank[i, : k + 1] if i in rank[j, : k + 1]]
+
+    v = np.zeros((n, n))
+    for i in range(n):
+        r = reciprocal(i, k1)
+        expanded = set(r)
+        for c in r:
+            rc = reciprocal(c, int(np.around(k1 / 2)))
+            if len(set(rc) & set(r)) > 2 / 3 * len(rc):
+                expanded |= set(rc)
+        cols = sorted(expanded)
+        weights = np.exp(-original[i, cols])
+        v[i, cols] = weights / weights.sum()
+    if k2 > 1:
+        v = np.array([v[rank[i, :k2]].mean(axis=0) for i in range(n)])
+    jaccard = np.zeros((num_query, n - num_query))
+    for i in range(num_query):
+        for j in range(num_query, n):
+            jaccard[i, j - num_query] = 1 - np.minimum(v[i], v[j]).sum() / np.maximum(v[i], v[j]).sum()
+    return (1 - lambda_value) * jaccard + lambda_value * original[:num_query, num_query:]
+
+
+def clustered(seed: int, num_ids: int, per_id: int, dim: int, noise: float) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.randn(num_ids, dim, generator=gen)
+    return centres.repeat_interleave(per_id, 0) + noise * torch.randn(num_ids * per_id, dim, generator=gen)
+
+
+@pytest.mark.parametrize(
+    ("seed", "num_query", "k1", "k2", "lambda_value"),
+    [(0, 6, 20, 6, 0.3), (1, 9, 5, 3, 0.3), (2, 4, 8, 1, 0.5), (3, 10, 3, 2, 0.0), (4, 1, 40, 6, 0.3)],
+)
+def test_matches_loop_reference(seed: int, num_query: int, k1: int, k2: int, lambda_value: float) -> None:
+    features = clustered(seed, num_ids=6, per_id=5, dim=8, noise=0.7)  # N = 30
+    perm = torch.randperm(30, generator=torch.Generator().manual_seed(seed + 100))
+    features = features[perm]
+    query, gallery = features[:num_query], features[num_query:]
+    expected = reference_rerank(query.double().numpy(), gallery.double().numpy(), k1, k2, lambda_value)
+    got = k_reciprocal_rerank(query, gallery, k1=k1, k2=k2, lambda_value=lambda_value, block_size=7)
+    assert got.dtype == torch.float32 and got.shape == (num_query, 30 - num_query)
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-5, rtol=0)
+
+
+def test_lambda_one_is_row_normalised_squared_distance() -> None:
+    features = clustered(5, num_ids=4, per_id=4, dim=6, noise=0.5)
+    query, gallery = features[:5], features[5:]
+    unit = torch.nn.functional.normalize(features.double(), dim=1)
+    squared = torch.cdist(unit, unit) ** 2
+    expected = squared[:5, 5:] / squared[:5].amax(dim=1, keepdim=True)
+    got = k_reciprocal_rerank(query, gallery, k1=4, k2=2, lambda_value=1.0)
+    torch.testing.assert_close(got.double(), expected, atol=1e-6, rtol=0)
+
+
+def test_jaccard_part_is_symmetric_in_query_and_gallery() -> None:
+    features = clustered(6, num_ids=5, per_id=5, dim=8, noise=0.6)
+    a, b = features[:8], features[8:]
+    ab = k_reciprocal_rerank(a, b, k1=6, k2=3, lambda_value=0.0)
+    ba = k_reciprocal_rerank(b, a, k1=6, k2=3, lambda_value=0.0)
+    torch.testing.assert_close(ab, ba.T, atol=1e-6, rtol=0)
+    assert float(ab.min()) >= 0.0 and float(ab.max()) <= 1.0
+
+
+def test_unrelated_images_get_jaccard_one() -> None:
+    # Two far-apart groups: a query shares no k-reciprocal neighbour with the other group's images.
+    near = torch.tensor([[1.0, 0.0, 0.0], [0.99, 0.1, 0.0], [0.98, -0.1, 0.05]])
+    far = torch.tensor([[0.0, 0.0, 1.0], [0.1, 0.0, 0.99], [-0.1, 0.05, 0.98]])
+    got = k_reciprocal_rerank(near[:1], torch.cat([near[1:], far]), k1=2, k2=1, lambda_value=0.0)
+    assert got[0, 2:].tolist() == [1.0, 1.0, 1.0]
+    assert float(got[0, :2].max()) < 1.0
+
+
+def test_rerank_pulls_true_matches_ahead_of_a_close_impostor() -> None:
+    # Points (x, y) lifted to (x, y, 1), so after L2 normalisation distances follow the plane.
+    # Query q and its identity A on the x axis; impostor b0 just above q, next to identity B's tight cluster.
+    # Raw distance: b0 (0.25 away) beats a3 (0.31 away). With k1 = 3, b0's 4 nearest are b0, b1, b2, b3, so
+    # q is not k-reciprocal to it and their encodings share no image: Jaccard exactly 1. A's encodings share
+    # q's neighbours, so their Jaccard is below 1 and re-ranking moves a3 ahead of b0.
+    points = torch.tensor(
+        [[0.0, 0.0], [0.10, 0.0], [0.22, 0.0], [0.31, 0.0], [0.0, 0.25], [0.0, 0.33], [0.03, 0.36], [-0.03, 0.36]]
+    )
+    features = torch.cat([points, torch.ones(8, 1)], dim=1)
+    query, gallery = features[:1], features[1:]  # gallery: a1, a2, a3, b0, b1, b2, b3
+    original = k_reciprocal_rerank(query, gallery, k1=3, k2=1, lambda_value=1.0)[0]
+    jaccard = k_reciprocal_rerank(query, gallery, k1=3, k2=1, lambda_value=0.0)[0]
+    reranked = k_reciprocal_rerank(query, gallery, k1=3, k2=1, lambda_value=0.3)[0]
+    assert torch.argsort(original).tolist() == [0, 1, 3, 2, 4, 5, 6]
+    assert jaccard[3:].tolist() == [1.0, 1.0, 1.0, 1.0]
+    assert float(jaccard[:3].max()) < 1.0
+    assert torch.argsort(reranked).tolist() == [0, 1, 2, 3, 4, 5, 6]
+    torch.testing.assert_close(reranked, 0.7 * jaccard + 0.3 * original)
+
+
+def test_bad_inputs_raise_one_line_errors() -> None:
+    x = torch.randn(4, 3)
+    with pytest.raises(EcnreidError, match="dimension"):
+        k_reciprocal_rerank(x, torch.randn(4, 5))
+    with pytest.raises(EcnreidError, match="lambda_value"):
+        k_reciprocal_rerank(x, x, lambda_value=1.5)
+    with pytest.raises(EcnreidError, match="k1, k2"):
+        k_reciprocal_rerank(x, x, k1=0)
+    with pytest.raises(EcnreidError, match="at least one"):
+        k_reciprocal_rerank(x[:0], x)

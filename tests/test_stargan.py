@@ -1,0 +1,210 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import camstyle.trainer as trainer_module
+from camstyle.stargan import Discriminator, Generator, ModelSpec, gradient_penalty
+from camstyle.trainer import StarGANConfig, learning_rate, render_sample_grid, train_stargan
+from ecnreid.data.records import ImageRecord
+from ecnreid.errors import EcnreidError
+from ecnreid.runtime import seed_everything
+
+
+@pytest.mark.parametrize("cameras", [2, 6, 15])
+def test_generator_keeps_the_person_shape_and_range(cameras):
+    generator = Generator(cameras, conv_dim=8, repeat_num=1)
+    images = torch.rand(3, 3, 32, 16) * 2 - 1
+    out = generator(images, torch.tensor([0, cameras - 1, 1]))
+    assert out.shape == (3, 3, 32, 16)
+    assert out.abs().max() <= 1.0
+    # The camera is an input: the same image in two cameras' styles differs.
+    twice = generator(images[:1].expand(2, -1, -1, -1), torch.tensor([0, cameras - 1]))
+    assert not torch.allclose(twice[0], twice[1])
+
+
+def test_generator_needs_sizes_divisible_by_4():
+    with pytest.raises(ValueError, match="divisible by 4"):
+        Generator(2, conv_dim=8, repeat_num=1)(torch.zeros(1, 3, 30, 16), torch.tensor([0]))
+
+
+@pytest.mark.parametrize("cameras", [2, 6, 15])
+def test_discriminator_patch_and_camera_outputs(cameras):
+    discriminator = Discriminator((32, 16), cameras, conv_dim=8, repeat_num=2)
+    src, cls = discriminator(torch.randn(5, 3, 32, 16))
+    assert src.shape == (5, 1, 8, 4)
+    assert cls.shape == (5, cameras)
+
+
+@pytest.mark.parametrize(("size", "kernel"), [((256, 128), (4, 2)), ((128, 64), (2, 1))])
+def test_discriminator_head_kernel_covers_the_non_square_map(size, kernel):
+    discriminator = Discriminator(size, 6, conv_dim=2, repeat_num=6)  # 6 strided convs, tiny widths
+    assert discriminator.cls.kernel_size == kernel
+    src, cls = discriminator(torch.randn(2, 3, *size))
+    assert src.shape == (2, 1, *kernel)
+    assert cls.shape == (2, 6)
+
+
+def test_discriminator_rejects_wrong_sizes():
+    with pytest.raises(ValueError, match="divisible by 2"):
+        Discriminator((42, 16), 2, conv_dim=8, repeat_num=2)
+    with pytest.raises(ValueError, match="built for 32x16"):
+        Discriminator((32, 16), 2, conv_dim=8, repeat_num=2)(torch.zeros(1, 3, 16, 32))
+
+
+def test_gradient_penalty_of_a_linear_critic():
+    # D(x) = <w, x>: the gradient is w for every sample, so the penalty is (|w| - 1)^2 = (3 - 1)^2.
+    w = torch.zeros(3, 4, 2)
+    w[0, 0, 0], w[1, 2, 1] = 2.0, np.sqrt(5.0)
+    w.requires_grad_(True)
+    x = torch.randn(6, 3, 4, 2, requires_grad=True)
+    penalty = gradient_penalty((x * w).sum(dim=(1, 2, 3)), x)
+    assert penalty.item() == pytest.approx(4.0)
+    # It stays differentiable: d/dw (|w| - 1)^2 = 2 (|w| - 1) w / |w|.
+    penalty.backward()
+    assert torch.allclose(w.grad, 2 * (3 - 1) * w.detach() / 3)
+
+
+def test_gradient_penalty_is_per_sample():
+    # D(x) = |x|^2 / 2 per sample: gradient x_i, norms 1, 2 and 3 → mean(0, 1, 4) = 5/3.
+    x = torch.zeros(3, 1, 2, 2)
+    x[0, 0, 0, 0], x[1, 0, 1, 1], x[2, 0, 0, 1] = 1.0, 2.0, 3.0
+    x.requires_grad_(True)
+    assert gradient_penalty(0.5 * (x**2).sum(dim=(1, 2, 3)), x).item() == pytest.approx(5 / 3)
+
+
+def test_learning_rate_decays_linearly_over_the_second_half():
+    config = StarGANConfig(iters=100)
+    assert [learning_rate(1.0, i, config) for i in (0, 49, 50, 75, 99)] == pytest.approx([1, 1, 1, 0.5, 0.02])
+
+
+def _tree(root: Path, cameras: int = 3, per_camera: int = 3) -> list[ImageRecord]:
+    """Per-camera colour casts on random textures, 36x18 (a 1.125 load size of 32x16)."""
+    rng = np.random.default_rng(0)
+    records = []
+    for camera in range(cameras):
+        cast = np.array([60 + 60 * camera, 120, 200 - 60 * camera])
+        for k in range(per_camera):
+            pixels = np.clip(cast + rng.normal(0, 25, (36, 18, 3)), 0, 255).astype(np.uint8)
+            path = root / "bounding_box_train" / f"{camera * 10 + k:04d}_c{camera + 1}_{k:05d}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(path)
+            records.append(ImageRecord(str(path), camera * 10 + k, camera))
+    return records
+
+
+def _tiny(**overrides) -> StarGANConfig:
+    base = dict(
+        iters=1,
+        batch_size=4,
+        image_size=(32, 16),
+        g_conv_dim=8,
+        g_repeat_num=1,
+        d_conv_dim=8,
+        d_repeat_num=2,
+        n_critic=1,
+        workers=0,
+        sample_every=0,
+        checkpoint_every=0,
+        log_every=1,
+        progress=False,
+    )
+    return StarGANConfig(**{**base, **overrides})
+
+
+def test_one_step_changes_both_networks(tmp_path):
+    records = _tree(tmp_path)
+    config = _tiny()
+    seed_everything(config.seed)  # the trainer seeds the same way before building its networks
+    spec = config.model_spec(3)
+    g0, d0 = spec.build_generator().state_dict(), spec.build_discriminator().state_dict()
+    result = train_stargan(records, 3, config, tmp_path / "run")
+    saved = torch.load(result.checkpoint, weights_only=False)
+    assert saved["iteration"] == 1 and not result.interrupted
+    for before, after in ((g0, saved["generator"]), (d0, saved["discriminator"])):
+        assert before.keys() == after.keys()
+        unchanged = [k for k in before if torch.equal(before[k], after[k])]
+        assert unchanged == []  # every parameter had a gradient and took an Adam step
+    gen_only = torch.load(result.generator, weights_only=False)
+    assert ModelSpec.from_dict(gen_only["model"]) == spec
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert log[0]["iteration"] == 1 and {"d_gp", "d_cls", "g_rec", "g_cls"} <= log[0].keys()
+    other = train_stargan(records, 3, _tiny(seed=1), tmp_path / "other")
+    other_g = torch.load(other.generator, weights_only=False)["generator"]
+    assert not all(torch.equal(other_g[k], gen_only["generator"][k]) for k in other_g)
+
+
+def test_resume_continues_from_the_saved_iteration_and_matches_one_run(tmp_path):
+    # Also the determinism check: two separate runs with the same seed end with the same weights.
+    records = _tree(tmp_path)
+    straight = train_stargan(records, 3, _tiny(iters=4, n_critic=2), tmp_path / "a")
+    first = train_stargan(records, 3, _tiny(iters=2, n_critic=2), tmp_path / "b")
+    assert first.iteration == 2
+    resumed = train_stargan(records, 3, _tiny(iters=4, n_critic=2), tmp_path / "b", resume=True)
+    assert resumed.iteration == 4
+    log = [json.loads(line)["iteration"] for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert log == [1, 2, 3, 4]
+    a = torch.load(straight.checkpoint, weights_only=False)
+    b = torch.load(resumed.checkpoint, weights_only=False)
+    for net in ("generator", "discriminator"):
+        assert all(torch.allclose(a[net][k], b[net][k], atol=1e-6) for k in a[net]), net
+
+
+def test_existing_run_needs_resume_and_a_matching_model(tmp_path):
+    records = _tree(tmp_path)
+    train_stargan(records, 3, _tiny(), tmp_path / "run")
+    with pytest.raises(EcnreidError, match="--resume"):
+        train_stargan(records, 3, _tiny(), tmp_path / "run")
+    with pytest.raises(EcnreidError, match="g_conv_dim"):
+        train_stargan(records, 3, _tiny(iters=2, g_conv_dim=4), tmp_path / "run", resume=True)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_returns(tmp_path, monkeypatch):
+    records = _tree(tmp_path)
+    real_step = trainer_module.critic_step
+    calls = []
+
+    def interrupt_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "critic_step", interrupt_third)
+    result = train_stargan(records, 3, _tiny(iters=10), tmp_path / "run")
+    assert result.interrupted and result.iteration == 2
+    assert torch.load(result.checkpoint, weights_only=False)["iteration"] == 2
+    assert not result.generator.exists()  # only a finished run exports the generator
+    monkeypatch.setattr(trainer_module, "critic_step", real_step)
+    assert train_stargan(records, 3, _tiny(iters=3), tmp_path / "run", resume=True).iteration == 3
+
+
+def test_sample_grid_layout_and_file(tmp_path):
+    records = _tree(tmp_path, cameras=2, per_camera=2)
+    generator = Generator(2, conv_dim=8, repeat_num=1)
+    images = trainer_module.sample_images(records, 3, (32, 16))
+    # One image of each camera in turn: camera 0, camera 1, then camera 0 again.
+    assert images.shape == (3, 3, 32, 16)
+    grid = render_sample_grid(generator, images, 2, torch.device("cpu"))
+    assert grid.size == (3 * 16, 3 * 32)  # columns: original + 2 cameras; rows: 3 images
+    pixels = np.asarray(grid)
+    expected_first = ((images[1].permute(1, 2, 0) + 1) * 127.5).round().numpy()
+    assert np.abs(pixels[32:64, :16].astype(float) - expected_first).max() <= 1
+    with torch.no_grad():
+        fake = generator(images[2:3], torch.tensor([1]))[0]
+    assert np.abs(pixels[64:96, 32:48].astype(float) - ((fake.permute(1, 2, 0) + 1) * 127.5).numpy()).max() <= 1
+
+    train_stargan(records, 2, _tiny(iters=2, sample_every=2), tmp_path / "run")
+    with Image.open(tmp_path / "run" / "samples" / "iter_0000002.png") as png:
+        assert png.size == (3 * 16, 4 * 32)  # 4 sample rows, 2 cameras + original
+
+
+def test_too_few_cameras_or_images_is_a_user_error(tmp_path):
+    records = _tree(tmp_path, cameras=2, per_camera=1)
+    with pytest.raises(EcnreidError, match="2 cameras"):
+        train_stargan(records, 1, _tiny(), tmp_path / "run")
+    with pytest.raises(EcnreidError, match="fewer than one batch"):
+        train_stargan(records, 2, _tiny(), tmp_path / "run")
