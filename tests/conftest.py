@@ -6,7 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+# Tests use tiny tensors: one thread avoids thread-pool stalls on a shared 2-core machine.
+torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"

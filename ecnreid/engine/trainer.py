@@ -416,10 +416,9 @@ class ECNTrainer:
             save_checkpoint(self.state_dict(epoch + 1), self.out / "best.pt")
         save_checkpoint(self.state_dict(epoch + 1), self.out / "last.pt")
         training_curves_png(self.history, self.out / "curves.png")
-        if "rank1" in row:
-            console.print(
-                f"epoch {epoch + 1}: rank-1 {row['rank1']:.1f}  mAP {row['mAP']:.1f}  ({row['images_per_s']:.0f} img/s)"
-            )
+        losses = "  ".join(f"{k.removeprefix('loss_')} {row[k]:.3f}" for k in row if k.startswith("loss_"))
+        scores = f"  rank-1 {row['rank1']:.1f}  mAP {row['mAP']:.1f}" if "rank1" in row else ""
+        console.print(f"epoch {epoch + 1}: {losses}  {row['images_per_s']:.0f} img/s{scores}")
         if self.ctx.enabled:
             dist.barrier()
 

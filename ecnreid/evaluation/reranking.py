@@ -32,8 +32,6 @@ from ecnreid.errors import EcnreidError
 _PAIR_CHUNK = 1 << 14
 # Query x gallery (min, min) products accumulated at once in the Jaccard step.
 _JACCARD_CHUNK = 1 << 23
-# Rows handled at once in the 4-D reciprocal-overlap test ([rows, k1+1, k1/2+1, k1+1] booleans).
-_OVERLAP_ROWS = 2048
 
 
 class _SparseRows(NamedTuple):
@@ -44,13 +42,15 @@ class _SparseRows(NamedTuple):
     values: Tensor
 
 
-def _neighbours(features: Tensor, pool: int, num_query: int, block_size: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Nearest ``pool`` indices ``[N, pool]`` (ascending), row maxima ``[N]`` of the squared distance, and
-    the row-normalised query x gallery squared distances ``[Q, G]`` - from one blocked pass over ``N x N``.
+def _neighbours(features: Tensor, pool: int, num_query: int, block_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One blocked pass over the ``N x N`` squared distances, keeping per row: the nearest ``pool`` indices
+    ``[N, pool]`` (ascending) and their squared distances, the row maximum ``[N]``, and the query rows'
+    row-normalised distances to the gallery ``[Q, G]``.
     """
     n = features.shape[0]
     squared_norms = features.pow(2).sum(dim=1)
     nearest = torch.empty(n, pool, dtype=torch.int64)
+    nearest_dist = torch.empty(n, pool)
     row_max = torch.empty(n)
     query_gallery = torch.empty(num_query, n - num_query)
     for start in range(0, n, block_size):
@@ -59,11 +59,12 @@ def _neighbours(features: Tensor, pool: int, num_query: int, block_size: int) ->
         dist.add_(squared_norms[start:stop].unsqueeze(1)).clamp_min_(0.0)
         # A row of identical features has maximum 0; keep the division finite.
         row_max[start:stop] = dist.amax(dim=1).clamp_min_(torch.finfo(torch.float32).tiny)
-        nearest[start:stop] = dist.topk(pool, dim=1, largest=False, sorted=True).indices
+        top = dist.topk(pool, dim=1, largest=False, sorted=True)
+        nearest[start:stop], nearest_dist[start:stop] = top.indices, top.values
         if start < num_query:
             rows = slice(start, min(stop, num_query))
             query_gallery[rows] = dist[: rows.stop - start, num_query:] / row_max[rows].unsqueeze(1)
-    return nearest, row_max, query_gallery
+    return nearest, nearest_dist, row_max, query_gallery
 
 
 def _reciprocal_mask(nearest: Tensor, k: int) -> Tensor:
@@ -84,35 +85,49 @@ def _expansion_pairs(nearest: Tensor, k1: int) -> tuple[Tensor, Tensor]:
     forward_half = nearest[:, :k_half]
     reciprocal_half = _reciprocal_mask(nearest, k_half)
 
-    keys = [torch.arange(n).unsqueeze(1).mul(n).add(forward)[reciprocal]]
-    for start in range(0, n, _OVERLAP_ROWS):
-        rows = slice(start, min(start + _OVERLAP_ROWS, n))
-        candidates = forward[rows]  # [b, k]: candidate c = the p-th neighbour of i
-        members = forward_half[candidates]  # [b, k, k_half]: R(c, k1/2) before masking
-        member_mask = reciprocal_half[candidates]
-        in_set = (members.unsqueeze(-1) == forward[rows].view(-1, 1, 1, k)) & reciprocal[rows].view(-1, 1, 1, k)
-        overlap = (in_set.any(dim=-1) & member_mask).sum(dim=-1)
-        size = member_mask.sum(dim=-1)
-        # |R(c) & R(i)| > 2/3 |R(c)|, in integers so no float rounding can flip the comparison.
-        accepted = reciprocal[rows] & (3 * overlap > 2 * size)
-        take = accepted.unsqueeze(-1) & member_mask
-        row_ids = torch.arange(rows.start, rows.stop).view(-1, 1, 1).expand_as(members)
-        keys.append((row_ids * n + members)[take])
-    unique = torch.unique(torch.cat(keys))
+    row_ids = torch.arange(n).unsqueeze(1)
+    reciprocal_keys = torch.sort((row_ids * n + forward)[reciprocal]).values  # pairs (i, j in R(i)), as i*N + j
+    if len(reciprocal_keys) == 0:  # only possible with heavily duplicated features
+        return reciprocal_keys, reciprocal_keys
+    members = forward_half[forward]  # [N, k, k_half]: R(c, k1/2) before masking, c = the p-th neighbour of i
+    member_mask = reciprocal_half[forward]
+    member_keys = row_ids.unsqueeze(2) * n + members
+    at = torch.searchsorted(reciprocal_keys, member_keys).clamp_max_(len(reciprocal_keys) - 1)
+    in_reciprocal_set = (reciprocal_keys[at] == member_keys) & member_mask
+    overlap = in_reciprocal_set.sum(dim=2)
+    size = member_mask.sum(dim=2)
+    # |R(c) & R(i)| > 2/3 |R(c)|, in integers so no float rounding can flip the comparison.
+    accepted = reciprocal & (3 * overlap > 2 * size)
+    expansion_keys = member_keys[accepted.unsqueeze(2) & member_mask]
+    unique = torch.unique(torch.cat([reciprocal_keys, expansion_keys]))
     return unique // n, unique % n
 
 
-def _encoding(features: Tensor, nearest: Tensor, row_max: Tensor, k1: int) -> _SparseRows:
-    """``V``: Gaussian-kernel weights of the expanded k-reciprocal set, each row summing to one."""
-    rows, cols = _expansion_pairs(nearest, k1)
+def _pair_distances(features: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """Squared distances ``[P]`` between the feature rows of each ``(rows[p], cols[p])`` pair."""
     squared_norms = features.pow(2).sum(dim=1)
-    dist = torch.empty(len(rows))
+    out = torch.empty(len(rows))
     for start in range(0, len(rows), _PAIR_CHUNK):
         r, c = rows[start : start + _PAIR_CHUNK], cols[start : start + _PAIR_CHUNK]
         dot = (features[r] * features[c]).sum(dim=1)
-        dist[start : start + _PAIR_CHUNK] = (squared_norms[r] + squared_norms[c] - 2.0 * dot).clamp_min_(0.0)
+        out[start : start + _PAIR_CHUNK] = (squared_norms[r] + squared_norms[c] - 2.0 * dot).clamp_min_(0.0)
+    return out
+
+
+def _encoding(features: Tensor, nearest: Tensor, nearest_dist: Tensor, row_max: Tensor, k1: int) -> _SparseRows:
+    """``V``: Gaussian-kernel weights of the expanded k-reciprocal set, each row summing to one."""
+    n = len(nearest)
+    rows, cols = _expansion_pairs(nearest, k1)
+    # Most expansion pairs are among a row's nearest, whose distances the first pass kept; compute the rest.
+    pool_keys, order = torch.sort((torch.arange(n).unsqueeze(1) * n + nearest).view(-1))
+    pair_keys = rows * n + cols
+    at = torch.searchsorted(pool_keys, pair_keys).clamp_max_(len(pool_keys) - 1)
+    known = pool_keys[at] == pair_keys
+    dist = torch.where(known, nearest_dist.view(-1)[order[at]], 0.0)
+    unknown = torch.nonzero(~known).squeeze(1)
+    dist[unknown] = _pair_distances(features, rows[unknown], cols[unknown])
     weights = torch.exp(-dist / row_max[rows])
-    totals = torch.zeros(len(nearest)).index_add_(0, rows, weights)
+    totals = torch.zeros(n).index_add_(0, rows, weights)
     return _SparseRows(rows, cols, weights / totals[rows])
 
 
@@ -133,35 +148,38 @@ def _local_query_expansion(v: _SparseRows, nearest: Tensor, k2: int) -> _SparseR
     return _SparseRows(keys // n, keys % n, values)
 
 
-def _jaccard_distance(v: _SparseRows, num_query: int, num_gallery: int) -> Tensor:
-    """``[Q, G]`` Jaccard distance between the ``V`` rows of queries (``< Q``) and gallery images (``>= Q``)."""
-    n = num_query + num_gallery
+def _shared_mass(v: _SparseRows, num_query: int, num_gallery: int) -> Tensor:
+    """``[Q, G]`` of ``sum_k min(V_ik, V_jk)`` between query rows (``< Q``) and gallery rows (``>= Q``) of ``V``.
+
+    A sparse join on the column ``k``: each query entry meets every gallery entry of its column.
+    """
     is_query = v.rows < num_query
-    # Group entries by column; a query entry meets every gallery entry of its column.
-    q_order = torch.argsort(v.cols[is_query], stable=True)
-    q_rows, q_cols, q_vals = (t[is_query][q_order] for t in v)
-    g_order = torch.argsort(v.cols[~is_query], stable=True)
-    g_rows, g_cols, g_vals = (t[~is_query][g_order] for t in v)
-    g_counts = torch.bincount(g_cols, minlength=n)
+    q_rows, q_cols, q_vals = v.rows[is_query], v.cols[is_query], v.values[is_query]  # sorted by row
+    by_column = torch.argsort(v.cols[~is_query], stable=True)
+    g_cols = v.cols[~is_query][by_column]
+    g_index = (v.rows[~is_query] - num_query)[by_column]
+    g_vals = v.values[~is_query][by_column]
+    g_counts = torch.bincount(g_cols, minlength=num_query + num_gallery)
     g_start = g_counts.cumsum(0) - g_counts
 
-    shared = torch.zeros(num_query * num_gallery)  # sum_k min(V_ik, V_jk), flattened [Q, G]
+    shared = torch.zeros(num_query * num_gallery)
     partners = g_counts[q_cols]
     ends = partners.cumsum(0)
     start = 0
     while start < len(q_rows):
-        # The next chunk: as many query entries as keep it near _JACCARD_CHUNK pairs (at least one).
+        # The next chunk: as many query entries as keep it near _JACCARD_CHUNK pairs (at least one). Query
+        # entries come row by row, so a chunk's additions land in a few rows of ``shared``.
         done = int(ends[start - 1]) if start else 0
         stop = max(int(torch.searchsorted(ends, done + _JACCARD_CHUNK, right=True)), start + 1)
         lengths = partners[start:stop]
-        entry = torch.repeat_interleave(torch.arange(start, stop), lengths)
-        within = torch.arange(len(entry)) - (lengths.cumsum(0) - lengths)[entry - start]
-        partner = g_start[q_cols[entry]] + within
-        flat = q_rows[entry] * num_gallery + (g_rows[partner] - num_query)
-        shared.index_add_(0, flat, torch.minimum(q_vals[entry], g_vals[partner]))
+        # Pair p of entry e reads gallery entry g_start[col_e] + (p - first pair of e).
+        shift = g_start[q_cols[start:stop]] - (lengths.cumsum(0) - lengths)
+        partner = torch.arange(int(lengths.sum())).add_(torch.repeat_interleave(shift, lengths))
+        flat = torch.repeat_interleave(q_rows[start:stop] * num_gallery, lengths).add_(g_index[partner])
+        values = torch.minimum(torch.repeat_interleave(q_vals[start:stop], lengths), g_vals[partner])
+        shared.index_add_(0, flat, values)
         start = stop
-    shared = shared.view(num_query, num_gallery)
-    return 1.0 - shared / (2.0 - shared)
+    return shared.view(num_query, num_gallery)
 
 
 @torch.no_grad()
@@ -198,9 +216,11 @@ def k_reciprocal_rerank(
     num_query = len(query_features)
     features = F.normalize(torch.cat([query_features, gallery_features]).float().cpu(), dim=1)
     pool = min(max(k1 + 1, k2), len(features))
-    nearest, row_max, original = _neighbours(features, pool, num_query, block_size)
-    v = _encoding(features, nearest, row_max, k1)
+    nearest, nearest_dist, row_max, original = _neighbours(features, pool, num_query, block_size)
+    v = _encoding(features, nearest, nearest_dist, row_max, k1)
     if k2 > 1:
         v = _local_query_expansion(v, nearest, k2)
-    jaccard = _jaccard_distance(v, num_query, len(gallery_features))
-    return jaccard.mul_(1.0 - lambda_value).add_(original, alpha=lambda_value)
+    shared = _shared_mass(v, num_query, len(gallery_features))
+    # Jaccard = 1 - shared / (2 - shared); the result is lambda * original + (1 - lambda) * Jaccard, in place.
+    ratio = shared.div_(2.0 - shared)
+    return original.mul_(lambda_value).add_(1.0 - lambda_value).sub_(ratio, alpha=1.0 - lambda_value)

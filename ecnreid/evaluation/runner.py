@@ -8,8 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from ecnreid.evaluation.distances import iter_distance_blocks, pairwise_distance
-from ecnreid.evaluation.metrics import RankingResult, evaluate_blocks, evaluate_ranking
 from rich.table import Table
 from torch import nn
 
@@ -17,7 +15,9 @@ from ecnreid.config import EvalConfig, config_to_dict
 from ecnreid.data.datasets import read_dataset
 from ecnreid.data.image_dataset import verify_images
 from ecnreid.data.records import ImageRecord
+from ecnreid.evaluation.distances import iter_distance_blocks, pairwise_distance
 from ecnreid.evaluation.features import PooledBackbone, extract_features
+from ecnreid.evaluation.metrics import RankingResult, evaluate_blocks, evaluate_ranking
 from ecnreid.io import write_json
 from ecnreid.models.backbones import build_backbone
 from ecnreid.progress import console
