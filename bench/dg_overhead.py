@@ -11,7 +11,9 @@ Variants, on each backbone (resnet18, mobilenet_v2; random weights, the cost doe
 - ``all``: the three together.
 The variants run round-robin, one step each per round, so load from other processes hits them alike;
 each reports the median (and the minimum) step time over the timed rounds after the warm-up rounds;
-``*_vs_plain`` is the ratio of medians.
+``*_vs_plain`` is the ratio of medians. On a shared machine whole-step times swing more than the ops cost,
+so each op is also timed alone (forward + backward on its stage-shaped input, minimum of ``--op-reps``):
+``*_op_vs_plain_min`` is that cost over the plain step's minimum.
 
     PYTHONPATH=. .venv/bin/python bench/dg_overhead.py [--steps 10 --warmup 3 --batch 32 --device cpu]
 """
@@ -89,10 +91,63 @@ def _timed(step: Callable[[torch.Tensor, torch.Tensor], None], images, labels, d
     return time.perf_counter() - start
 
 
+def _stage_shapes(arch: str, images: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    """Output shape of every backbone stage for this input."""
+    backbone = build_backbone(arch).to(images.device)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, stage in backbone.stages.items():
+        stage.register_forward_hook(lambda _m, _i, out, name=name: shapes.__setitem__(name, tuple(out.shape)))
+    with torch.no_grad():
+        backbone(images)
+    return shapes
+
+
+def op_costs(
+    arch: str, images: torch.Tensor, labels: torch.Tensor, reps: int, device: torch.device
+) -> dict[str, float]:
+    """Forward + backward time of the DG ops alone on their stage-shaped inputs, minimum over ``reps``
+    (milliseconds per training step, summed over the stages where each op sits).
+
+    Short and repeated many times, so it resists interference better than whole-step times.
+    """
+    shapes = _stage_shapes(arch, images)
+
+    def mixstyle_op() -> None:
+        for stage in ("layer1", "layer2"):
+            x = torch.randn(shapes[stage], device=device, requires_grad=True)
+            MixStyle(p=1.0).train()(x).sum().backward()
+
+    snrs = {stage: SNR(shapes[stage][1]).to(device).train() for stage in ("layer2", "layer3", "layer4")}
+    for module in snrs.values():
+        module.attach_classifier(NUM_CLASSES)
+
+    def snr_op() -> None:
+        for stage, module in snrs.items():
+            x = torch.randn(shapes[stage], device=device, requires_grad=True)
+            out = module(x)
+            loss = out.sum() + SNR_WEIGHT * collect_snr_losses(module, labels).causality
+            (loss + collect_snr_losses(module, labels).classification).backward()
+
+    classifier = Classifier(shapes["layer4"][1], NUM_CLASSES).to(device)
+    rsc = RSC().train()
+
+    def rsc_op() -> None:
+        # The probe passes only: the caller's own head pass on the masked map replaces the plain one.
+        fm = torch.randn(shapes["layer4"], device=device, requires_grad=True)
+        (fm * rsc.compute_mask(fm, labels, classifier, eval_module=classifier)).sum().backward()
+
+    costs = {}
+    for name, op in (("mixstyle", mixstyle_op), ("snr", snr_op), ("rsc", rsc_op)):
+        times = [_timed(lambda _images, _labels, op=op: op(), images, labels, device) for _ in range(reps)]
+        costs[f"{name}_op_min_ms"] = round(min(times) * 1000, 2)
+    return costs
+
+
 def bench_arch(arch: str, args: argparse.Namespace, device: torch.device) -> dict[str, float]:
     torch.manual_seed(0)
     images = torch.randn(args.batch, 3, args.height, args.width, device=device)
     labels = torch.randint(0, NUM_CLASSES, (args.batch,), device=device)
+    ops = op_costs(arch, images, labels, args.op_reps, device)
     steps = {variant: make_step(arch, variant, device) for variant in VARIANTS}
     times: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
     for round_index in range(args.warmup + args.steps):
@@ -107,6 +162,9 @@ def bench_arch(arch: str, args: argparse.Namespace, device: torch.device) -> dic
     result.update({f"{variant}_min_ms": round(ms, 1) for variant, ms in minima.items()})
     for variant in VARIANTS[1:]:
         result[f"{variant}_vs_plain"] = round(medians[variant] / medians["plain"], 3)
+    result.update(ops)
+    for name in ("mixstyle", "snr", "rsc"):
+        result[f"{name}_op_vs_plain_min"] = round(ops[f"{name}_op_min_ms"] / minima["plain"], 4)
     return result
 
 
@@ -117,6 +175,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--height", type=int, default=128)
     parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--op-reps", type=int, default=30, help="repetitions of the isolated op timings")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--archs", default=",".join(ARCHS), help="comma-separated backbones")
     args = parser.parse_args()

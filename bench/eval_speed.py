@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -93,7 +94,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3, help="metrics timings keep the best of this many runs")
     parser.add_argument("--skip-rerank", action="store_true")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 keeps torch's default")
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    load_at_start = os.getloadavg()[0]
 
     problem = make_problem(args.queries, args.gallery, args.dim, args.seed)
     ids = (problem["query_pids"], problem["gallery_pids"], problem["query_camids"], problem["gallery_camids"])
@@ -115,6 +120,8 @@ def main() -> None:
         "gallery": args.gallery,
         "dim": args.dim,
         "torch_threads": torch.get_num_threads(),
+        # The machine is shared: a 1-minute load average above the core count means the timings are inflated.
+        "load_avg_1min": [round(load_at_start, 2), round(os.getloadavg()[0], 2)],  # at start, after metrics
         "mean_true_matches": round(float(true_matches.float().mean()), 2),
         "distance_s": round(distance_s, 3),
         "metrics_s": round(metrics_s, 3),

@@ -288,7 +288,7 @@ def prepare_command(
 def demo_command(
     out: Annotated[Path, typer.Option(help="Folder for the synthetic data and the runs.")] = Path("runs/demo"),
     seed: Annotated[int, typer.Option(help="Seed for the data and the runs.")] = 0,
-    epochs: Annotated[int, typer.Option(help="Training epochs per setting.")] = 12,
+    epochs: Annotated[int, typer.Option(help="Training epochs per setting.")] = 10,
     device: Device = "auto",
     weights: Weights = None,
 ) -> None:

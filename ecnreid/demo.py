@@ -25,13 +25,15 @@ class DemoConfig:
 
     out: Path = Path("runs/demo")
     seed: int = 0
-    epochs: int = 12
+    epochs: int = 10
     device: str = "auto"
     weights: Path | None = None
     arch: str = "resnet18"
-    height: int = 128
-    width: int = 64
+    height: int = 64
+    width: int = 32
     batch_size: int = 32
+    # From random weights with batch 32, the published 0.1 makes the 4096-d classifier's logits explode.
+    lr: float = 0.01
     workers: int = 2
 
 
@@ -56,6 +58,7 @@ def demo_train_config(config: DemoConfig, data_root: Path, name: str, overrides:
         model=ModelConfig(arch=config.arch, weights=config.weights, frozen_stages=1 if config.weights is None else 3),
         out=config.out / "runs" / folder,
         epochs=config.epochs,
+        lr=config.lr if config.weights is None else 0.1,
         lr_step=max(1, (2 * config.epochs) // 3),
         neighbour_start_epoch=max(1, config.epochs // 3),
         batch_size=config.batch_size,
@@ -73,7 +76,6 @@ def demo_train_config(config: DemoConfig, data_root: Path, name: str, overrides:
 def run_demo(config: DemoConfig) -> dict[str, Any]:
     """Generate → prepare (colour CamStyle) → train each ablation row → one results table."""
     from camstyle.prepare import PrepareConfig, run_prepare
-
     from ecnreid.data.synthetic import generate_synthetic
     from ecnreid.engine.trainer import train
 

@@ -63,6 +63,15 @@ def test_matches_loop_reference(seed: int, num_query: int, k1: int, k2: int, lam
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-5, rtol=0)
 
 
+def test_block_size_does_not_change_the_result() -> None:
+    features = clustered(7, num_ids=5, per_id=5, dim=8, noise=0.6)
+    query, gallery = features[:9], features[9:]
+    whole = k_reciprocal_rerank(query, gallery, k1=6, k2=3, block_size=4096)
+    for block_size in (1, 4, 9, 10):
+        blocked = k_reciprocal_rerank(query, gallery, k1=6, k2=3, block_size=block_size)
+        torch.testing.assert_close(blocked, whole, atol=1e-6, rtol=0)
+
+
 def test_lambda_one_is_row_normalised_squared_distance() -> None:
     features = clustered(5, num_ids=4, per_id=4, dim=6, noise=0.5)
     query, gallery = features[:5], features[5:]

@@ -59,9 +59,7 @@ def _parse_name(name: str, pattern: re.Pattern[str], folder: Path) -> ImageRecor
     """An ``ImageRecord`` from a file name (1-based camera in the name), or None for junk (pid -1)."""
     match = pattern.match(name)
     if match is None:
-        raise EcnreidError(
-            f"{folder / name}: file name does not parse (expected a name like {_example(pattern)})"
-        )
+        raise EcnreidError(f"{folder / name}: file name does not parse (expected a name like {_example(pattern)})")
     pid, cam = int(match.group(1)), int(match.group(2))
     if cam < 1:
         raise EcnreidError(f"{folder / name}: camera {cam} in the file name, but cameras are numbered from 1")
@@ -135,9 +133,7 @@ def _has_train_folder(path: Path) -> bool:
 def read_market1501(root: str | Path, *, require_test: bool = True) -> ReidDataset:
     """Market-1501: ``bounding_box_train/``, ``query/``, ``bounding_box_test/`` of ``0002_c1s1_000451_03.jpg``."""
     root = _find_root(Path(root), MARKET_FOLDERS, _has_train_folder, f"{TRAIN_DIR}/")
-    return _read_splits(
-        "market1501", root, MARKET_NAME, (TRAIN_DIR,), (QUERY_DIR,), (GALLERY_DIR,), require_test
-    )
+    return _read_splits("market1501", root, MARKET_NAME, (TRAIN_DIR,), (QUERY_DIR,), (GALLERY_DIR,), require_test)
 
 
 def read_dukemtmc(root: str | Path, *, require_test: bool = True) -> ReidDataset:
@@ -152,9 +148,7 @@ def read_synthetic(root: str | Path, *, require_test: bool = True) -> ReidDatase
     if path.is_dir() and not _has_train_folder(path) and (path / "target").is_dir() and (path / "source").is_dir():
         raise EcnreidError(f"{path}: holds two synthetic domains; pass {path / 'source'} or {path / 'target'}")
     path = _find_root(path, SYNTHETIC_FOLDERS, _has_train_folder, f"{TRAIN_DIR}/")
-    return _read_splits(
-        "synthetic", path, GENERIC_NAME, (TRAIN_DIR,), (QUERY_DIR,), (GALLERY_DIR,), require_test
-    )
+    return _read_splits("synthetic", path, GENERIC_NAME, (TRAIN_DIR,), (QUERY_DIR,), (GALLERY_DIR,), require_test)
 
 
 # --- MSMT17 -------------------------------------------------------------------------------------------
@@ -210,7 +204,9 @@ def read_msmt17(root: str | Path, *, require_test: bool = True) -> ReidDataset:
     Train is ``list_train.txt`` plus ``list_val.txt`` (when present), as torchreid does.
     """
     path = _find_root(
-        Path(root), MSMT_FOLDERS, lambda p: _msmt_layout(p) is not None,
+        Path(root),
+        MSMT_FOLDERS,
+        lambda p: _msmt_layout(p) is not None,
         "list_train.txt beside train/ (v1) or mask_train_v2/ (v2)",
     )
     train_dir, test_dir = _msmt_layout(path)  # type: ignore[misc]
@@ -222,9 +218,7 @@ def read_msmt17(root: str | Path, *, require_test: bool = True) -> ReidDataset:
     for list_name, split in (("list_query.txt", query), ("list_gallery.txt", gallery)):
         if (path / list_name).is_file() or require_test:
             split.extend(_read_msmt_list(path / list_name, path / test_dir))
-    return ReidDataset(
-        name="msmt17", root=path, train=sorted(train), query=sorted(query), gallery=sorted(gallery)
-    )
+    return ReidDataset(name="msmt17", root=path, train=sorted(train), query=sorted(query), gallery=sorted(gallery))
 
 
 # --- custom -------------------------------------------------------------------------------------------
@@ -280,9 +274,7 @@ def read_custom(root: str | Path, *, require_test: bool = True) -> ReidDataset:
     CSV mode is chosen when ``train.csv`` exists; it then needs ``query.csv`` and ``gallery.csv`` too
     (unless ``require_test`` is False).
     """
-    path = _find_root(
-        Path(root), CUSTOM_FOLDERS, _is_custom, "train.csv or a train/ (or bounding_box_train/) folder"
-    )
+    path = _find_root(Path(root), CUSTOM_FOLDERS, _is_custom, "train.csv or a train/ (or bounding_box_train/) folder")
     if not (path / "train.csv").is_file():
         return _read_splits(
             "custom", path, GENERIC_NAME, CUSTOM_TRAIN_DIRS, CUSTOM_QUERY_DIRS, CUSTOM_GALLERY_DIRS, require_test

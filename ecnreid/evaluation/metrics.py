@@ -16,7 +16,8 @@ CMC rank-k is ``[p_1 <= k]``, AP is ``mean_m(m / p_m)`` and INP is ``n / p_n`` (
 of a match is the number of kept entries ranked at or before it. Per query the matches' (distance, index)
 keys are sorted, every kept entry no farther than the last match is bucketed into them with
 ``torch.searchsorted``, and a per-row ``bincount`` + ``cumsum`` gives the positions. Entries beyond the last
-match never need a bucket, so with a useful model only a few percent of the matrix is touched twice.
+match never need a bucket, so past one compare pass the work follows how deep the last matches sit: about
+13% of the matrix on the ECN-like bench problem, all of it for random distances (then a few times slower).
 """
 
 from __future__ import annotations

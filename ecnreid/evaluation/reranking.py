@@ -14,8 +14,9 @@ With the ``N = Q + G`` query and gallery images together:
   because every row of ``V`` sums to one; final ``(1 - lambda) * Jaccard + lambda * d`` for query x gallery.
 
 ``V`` is stored as sorted (row, column, value) triplets in float32 (the authors' code keeps a dense float16
-``V``); the full ``N x N`` distance matrix is never held: it is computed in row blocks that keep only each
-row's nearest neighbours and maximum. Among exactly equal distances the neighbour order is ``topk``'s.
+``V``). The full ``N x N`` distance matrix is never held: its upper-triangle blocks are computed once and
+only each row's nearest neighbours, their distances and the row maximum are kept (plus query x gallery).
+Among exactly equal distances the neighbour order is ``topk``'s, i.e. unspecified.
 """
 
 from __future__ import annotations
@@ -42,29 +43,55 @@ class _SparseRows(NamedTuple):
     values: Tensor
 
 
-def _neighbours(features: Tensor, pool: int, num_query: int, block_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """One blocked pass over the ``N x N`` squared distances, keeping per row: the nearest ``pool`` indices
-    ``[N, pool]`` (ascending) and their squared distances, the row maximum ``[N]``, and the query rows'
-    row-normalised distances to the gallery ``[Q, G]``.
+class _Neighbours(NamedTuple):
+    """Per image: its nearest ``pool`` images (ascending), their squared distances, the row maximum."""
+
+    indices: Tensor
+    distances: Tensor
+    row_max: Tensor
+
+
+def _merge_nearest(best: _Neighbours, rows: slice, dist: Tensor, col_offset: int) -> None:
+    """Fold a distance block ``[rows, cols]`` whose columns start at ``col_offset`` into the running best."""
+    pool = best.indices.shape[1]
+    top = dist.topk(min(pool, dist.shape[1]), dim=1, largest=False)
+    values = torch.cat([best.distances[rows], top.values], dim=1)
+    indices = torch.cat([best.indices[rows], top.indices + col_offset], dim=1)
+    keep = values.topk(pool, dim=1, largest=False, sorted=True)
+    best.distances[rows] = keep.values
+    best.indices[rows] = indices.gather(1, keep.indices)
+    torch.maximum(best.row_max[rows], dist.amax(dim=1), out=best.row_max[rows])
+
+
+def _neighbours(features: Tensor, pool: int, num_query: int, block_size: int) -> tuple[_Neighbours, Tensor]:
+    """One pass over the squared distances of all ``N`` images, keeping each row's ``pool`` nearest and its
+    maximum, plus the query rows' distances to the gallery ``[Q, G]`` normalised by their row maximum.
+
+    The matrix is symmetric, so only blocks on and above the diagonal are computed; each off-diagonal block
+    also serves, transposed, the rows of its columns.
     """
     n = features.shape[0]
     squared_norms = features.pow(2).sum(dim=1)
-    nearest = torch.empty(n, pool, dtype=torch.int64)
-    nearest_dist = torch.empty(n, pool)
-    row_max = torch.empty(n)
+    best = _Neighbours(torch.zeros(n, pool, dtype=torch.int64), torch.full((n, pool), torch.inf), torch.zeros(n))
     query_gallery = torch.empty(num_query, n - num_query)
-    for start in range(0, n, block_size):
-        stop = min(start + block_size, n)
-        dist = torch.addmm(squared_norms.unsqueeze(0), features[start:stop], features.T, alpha=-2.0)
-        dist.add_(squared_norms[start:stop].unsqueeze(1)).clamp_min_(0.0)
-        # A row of identical features has maximum 0; keep the division finite.
-        row_max[start:stop] = dist.amax(dim=1).clamp_min_(torch.finfo(torch.float32).tiny)
-        top = dist.topk(pool, dim=1, largest=False, sorted=True)
-        nearest[start:stop], nearest_dist[start:stop] = top.indices, top.values
-        if start < num_query:
-            rows = slice(start, min(stop, num_query))
-            query_gallery[rows] = dist[: rows.stop - start, num_query:] / row_max[rows].unsqueeze(1)
-    return nearest, nearest_dist, row_max, query_gallery
+    starts = range(0, n, block_size)
+    for a in starts:
+        rows = slice(a, min(a + block_size, n))
+        for b in starts[a // block_size :]:
+            cols = slice(b, min(b + block_size, n))
+            dist = torch.addmm(squared_norms[cols].unsqueeze(0), features[rows], features[cols].T, alpha=-2.0)
+            dist.add_(squared_norms[rows].unsqueeze(1)).clamp_min_(0.0)
+            _merge_nearest(best, rows, dist, b)
+            if b != a:
+                _merge_nearest(best, cols, dist.T.contiguous(), a)
+            # With b >= a, a block's query x gallery part is always in its rows, never in its transpose.
+            if a < num_query and cols.stop > num_query:
+                q_stop, g_start = min(rows.stop, num_query), max(b, num_query)
+                query_gallery[a:q_stop, g_start - num_query : cols.stop - num_query] = dist[: q_stop - a, g_start - b :]
+    # A row of identical features has maximum 0; keep the division finite.
+    best.row_max.clamp_min_(torch.finfo(torch.float32).tiny)
+    query_gallery.div_(best.row_max[:num_query].unsqueeze(1))
+    return best, query_gallery
 
 
 def _reciprocal_mask(nearest: Tensor, k: int) -> Tensor:
@@ -114,8 +141,9 @@ def _pair_distances(features: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     return out
 
 
-def _encoding(features: Tensor, nearest: Tensor, nearest_dist: Tensor, row_max: Tensor, k1: int) -> _SparseRows:
+def _encoding(features: Tensor, neighbours: _Neighbours, k1: int) -> _SparseRows:
     """``V``: Gaussian-kernel weights of the expanded k-reciprocal set, each row summing to one."""
+    nearest, nearest_dist, row_max = neighbours
     n = len(nearest)
     rows, cols = _expansion_pairs(nearest, k1)
     # Most expansion pairs are among a row's nearest, whose distances the first pass kept; compute the rest.
@@ -168,7 +196,7 @@ def _shared_mass(v: _SparseRows, num_query: int, num_gallery: int) -> Tensor:
     start = 0
     while start < len(q_rows):
         # The next chunk: as many query entries as keep it near _JACCARD_CHUNK pairs (at least one). Query
-        # entries come row by row, so a chunk's additions land in a few rows of ``shared``.
+        # entries come row by row, so a chunk adds into consecutive rows of ``shared``.
         done = int(ends[start - 1]) if start else 0
         stop = max(int(torch.searchsorted(ends, done + _JACCARD_CHUNK, right=True)), start + 1)
         lengths = partners[start:stop]
@@ -189,12 +217,12 @@ def k_reciprocal_rerank(
     k1: int = 20,
     k2: int = 6,
     lambda_value: float = 0.3,
-    block_size: int = 1024,
+    block_size: int = 2048,
 ) -> Tensor:
     """Re-ranked query x gallery distance ``[Q, G]`` (float32) from features ``[Q, D]`` and ``[G, D]``.
 
     ``(1 - lambda) * Jaccard + lambda * original``; see the module docstring for the definitions.
-    ``block_size`` rows of the ``N x N`` distances exist at a time.
+    One ``block_size`` x ``block_size`` block of the ``N x N`` distances exists at a time.
     """
     if query_features.dim() != 2 or gallery_features.dim() != 2:
         raise EcnreidError(
@@ -216,10 +244,10 @@ def k_reciprocal_rerank(
     num_query = len(query_features)
     features = F.normalize(torch.cat([query_features, gallery_features]).float().cpu(), dim=1)
     pool = min(max(k1 + 1, k2), len(features))
-    nearest, nearest_dist, row_max, original = _neighbours(features, pool, num_query, block_size)
-    v = _encoding(features, nearest, nearest_dist, row_max, k1)
+    neighbours, original = _neighbours(features, pool, num_query, block_size)
+    v = _encoding(features, neighbours, k1)
     if k2 > 1:
-        v = _local_query_expansion(v, nearest, k2)
+        v = _local_query_expansion(v, neighbours.indices, k2)
     shared = _shared_mass(v, num_query, len(gallery_features))
     # Jaccard = 1 - shared / (2 - shared); the result is lambda * original + (1 - lambda) * Jaccard, in place.
     ratio = shared.div_(2.0 - shared)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ecnreid.config import DGConfig
+from ecnreid.errors import EcnreidError
 from ecnreid.models.backbones import Backbone
 from ecnreid.models.mixstyle import MixStyle
 from ecnreid.models.rsc import RSC
@@ -17,8 +18,9 @@ def attach_dg_modules(backbone: Backbone, dg: DGConfig) -> None:
     for stage in dg.mixstyle_stages:
         backbone.insert_after(stage, MixStyle(p=dg.mixstyle_p, alpha=dg.mixstyle_alpha, mix=dg.mixstyle_mix))
     for stage in dg.snr_stages:
-        channels = backbone.stage_channels.get(stage)
-        backbone.insert_after(stage, SNR(channels if channels is not None else 1))
+        if stage not in backbone.stage_channels:
+            raise EcnreidError(f"--snr {stage}: unknown stage; valid stages: {', '.join(backbone.stage_channels)}")
+        backbone.insert_after(stage, SNR(backbone.stage_channels[stage]))
 
 
 def attach_snr_probes(model: nn.Module, num_classes: int) -> None:
