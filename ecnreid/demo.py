@@ -14,7 +14,7 @@ from typing import Any
 
 from rich.table import Table
 
-from ecnreid.config import ModelConfig, TrainConfig, config_to_dict
+from ecnreid.config import EvalConfig, ModelConfig, TrainConfig, config_to_dict
 from ecnreid.io import write_json
 from ecnreid.progress import console
 
@@ -78,6 +78,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     from camstyle.prepare import PrepareConfig, run_prepare
     from ecnreid.data.synthetic import generate_synthetic
     from ecnreid.engine.trainer import train
+    from ecnreid.evaluation.runner import run_eval
 
     start = time.perf_counter()
     data_root = config.out / "data"
@@ -95,6 +96,21 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         console.print(f"[bold]{name}")
         summary = train(demo_train_config(config, data_root, name, overrides))
         results[name] = summary["final"]
+    # The same source-only model on the source's own test split shows the size of the domain gap.
+    source_only = demo_train_config(config, data_root, "source only", demo_settings()["source only"])
+    on_source = run_eval(
+        EvalConfig(
+            dataset="synthetic",
+            root=data_root / "source",
+            checkpoint=source_only.out / "last.pt",
+            height=config.height,
+            width=config.width,
+            device=config.device,
+            workers=config.workers,
+            out=config.out / "eval_source_only_on_source",
+        )
+    )
+    results["source only, on the source test split"] = on_source["results"]["plain"]
     table = Table(title="ecnreid demo: synthetic source → synthetic target")
     for column in ("setting", "R1", "R5", "R10", "mAP"):
         table.add_column(column, justify="left" if column == "setting" else "right")
