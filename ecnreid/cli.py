@@ -32,13 +32,22 @@ def user_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except EcnreidError as exc:
-            console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {one_line(exc)}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted")
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def one_line(exc: EcnreidError) -> str:
+    """The user's line of an error; one raised in a DataLoader worker arrives wrapped in the worker's
+    traceback, whose last line is ``ecnreid.errors.EcnreidError: <message>``."""
+    message = str(exc).strip()
+    if "Traceback" in message:
+        message = message.splitlines()[-1].split("EcnreidError: ", 1)[-1]
+    return message
 
 
 def parse_size(value: str, option: str) -> tuple[int, int]:

@@ -195,3 +195,20 @@ def test_help_lists_the_commands() -> None:
     assert result.exit_code == 0
     for command in ("prepare", "train", "eval", "demo"):
         assert command in result.output
+
+
+def test_undecodable_image_in_a_worker_is_one_line(two_domains, tmp_path: Path) -> None:
+    _, target = two_domains
+    broken = sorted((target / "query").glob("*.jpg"))[0]
+    broken.write_bytes(b"not a jpeg at all")
+    args = ["eval", "--dataset", "synthetic", "--root", str(target), "--arch", "resnet18", "--height", "32",
+            "--width", "16", "--device", "cpu", "--workers", "2", "--out", str(tmp_path / "eval")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and broken.name in lines[0] and "Traceback" not in result.output
+    # --skip-bad-images skips and counts it instead.
+    result = runner.invoke(app, [*args, "--skip-bad-images"])
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 undecodable" in result.output
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["query"] == 8
