@@ -34,7 +34,7 @@ class DemoConfig:
     batch_size: int = 32
     # From random weights with batch 32, the published 0.1 makes the 4096-d classifier's logits explode.
     lr: float = 0.01
-    workers: int = 2
+    workers: int = 0  # tiny images: worker processes cost more than they save
 
 
 def demo_settings() -> dict[str, dict[str, Any]]:

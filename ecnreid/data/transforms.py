@@ -30,6 +30,30 @@ def _randint(low: int, high: int) -> int:
     return int(torch.randint(low, high + 1, ()))
 
 
+def _random_rectangle(
+    img_h: int,
+    img_w: int,
+    area: tuple[float, float],
+    aspect: tuple[float, float],
+    tries: int,
+    *,
+    may_fill: bool,
+) -> tuple[int, int, int, int] | None:
+    """(top, left, h, w) of a rectangle with a random area fraction and aspect h/w, or None after ``tries``.
+
+    ``may_fill`` allows a side as long as the image's (a crop may keep a whole side; erasing may not).
+    """
+    for _ in range(tries):
+        target_area = _uniform(*area) * img_h * img_w
+        ratio = _uniform(*aspect)
+        h = round(math.sqrt(target_area * ratio))
+        w = round(math.sqrt(target_area / ratio))
+        fits = (h <= img_h and w <= img_w) if may_fill else (h < img_h and w < img_w)
+        if h > 0 and w > 0 and fits:
+            return _randint(0, img_h - h), _randint(0, img_w - w), h, w
+    return None
+
+
 def _size(img: Image.Image | Tensor) -> tuple[int, int]:
     """(height, width) of a PIL image or a (..., H, W) tensor."""
     if isinstance(img, Tensor):
@@ -61,14 +85,8 @@ class RandomSizedRectCrop:
     def params(self, img: Image.Image | Tensor) -> tuple[int, int, int, int]:
         """(top, left, h, w) of the crop; the whole image when no rectangle fits in ``tries`` tries."""
         img_h, img_w = _size(img)
-        for _ in range(self.tries):
-            target_area = _uniform(*self.area) * img_h * img_w
-            aspect = _uniform(*self.aspect)
-            h = round(math.sqrt(target_area * aspect))
-            w = round(math.sqrt(target_area / aspect))
-            if 0 < h <= img_h and 0 < w <= img_w:
-                return _randint(0, img_h - h), _randint(0, img_w - w), h, w
-        return 0, 0, img_h, img_w
+        box = _random_rectangle(img_h, img_w, self.area, self.aspect, self.tries, may_fill=True)
+        return box if box is not None else (0, 0, img_h, img_w)
 
     def __call__(self, img: Image.Image | Tensor) -> Image.Image | Tensor:
         top, left, h, w = self.params(img)
@@ -108,14 +126,7 @@ class RandomErasing:
         if _uniform(0.0, 1.0) >= self.p:
             return None
         img_h, img_w = _size(img)
-        for _ in range(self.tries):
-            target_area = _uniform(*self.area) * img_h * img_w
-            aspect = _uniform(*self.aspect)
-            h = round(math.sqrt(target_area * aspect))
-            w = round(math.sqrt(target_area / aspect))
-            if 0 < h < img_h and 0 < w < img_w:
-                return _randint(0, img_h - h), _randint(0, img_w - w), h, w
-        return None
+        return _random_rectangle(img_h, img_w, self.area, self.aspect, self.tries, may_fill=False)
 
     def __call__(self, img: Tensor) -> Tensor:
         box = self.params(img)
