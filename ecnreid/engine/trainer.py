@@ -61,11 +61,6 @@ class TrainingData:
     camstyle_dir: Path | None
 
 
-def _dataset_folder(records: list[ImageRecord]) -> Path:
-    """The folder holding ``bounding_box_train/`` (CamStyle sets sit beside it)."""
-    return Path(records[0].path).parent.parent
-
-
 def load_training_data(config: TrainConfig, *, announce: bool = True) -> TrainingData:
     """Read source and target, relabel source ids, find the CamStyle set (warning when there is none)."""
     source = read_dataset(config.source, config.source_root, require_test=False)
@@ -79,11 +74,11 @@ def load_training_data(config: TrainConfig, *, announce: bool = True) -> Trainin
             console.print(f"[yellow]skipped {len(bad_source) + len(bad_target)} undecodable images")
     camstyle_dir = None
     if config.uses_target_training and config.use_camera:
-        camstyle_dir = config.camstyle_dir or find_camstyle_dir(_dataset_folder(target_train))
+        camstyle_dir = config.camstyle_dir or find_camstyle_dir(target.root)
         if camstyle_dir is None:
             if announce:
                 console.print(
-                    f"[yellow]warning: no CamStyle set beside {_dataset_folder(target_train)} "
+                    f"[yellow]warning: no CamStyle set in {target.root} "
                     "(bounding_box_train_camstyle/); training without camera invariance. "
                     "Run `ecnreid prepare` to make one."
                 )
