@@ -15,33 +15,20 @@ from ecnreid.errors import EcnreidError
 runner = CliRunner()
 
 
+def tiny_eval_args(root: Path, *extra: str) -> list[str]:
+    """`ecnreid eval` on a tiny synthetic-layout tree at 32x16 on the CPU, plus ``extra`` options."""
+    base = ["eval", "--dataset", "synthetic", "--root", str(root), "--height", "32", "--width", "16"]
+    return [*base, "--device", "cpu", *extra]
+
+
 def test_eval_scores_a_tiny_split_and_writes_metrics(two_domains, tmp_path: Path) -> None:
     _, target = two_domains
     out = tmp_path / "eval"
     result = runner.invoke(
         app,
-        [
-            "eval",
-            "--dataset",
-            "synthetic",
-            "--root",
-            str(target),
-            "--arch",
-            "resnet18",
-            "--height",
-            "32",
-            "--width",
-            "16",
-            "--device",
-            "cpu",
-            "--workers",
-            "0",
-            "--out",
-            str(out),
-            "--rerank",
-            "--save-ranks",
-            "2",
-        ],
+        tiny_eval_args(
+            target, "--arch", "resnet18", "--workers", "0", "--out", str(out), "--rerank", "--save-ranks", "2"
+        ),
     )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
@@ -92,25 +79,7 @@ def test_eval_of_a_training_checkpoint(two_domains, tmp_path: Path) -> None:
     trained = json.loads((out / "metrics.json").read_text())["final"]
     result = runner.invoke(
         app,
-        [
-            "eval",
-            "--dataset",
-            "synthetic",
-            "--root",
-            str(target),
-            "--checkpoint",
-            str(out / "last.pt"),
-            "--height",
-            "32",
-            "--width",
-            "16",
-            "--device",
-            "cpu",
-            "--workers",
-            "0",
-            "--out",
-            str(tmp_path / "eval"),
-        ],
+        tiny_eval_args(target, "--checkpoint", str(out / "last.pt"), "--workers", "0", "--out", str(tmp_path / "eval")),
     )
     assert result.exit_code == 0, result.output
     scored = json.loads((tmp_path / "eval" / "metrics.json").read_text())["results"]["plain"]
@@ -138,19 +107,7 @@ def test_bad_weights_file_is_one_line_and_exit_2(two_domains, tmp_path: Path) ->
     torch.save({"not.a.key": torch.zeros(1)}, bad)
     result = runner.invoke(
         app,
-        [
-            "eval",
-            "--dataset",
-            "synthetic",
-            "--root",
-            str(target),
-            "--arch",
-            "resnet18",
-            "--weights",
-            str(bad),
-            "--device",
-            "cpu",
-        ],
+        tiny_eval_args(target, "--arch", "resnet18", "--weights", str(bad)),
     )
     assert result.exit_code == 2 and str(bad) in result.output and "Traceback" not in result.output
 
@@ -201,8 +158,7 @@ def test_undecodable_image_in_a_worker_is_one_line(two_domains, tmp_path: Path) 
     _, target = two_domains
     broken = sorted((target / "query").glob("*.jpg"))[0]
     broken.write_bytes(b"not a jpeg at all")
-    args = ["eval", "--dataset", "synthetic", "--root", str(target), "--arch", "resnet18", "--height", "32",
-            "--width", "16", "--device", "cpu", "--workers", "2", "--out", str(tmp_path / "eval")]
+    args = tiny_eval_args(target, "--arch", "resnet18", "--workers", "2", "--out", str(tmp_path / "eval"))
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
