@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -24,13 +27,32 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler's preemption, ``kill``, torchrun stopping its workers) behaves like Ctrl-C, so that
+    long jobs save their state the same way; background jobs ignore SIGINT, which leaves SIGTERM as their stop."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def user_errors(command: F) -> F:
     """Turn an ``EcnreidError`` into one red line on stderr and exit code 2 (never a traceback)."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return command(*args, **kwargs)
+            with terminate_as_interrupt():
+                return command(*args, **kwargs)
         except EcnreidError as exc:
             console.print(f"[bold red]error:[/] {one_line(exc)}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None

@@ -168,3 +168,28 @@ def test_undecodable_image_in_a_worker_is_one_line(two_domains, tmp_path: Path) 
     assert result.exit_code == 0, result.output
     assert "skipped 1 undecodable" in result.output
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["query"] == 8
+
+
+def test_sigterm_stops_a_command_like_ctrl_c_and_the_handler_is_restored() -> None:
+    import os
+    import signal
+
+    import typer
+
+    from ecnreid.cli import user_errors
+
+    seen: list[str] = []
+
+    @user_errors
+    def long_job() -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except KeyboardInterrupt:  # where the trainer saves interrupted.pt
+            seen.append("saved")
+            raise
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(typer.Exit) as exit_info:
+        long_job()
+    assert exit_info.value.exit_code == 130 and seen == ["saved"]
+    assert signal.getsignal(signal.SIGTERM) == before
