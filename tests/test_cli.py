@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
 import torch
+import typer
 from typer.testing import CliRunner
 
-from ecnreid.cli import app, parse_size, parse_stages
+from ecnreid.cli import app, parse_size, parse_stages, user_errors
 from ecnreid.errors import EcnreidError
 
 runner = CliRunner()
@@ -171,13 +174,6 @@ def test_undecodable_image_in_a_worker_is_one_line(two_domains, tmp_path: Path) 
 
 
 def test_sigterm_stops_a_command_like_ctrl_c_and_the_handler_is_restored() -> None:
-    import os
-    import signal
-
-    import typer
-
-    from ecnreid.cli import user_errors
-
     seen: list[str] = []
 
     @user_errors
