@@ -175,6 +175,9 @@ def train_command(
     alpha: Annotated[float, typer.Option(help="Memory momentum per epoch: α = alpha × epoch.")] = 0.01,
     neighbour_start: Annotated[int, typer.Option(help="0-based epoch from which neighbourhood invariance runs.")] = 5,
     memory_dtype: Annotated[str, typer.Option(help="fp32 or fp16 exemplar memory.")] = "fp32",
+    memory_init: Annotated[
+        str, typer.Option(help="zeros (published) or features: fill the memory from one pass over the target.")
+    ] = "zeros",
     knn: Annotated[str, typer.Option(help="Nearest memory slots by topk (of the logits) or faiss.")] = "topk",
     camera: Annotated[bool, typer.Option(help="Camera invariance (needs a CamStyle set).")] = True,
     neighbour: Annotated[bool, typer.Option(help="Neighbourhood invariance.")] = True,
@@ -238,6 +241,7 @@ def train_command(
         alpha=alpha,
         neighbour_start_epoch=neighbour_start,
         memory_dtype=memory_dtype,
+        memory_init=memory_init,
         knn=knn,
         use_camera=camera,
         use_neighbour=neighbour,

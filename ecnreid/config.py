@@ -106,6 +106,7 @@ class TrainConfig:
     alpha: float = 0.01
     neighbour_start_epoch: int = 5
     memory_dtype: str = "fp32"
+    memory_init: str = "zeros"
     knn: str = "topk"
     use_camera: bool = True
     use_neighbour: bool = True

@@ -209,8 +209,9 @@ def _draw_panel(
         px = round(to_px(tick, y_axis.lo)[0])
         draw.line([(px, y0), (px, y1)], fill=GRID_COLOR, width=s)
         draw.line([(px, y1), (px, y1 + tick_len)], fill=AXIS_COLOR, width=s)
-        draw.text((px, y1 + tick_len + pad), format_tick(tick, x_axis.step), font=tick_font, fill=TEXT_COLOR,
-                  anchor="mt")
+        draw.text(
+            (px, y1 + tick_len + pad), format_tick(tick, x_axis.step), font=tick_font, fill=TEXT_COLOR, anchor="mt"
+        )
     draw.rectangle([x0, y0, x1, y1], outline=AXIS_COLOR, width=s)
     if xlabel:
         draw.text(((x0 + x1) // 2, bottom - 8 * s), xlabel, font=label_font, fill=TEXT_COLOR, anchor="md")
@@ -263,6 +264,7 @@ def _draw_legend(
         (x1 - margin - width, y1 - margin - height),
         (x0 + margin, y1 - margin - height),
     ]
+
     def covered(corner: tuple[int, int]) -> int:
         cx, cy = corner
         near = 6 * s  # a line passing just outside the box still looks crossed by it

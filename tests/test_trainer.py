@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 
 from ecnreid.config import ModelConfig, TrainConfig
 from ecnreid.engine.checkpoint import load_checkpoint
-from ecnreid.engine.trainer import ECNTrainer, train
+from ecnreid.engine.trainer import ECNTrainer, target_embeddings, train
 from ecnreid.errors import EcnreidError
 
 
@@ -72,6 +72,42 @@ def test_resume_equals_straight_run(two_domains, tmp_path: Path) -> None:
         assert torch.equal(value, resumed["model"][key]), key
     assert torch.equal(straight["memory"]["features"], resumed["memory"]["features"])
     assert straight["history"][-1]["loss_total"] == resumed["history"][-1]["loss_total"]
+
+
+def test_memory_init_features_fills_every_slot_with_its_own_embedding(two_domains, tmp_path: Path) -> None:
+    source, target = two_domains
+    trainer = ECNTrainer(tiny_config(source, target, tmp_path / "run", memory_init="features"))
+    assert torch.count_nonzero(trainer.memory.features) == 0  # the published start: zeros
+    trainer.initialise_memory()
+    memory = trainer.memory.features
+    assert torch.allclose(memory.norm(dim=1), torch.ones(24), atol=1e-5)
+    # Each slot is the embedding of its own image: the set's embeddings, recomputed, match it row for row.
+    again = target_embeddings(
+        trainer.model,
+        trainer.data.target_train,
+        height=32,
+        width=16,
+        batch_size=5,
+        workers=0,
+        device=torch.device("cpu"),
+    )
+    assert torch.allclose(memory, again, atol=1e-5)
+    # The set-level BatchNorm centres the embeddings: they do not all share one direction.
+    assert (memory @ memory.t()).mean() < 0.2
+    with pytest.raises(EcnreidError, match="--memory-init"):
+        ECNTrainer(tiny_config(source, target, tmp_path / "bad", memory_init="random"))
+
+
+def test_memory_init_happens_once_so_a_resumed_run_equals_a_straight_one(two_domains, tmp_path: Path) -> None:
+    source, target = two_domains
+    init = {"memory_init": "features", "eval_every": 0}
+    train(tiny_config(source, target, tmp_path / "straight", epochs=2, **init))
+    train(tiny_config(source, target, tmp_path / "resumed", epochs=1, **init))
+    memory = load_checkpoint(tmp_path / "resumed" / "last.pt")["memory"]["features"]
+    assert bool((memory.norm(dim=1) > 0.99).all())  # no slot left at zero, visited or not
+    train(tiny_config(source, target, tmp_path / "resumed", epochs=2, resume=True, **init))
+    straight = load_checkpoint(tmp_path / "straight" / "last.pt")["memory"]["features"]
+    assert torch.equal(straight, load_checkpoint(tmp_path / "resumed" / "last.pt")["memory"]["features"])
 
 
 def test_existing_run_is_not_overwritten(two_domains, tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ from ecnreid.data.samplers import build_loader, cycle
 from ecnreid.data.transforms import build_train_transform
 from ecnreid.engine.checkpoint import check_resume_compatible, load_checkpoint, save_checkpoint
 from ecnreid.errors import EcnreidError
+from ecnreid.evaluation.features import PooledBackbone, extract_features
 from ecnreid.evaluation.runner import evaluate_model, metrics_row
 from ecnreid.io import append_jsonl, write_json
 from ecnreid.losses import ecn_total_loss, nearest_slots_faiss, source_loss, target_invariance_loss
@@ -47,6 +48,7 @@ from ecnreid.runtime import DistributedContext, all_gather_cat, init_distributed
 
 MEMORY_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 KNN_METHODS = ("topk", "faiss")  # topk of the logits is ~100x faster on CPU (bench/knn_speed.py)
+MEMORY_INITS = ("zeros", "features")
 
 
 @dataclass
@@ -129,6 +131,8 @@ class ECNTrainer:
     def __init__(self, config: TrainConfig) -> None:
         if config.knn not in KNN_METHODS:
             raise EcnreidError(f"--knn {config.knn}: expected one of {', '.join(KNN_METHODS)}")
+        if config.memory_init not in MEMORY_INITS:
+            raise EcnreidError(f"--memory-init {config.memory_init}: expected one of {', '.join(MEMORY_INITS)}")
         self.config = config
         self.ctx, self.device = init_distributed(config.device)
         self.out = Path(config.out)
@@ -349,6 +353,23 @@ class ECNTrainer:
         detached = target_features.detach().float() if target_features is not None else None
         return values, detached
 
+    def initialise_memory(self) -> None:
+        """``--memory-init features``: every slot starts as its image's embedding under the initial model
+        instead of zero, so that exemplar and neighbourhood targets are meaningful from the first step
+        (with zeros, a short schedule visits each slot only a few times)."""
+        cfg = self.config
+        embeddings = target_embeddings(
+            self.model,
+            self.data.target_train,
+            height=cfg.height,
+            width=cfg.width,
+            batch_size=max(32, cfg.batch_size),
+            workers=cfg.workers,
+            device=self.device,
+            show_progress=self.ctx.is_main,
+        )
+        self.memory.update(embeddings, torch.arange(len(embeddings), device=self.device), alpha=0.0)
+
     # ----------------------------------------------------------------- evaluation and the run
     def evaluate(self) -> dict[str, float]:
         target = self.data.target
@@ -374,6 +395,8 @@ class ECNTrainer:
                 {**config_to_dict(cfg), "setting": cfg.setting_name, **self.signature()}, self.out / "config.json"
             )
             self._announce()
+        if self.memory is not None and self.start_epoch == 0 and cfg.memory_init == "features":
+            self.initialise_memory()
         epoch = self.start_epoch
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
@@ -438,6 +461,42 @@ class ECNTrainer:
             f"{d.num_target_cameras} cameras, {len(d.target.query)} query, {len(d.target.gallery)} gallery) "
             f"on {self.device}" + (f" x{self.ctx.world_size}" if self.ctx.enabled else "")
         )
+
+
+@torch.no_grad()
+def target_embeddings(
+    model: ECNModel,
+    records: list[ImageRecord],
+    *,
+    height: int,
+    width: int,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    show_progress: bool = True,
+) -> torch.Tensor:
+    """Unit-norm target-branch embeddings [N, D] of ``records`` (test transform, no dropout).
+
+    The embedding BatchNorm normalises with the statistics of the whole set, as training normalises each
+    target batch with its own; the eval-mode running statistics would leave every embedding sharing one
+    large common direction.
+    """
+    pool5 = extract_features(
+        PooledBackbone(model.backbone),
+        records,
+        height=height,
+        width=width,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        description="memory init",
+        show_progress=show_progress,
+    ).to(device)
+    head = model.head
+    embedding = torch.nn.functional.batch_norm(
+        head.embed(pool5), None, None, head.embed_bn.weight, head.embed_bn.bias, training=True, eps=head.embed_bn.eps
+    )
+    return torch.nn.functional.normalize(embedding, dim=1)
 
 
 def _cuda_rng_state() -> list[torch.Tensor] | None:

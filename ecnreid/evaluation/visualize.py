@@ -109,16 +109,22 @@ def _fit(text: str, font, width: int) -> str:
     return "..." + text
 
 
-def _draw_slot(canvas: Image.Image, slot: int, record: ImageRecord, color: tuple[int, int, int],
-               lines: tuple[str, str]) -> None:
+def _draw_slot(
+    canvas: Image.Image, slot: int, record: ImageRecord, color: tuple[int, int, int], lines: tuple[str, str]
+) -> None:
     draw = ImageDraw.Draw(canvas)
     x, y = slot_origin(slot)
     draw.rectangle([x, y, x + SLOT_W - 1, y + SLOT_H - 1], fill=color)
     canvas.paste(_tile(record.path), (x + FRAME, y + FRAME))
     font = load_font(12)
     for row, text in enumerate(lines):
-        draw.text((x + SLOT_W // 2, y + SLOT_H + 3 + row * 15), _fit(text, font, SLOT_W + GAP), font=font,
-                  fill=TEXT_COLOR, anchor="mt")
+        draw.text(
+            (x + SLOT_W // 2, y + SLOT_H + 3 + row * 15),
+            _fit(text, font, SLOT_W + GAP),
+            font=font,
+            fill=TEXT_COLOR,
+            anchor="mt",
+        )
 
 
 def save_rank_lists(
@@ -167,8 +173,13 @@ def save_rank_lists(
         canvas = Image.new("RGB", size, BACKGROUND)
         draw = ImageDraw.Draw(canvas)
         caption = f"query {qi}: {Path(record.path).name}  |  pid {record.pid}  |  cam {record.camid}"
-        draw.text((MARGIN, MARGIN + CAPTION_H // 2 - 2), _fit(caption, caption_font, size[0] - 2 * MARGIN),
-                  font=caption_font, fill=TEXT_COLOR, anchor="lm")
+        draw.text(
+            (MARGIN, MARGIN + CAPTION_H // 2 - 2),
+            _fit(caption, caption_font, size[0] - 2 * MARGIN),
+            font=caption_font,
+            fill=TEXT_COLOR,
+            anchor="lm",
+        )
         _draw_slot(canvas, 0, record, QUERY_COLOR, ("query", f"pid {record.pid}"))
         separator_x = MARGIN + SLOT_W + QUERY_GAP // 2
         _, top = slot_origin(0)

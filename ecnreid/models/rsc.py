@@ -134,9 +134,7 @@ class RSC(nn.Module):
                 keep_mask[chosen] = True
                 return torch.where(keep_mask.view(batch, 1, 1, 1), mask, torch.ones_like(mask))
 
-    def forward(
-        self, feature_map: Tensor, labels: Tensor, head: Head, eval_module: nn.Module | None = None
-    ) -> Tensor:
+    def forward(self, feature_map: Tensor, labels: Tensor, head: Head, eval_module: nn.Module | None = None) -> Tensor:
         """``feature_map * mask`` in training; ``feature_map`` itself in eval or when disabled."""
         if not self.training or not self.enabled:
             return feature_map
