@@ -284,6 +284,7 @@ def prepare_command(
     checkpoint_every: Annotated[int, typer.Option(help="Save a checkpoint every N iterations.")] = 1000,
     resume: Annotated[bool, typer.Option(help="Continue StarGAN training from its last checkpoint.")] = False,
     device: Device = "auto",
+    workers: Workers = 4,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Make the CamStyle set of a target (StarGAN or colour), or check an existing one with --check."""
@@ -313,6 +314,7 @@ def prepare_command(
         sample_every=sample_every,
         checkpoint_every=checkpoint_every,
         resume=resume,
+        workers=workers,
     )
     summary = run_prepare(config)
     console.print(summary)

@@ -142,6 +142,17 @@ def test_train_source_only_and_no_target_conflict(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "choose one" in result.output
 
 
+def test_prepare_colour_writes_the_set_with_the_chosen_workers(two_domains, tmp_path: Path) -> None:
+    _, target = two_domains
+    out = tmp_path / "camstyle"
+    args = ["prepare", "--dataset", "synthetic", "--root", str(target), "--method", "colour", "--out", str(out)]
+    result = runner.invoke(app, [*args, "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    # 24 target images in 3 cameras: each in the 2 other cameras.
+    assert len(list(out.glob("*_fake_*.jpg"))) == 48
+    assert json.loads((out / "prepare.json").read_text())["config"]["workers"] == 0
+
+
 def test_parsers() -> None:
     assert parse_size("256x128", "--image-size") == (256, 128)
     with pytest.raises(EcnreidError, match="HEIGHTxWIDTH"):
