@@ -168,6 +168,9 @@ def train_command(
     batch_size: Annotated[int, typer.Option(help="Source batch (the target batch is the same unless set).")] = 128,
     target_batch_size: Annotated[int | None, typer.Option(help="Target batch size.")] = None,
     lr: Annotated[float, typer.Option(help="Learning rate of new layers (backbone gets 0.1x).")] = 0.1,
+    backbone_lr_mult: Annotated[
+        float, typer.Option(help="Learning rate of the trainable backbone stages as a multiple of --lr.")
+    ] = 0.1,
     lr_step: Annotated[int, typer.Option(help="Epoch at which the learning rate drops 10x.")] = 40,
     lam: Annotated[float, typer.Option("--lambda", help="Target loss weight λ: (1-λ) source + λ target.")] = 0.3,
     beta: Annotated[float, typer.Option(help="Memory softmax temperature β.")] = 0.05,
@@ -234,6 +237,7 @@ def train_command(
         batch_size=batch_size,
         target_batch_size=target_batch_size,
         lr=lr,
+        backbone_lr_mult=backbone_lr_mult,
         lr_step=lr_step,
         lam=lam,
         beta=beta,

@@ -74,11 +74,18 @@ def test_eval_of_a_training_checkpoint(two_domains, tmp_path: Path) -> None:
             "--out",
             str(out),
             "--no-camera",
+            "--backbone-lr-mult",
+            "0.5",
+            "--memory-init",
+            "features",
         ],
     )
     assert result.exit_code == 0, result.output
     config = json.loads((out / "config.json").read_text())
     assert config["use_camera"] is False and config["setting"] == "+E+N" and config["lam"] == 0.3
+    assert config["backbone_lr_mult"] == 0.5 and config["memory_init"] == "features"
+    optimizer = torch.load(out / "last.pt", map_location="cpu", weights_only=False)["optimizer"]
+    assert [group["lr"] for group in optimizer["param_groups"]] == pytest.approx([0.1, 0.05])
     trained = json.loads((out / "metrics.json").read_text())["final"]
     result = runner.invoke(
         app,
