@@ -67,6 +67,7 @@ class PrepareConfig:
     conv_dim: int = 64
     g_repeat_num: int = 6
     d_repeat_num: int = 6
+    residual_generator: bool = False
     progress: bool = True
 
     def stargan_config(self) -> StarGANConfig:
@@ -78,6 +79,7 @@ class PrepareConfig:
             g_repeat_num=self.g_repeat_num,
             d_conv_dim=self.conv_dim,
             d_repeat_num=self.d_repeat_num,
+            g_residual=self.residual_generator,
             seed=self.seed,
             workers=self.workers,
             sample_every=self.sample_every,

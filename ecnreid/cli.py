@@ -286,6 +286,10 @@ def prepare_command(
     conv_dim: Annotated[
         int, typer.Option(help="StarGAN width (published 64; 32 is about 3x faster on a CPU budget).")
     ] = 64,
+    residual_generator: Annotated[
+        bool,
+        typer.Option(help="Generator starts as the identity and learns the change (not in StarGAN; short budgets)."),
+    ] = False,
     pseudo_cameras: Annotated[int | None, typer.Option(help="Group images into K style clusters as cameras.")] = None,
     sample_every: Annotated[int, typer.Option(help="Write a sample grid PNG every N iterations.")] = 1000,
     checkpoint_every: Annotated[int, typer.Option(help="Save a checkpoint every N iterations.")] = 1000,
@@ -317,6 +321,7 @@ def prepare_command(
         device=device,
         batch_size=batch_size,
         conv_dim=conv_dim,
+        residual_generator=residual_generator,
         seed=seed,
         pseudo_cameras=pseudo_cameras,
         sample_every=sample_every,

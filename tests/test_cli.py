@@ -160,17 +160,18 @@ def test_prepare_colour_writes_the_set_with_the_chosen_workers(two_domains, tmp_
     assert json.loads((out / "prepare.json").read_text())["config"]["workers"] == 0
 
 
-def test_prepare_stargan_takes_its_width_from_the_command_line(two_domains, tmp_path: Path) -> None:
+def test_prepare_stargan_takes_its_network_options_from_the_command_line(two_domains, tmp_path: Path) -> None:
     _, target = two_domains
     out, work = tmp_path / "camstyle", tmp_path / "work"
     args = ["prepare", "--dataset", "synthetic", "--root", str(target), "--out", str(out), "--work-dir", str(work)]
     tiny = ["--iters", "1", "--image-size", "64x64", "--batch-size", "2", "--workers", "0", "--device", "cpu"]
-    result = runner.invoke(app, [*args, *tiny, "--conv-dim", "8", "--sample-every", "0", "--checkpoint-every", "0"])
+    options = ["--conv-dim", "8", "--residual-generator", "--sample-every", "0", "--checkpoint-every", "0"]
+    result = runner.invoke(app, [*args, *tiny, *options])
     assert result.exit_code == 0, result.output
     assert json.loads((out / "prepare.json").read_text())["config"]["conv_dim"] == 8
     assert len(list(out.glob("*_fake_*.jpg"))) == 48
     generator = torch.load(next(work.glob("*.pt")), map_location="cpu", weights_only=False)
-    assert generator["model"]["g_conv_dim"] == 8
+    assert generator["model"]["g_conv_dim"] == 8 and generator["model"]["g_residual"] is True
 
 
 def test_parsers() -> None:

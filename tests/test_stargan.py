@@ -26,6 +26,24 @@ def test_generator_keeps_the_person_shape_and_range(cameras):
     assert not torch.allclose(twice[0], twice[1])
 
 
+def test_residual_generator_starts_as_the_identity_and_round_trips_through_its_spec(tmp_path):
+    images = torch.rand(4, 3, 32, 16) * 1.9 - 0.95
+    cameras = torch.tensor([0, 1, 2, 1])
+    residual = Generator(3, conv_dim=8, repeat_num=1, residual=True)
+    assert torch.allclose(residual(images, cameras), images, atol=1e-5)
+    assert not torch.allclose(Generator(3, conv_dim=8, repeat_num=1)(images, cameras), images, atol=0.1)
+    # Once the last convolution has learnt something, the camera changes the output again.
+    torch.nn.init.normal_(residual.main[-1].weight, std=0.05)
+    twice = residual(images[:1].expand(2, -1, -1, -1), torch.tensor([0, 2]))
+    assert not torch.allclose(twice[0], twice[1])
+    spec = ModelSpec(num_cameras=3, image_size=(32, 16), g_conv_dim=8, g_repeat_num=1, g_residual=True)
+    assert ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    assert spec.build_generator().residual
+    # Checkpoints written before the option existed load as plain StarGAN generators.
+    old = {k: v for k, v in spec.to_dict().items() if k != "g_residual"}
+    assert not ModelSpec.from_dict(old).build_generator().residual
+
+
 def test_generator_needs_sizes_divisible_by_4():
     with pytest.raises(ValueError, match="divisible by 4"):
         Generator(2, conv_dim=8, repeat_num=1)(torch.zeros(1, 3, 30, 16), torch.tensor([0]))
