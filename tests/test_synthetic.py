@@ -16,7 +16,7 @@ from PIL import Image
 
 from ecnreid.data.datasets import read_dataset
 from ecnreid.data.records import ImageRecord, ReidDataset, relabel_pids
-from ecnreid.data.synthetic import generate_synthetic
+from ecnreid.data.synthetic import SOURCE_BACKGROUNDS, _make_identity, generate_synthetic
 from ecnreid.errors import EcnreidError
 
 TINY = {"train_ids": 3, "test_ids": 2, "source_cameras": 2, "target_cameras": 3}
@@ -217,3 +217,26 @@ def test_default_dataset_time_and_source_model_gap(tmp_path: Path) -> None:
     assert source_r1 >= 80.0
     assert target_r1 <= source_r1 - 50.0
     assert normalised_r1 >= target_r1 + 25.0
+
+
+def test_domain_fashion_sets_the_share_of_achromatic_garments() -> None:
+    garments = ("top", "bottom", "pattern_colour", "bag_colour")
+
+    def grey_share(achromatic: float) -> float:
+        people = [_make_identity(np.random.default_rng([0, pid]), achromatic) for pid in range(200)]
+        return float(np.mean([len(set(person[g])) == 1 for person in people for g in garments]))
+
+    assert grey_share(1.0) == 1.0
+    assert grey_share(0.0) == 0.0
+    assert 0.2 < grey_share(0.3) < 0.4
+
+
+def test_target_backgrounds_can_be_plain(tmp_path: Path) -> None:
+    textured = generate_synthetic(tmp_path / "textured", **TINY)
+    plain = generate_synthetic(tmp_path / "plain", target_textured=False, **TINY)
+    kinds = {
+        name: {c["background"]["kind"] for c in meta["domains"]["target"]["cameras"]}
+        for name, meta in (("textured", textured), ("plain", plain))
+    }
+    assert kinds["plain"] <= set(SOURCE_BACKGROUNDS) and not kinds["textured"] & set(SOURCE_BACKGROUNDS)
+    assert plain["params"]["target_textured"] is False

@@ -61,9 +61,9 @@ def _rgb(h: float, s: float, v: float) -> tuple[int, int, int]:
     return round(r * 255), round(g * 255), round(b * 255)
 
 
-def _clothing_colour(rng: np.random.Generator) -> tuple[int, int, int]:
-    """Real clothes are often black, white or grey; otherwise any hue."""
-    if rng.random() < 0.3:
+def _clothing_colour(rng: np.random.Generator, achromatic: float = 0.3) -> tuple[int, int, int]:
+    """Real clothes are often black, white or grey (with probability ``achromatic``); otherwise any hue."""
+    if rng.random() < achromatic:
         return _rgb(0.0, 0.0, float(rng.choice([0.12, 0.3, 0.55, 0.85])) + rng.uniform(-0.05, 0.05))
     return _rgb(rng.random(), rng.uniform(0.35, 0.95), rng.uniform(0.35, 0.95))
 
@@ -88,17 +88,18 @@ def _round(value: Any) -> Any:
 # --- identities ---------------------------------------------------------------------------------------
 
 
-def _make_identity(rng: np.random.Generator) -> dict[str, Any]:
-    """Appearance attributes that stay fixed for one person across all images and cameras."""
+def _make_identity(rng: np.random.Generator, achromatic: float = 0.3) -> dict[str, Any]:
+    """Appearance attributes that stay fixed for one person across all images and cameras; ``achromatic``
+    is the share of black, white and grey garments (the domain's fashion)."""
     skin = _rgb(rng.uniform(0.03, 0.09), rng.uniform(0.25, 0.6), rng.uniform(0.35, 0.95))
     hair = _rgb(rng.uniform(0.0, 0.12), rng.uniform(0.2, 0.8), rng.uniform(0.05, 0.6))
     if rng.random() < 0.12:  # dyed or grey hair
         hair = _clothing_colour(rng)
     return {
-        "top": _clothing_colour(rng),
-        "bottom": _clothing_colour(rng),
+        "top": _clothing_colour(rng, achromatic),
+        "bottom": _clothing_colour(rng, achromatic),
         "pattern": PATTERNS[rng.integers(len(PATTERNS))],
-        "pattern_colour": _clothing_colour(rng),
+        "pattern_colour": _clothing_colour(rng, achromatic),
         "pattern_period": int(rng.integers(3, 7)),  # in output pixels
         "logo_shape": int(rng.integers(3)),  # 0 disc, 1 square, 2 triangle
         "long_sleeves": bool(rng.random() < 0.55),
@@ -106,9 +107,9 @@ def _make_identity(rng: np.random.Generator) -> dict[str, Any]:
         "skin": skin,
         "hair": hair,
         "long_hair": bool(rng.random() < 0.35),
-        "hat": _clothing_colour(rng) if rng.random() < 0.15 else None,
+        "hat": _clothing_colour(rng, achromatic) if rng.random() < 0.15 else None,
         "bag": BAGS[rng.integers(len(BAGS))],
-        "bag_colour": _clothing_colour(rng),
+        "bag_colour": _clothing_colour(rng, achromatic),
         "shoes": _rgb(rng.random(), rng.uniform(0.0, 0.5), rng.uniform(0.1, 0.9)),
         "build_w": float(rng.uniform(0.85, 1.2)),
         "build_h": float(rng.uniform(0.9, 1.05)),
@@ -523,6 +524,9 @@ def generate_synthetic(
     target_style: float = 0.8,
     source_cast: float = 0.12,
     target_cast: float = 0.35,
+    target_textured: bool = True,
+    source_achromatic: float = 0.3,
+    target_achromatic: float = 0.3,
     height: int = 128,
     width: int = 64,
     jpeg_quality: int = 92,
@@ -560,6 +564,9 @@ def generate_synthetic(
         "target_style": target_style,
         "source_cast": source_cast,
         "target_cast": target_cast,
+        "target_textured": target_textured,
+        "source_achromatic": source_achromatic,
+        "target_achromatic": target_achromatic,
         "height": height,
         "width": width,
         "jpeg_quality": jpeg_quality,
@@ -582,13 +589,15 @@ def generate_synthetic(
             "style": source_style,
             "cast": source_cast,
             "textured": False,
+            "achromatic": source_achromatic,
         },
         "target": {
             "first_pid": 5001,
             "cameras": target_cameras,
             "style": target_style,
             "cast": target_cast,
-            "textured": True,
+            "textured": target_textured,
+            "achromatic": target_achromatic,
         },
     }
     for name in domains:
@@ -642,7 +651,7 @@ def generate_synthetic(
                 (staging / name / split).mkdir(parents=True, exist_ok=True)
             for n, (split, pid, cam) in enumerate(plans[name]):
                 if pid not in people:
-                    people[pid] = _make_identity(np.random.default_rng([seed, index, 3, pid]))
+                    people[pid] = _make_identity(np.random.default_rng([seed, index, 3, pid]), spec["achromatic"])
                 image = render_image(
                     people[pid], cams[cam], scenes[cam], np.random.default_rng([seed, index, 4, n]), height, width
                 )
