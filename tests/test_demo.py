@@ -21,4 +21,5 @@ def test_demo_trains_the_ablation_rows_on_the_synthetic_domains(tmp_path: Path) 
         assert train_config.target_root == tmp_path / "data" / "target"
         assert train_config.epochs == 9 and train_config.lr_step == 6 and train_config.neighbour_start_epoch == 3
         assert train_config.resume  # a killed demo continues where it stopped
+        assert train_config.backbone_lr_mult == 1.0 and train_config.lr == 0.01
     assert len({c.out for c in settings.values()}) == 4
