@@ -33,7 +33,7 @@ from ecnreid.data.records import ImageRecord
 from ecnreid.errors import EcnreidError
 from ecnreid.io import write_json
 from ecnreid.progress import console
-from ecnreid.runtime import resolve_device
+from ecnreid.runtime import is_interruption, resolve_device
 
 __all__ = ["CheckReport", "PrepareConfig", "render_check_table", "run_check", "run_prepare"]
 
@@ -235,7 +235,9 @@ def run_prepare(config: PrepareConfig) -> dict[str, Any]:
             summary["colour_styles"] = styles.to_dict()
         else:
             counts = _stargan_set(config, records, num_cameras, out, device, summary)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, RuntimeError) as exc:
+        if not is_interruption(exc):
+            raise
         counts = None  # every file already written is complete (atomic writes); a rerun skips them
     if counts is None:
         summary |= {"interrupted": True, "seconds": round(time.perf_counter() - started, 3)}

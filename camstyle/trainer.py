@@ -26,7 +26,7 @@ from ecnreid.data.records import ImageRecord
 from ecnreid.errors import EcnreidError
 from ecnreid.io import append_jsonl, atomic_save_image, atomic_torch_save
 from ecnreid.progress import console, make_progress
-from ecnreid.runtime import seed_everything
+from ecnreid.runtime import is_interruption, seed_everything
 
 CHECKPOINT_NAME = "checkpoint.pt"
 GENERATOR_NAME = "generator.pt"
@@ -379,7 +379,9 @@ def train_stargan(
                     path = out_dir / "samples" / f"iter_{state.iteration:07d}.png"
                     atomic_save_image(render_sample_grid(generator, fixed, num_cameras, device), path)
                     samples.append(path)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, RuntimeError) as exc:
+            if not is_interruption(exc):
+                raise
             interrupted = True
         finally:
             del batches  # shut down loader workers before the final save

@@ -15,6 +15,7 @@ import typer
 from ecnreid.config import DGConfig, EvalConfig, ModelConfig, TrainConfig
 from ecnreid.errors import EcnreidError
 from ecnreid.progress import console
+from ecnreid.runtime import is_interruption
 
 app = typer.Typer(
     name="ecnreid",
@@ -56,7 +57,9 @@ def user_errors(command: F) -> F:
         except EcnreidError as exc:
             console.print(f"[bold red]error:[/] {one_line(exc)}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, RuntimeError) as exc:
+            if not is_interruption(exc):
+                raise
             console.print("[yellow]interrupted")
             raise typer.Exit(130) from None
 

@@ -13,6 +13,16 @@ import torch.distributed as dist
 from ecnreid.errors import EcnreidError
 
 
+def is_interruption(exc: BaseException) -> bool:
+    """Ctrl-C / SIGTERM, also when it reaches a DataLoader worker first: a stop signal sent to the whole process
+    group (`timeout`, `kill -- -PGID`, job schedulers) can kill a worker before the main process handles its
+    own, and torch then reports the same stop as a ``RuntimeError`` about the worker."""
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    message = str(exc)
+    return isinstance(exc, RuntimeError) and "DataLoader worker" in message and "killed by signal" in message
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present; asking for CUDA on a machine without it is a clear error."""
     if name == "auto":

@@ -221,3 +221,20 @@ def test_sigterm_stops_a_command_like_ctrl_c_and_the_handler_is_restored() -> No
         long_job()
     assert exit_info.value.exit_code == 130 and seen == ["saved"]
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_loader_worker_killed_by_the_stop_signal_is_an_interruption_not_a_traceback() -> None:
+    @user_errors
+    def stopped() -> None:
+        raise RuntimeError("DataLoader worker (pid 4242) is killed by signal: Terminated. ")
+
+    with pytest.raises(typer.Exit) as exit_info:
+        stopped()
+    assert exit_info.value.exit_code == 130
+
+    @user_errors
+    def broken() -> None:
+        raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        broken()

@@ -180,7 +180,12 @@ def test_existing_run_needs_resume_and_a_matching_model(tmp_path):
         train_stargan(records, 3, _tiny(iters=2, g_conv_dim=4), tmp_path / "run", resume=True)
 
 
-def test_ctrl_c_saves_a_checkpoint_and_returns(tmp_path, monkeypatch):
+# SIGTERM sent to the whole process group can reach a DataLoader worker first; torch then reports a RuntimeError.
+WORKER_KILLED = RuntimeError("DataLoader worker (pid 4242) is killed by signal: Terminated. ")
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(), WORKER_KILLED])
+def test_ctrl_c_saves_a_checkpoint_and_returns(tmp_path, monkeypatch, stop):
     records = _tree(tmp_path)
     real_step = trainer_module.critic_step
     calls = []
@@ -188,7 +193,7 @@ def test_ctrl_c_saves_a_checkpoint_and_returns(tmp_path, monkeypatch):
     def interrupt_third(*args, **kwargs):
         calls.append(1)
         if len(calls) == 3:
-            raise KeyboardInterrupt
+            raise stop
         return real_step(*args, **kwargs)
 
     monkeypatch.setattr(trainer_module, "critic_step", interrupt_third)

@@ -110,6 +110,32 @@ def test_memory_init_happens_once_so_a_resumed_run_equals_a_straight_one(two_dom
     assert torch.equal(straight, load_checkpoint(tmp_path / "resumed" / "last.pt")["memory"]["features"])
 
 
+@pytest.mark.parametrize(
+    ("error", "saved"),
+    [
+        (KeyboardInterrupt(), True),
+        (RuntimeError("DataLoader worker (pid 4242) is killed by signal: Terminated. "), True),
+        (RuntimeError("CUDA error: an illegal memory access"), False),  # a bug, not a stop: no state saved
+    ],
+)
+def test_a_stop_saves_interrupted_weights(two_domains, tmp_path: Path, monkeypatch, error, saved) -> None:
+    source, target = two_domains
+    trainer = ECNTrainer(tiny_config(source, target, tmp_path / "run", epochs=2, eval_every=0))
+    real_step, calls = trainer._step, []
+
+    def stop_on_the_fourth_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:  # in the second epoch (2 steps per epoch)
+            raise error
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "_step", stop_on_the_fourth_step)
+    with pytest.raises(type(error)):
+        trainer.fit()
+    assert (tmp_path / "run" / "interrupted.pt").exists() == saved
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1  # the last completed epoch is kept
+
+
 def test_existing_run_is_not_overwritten(two_domains, tmp_path: Path) -> None:
     source, target = two_domains
     train(tiny_config(source, target, tmp_path / "run", epochs=1, eval_every=0))

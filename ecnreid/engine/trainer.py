@@ -44,7 +44,7 @@ from ecnreid.models.ecn import ECNModel
 from ecnreid.models.factory import build_ecn_model
 from ecnreid.models.rsc import RSC
 from ecnreid.progress import console, make_progress
-from ecnreid.runtime import DistributedContext, all_gather_cat, init_distributed, seed_everything
+from ecnreid.runtime import DistributedContext, all_gather_cat, init_distributed, is_interruption, seed_everything
 
 MEMORY_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 KNN_METHODS = ("topk", "faiss")  # topk of the logits is ~100x faster on CPU (bench/knn_speed.py)
@@ -405,7 +405,9 @@ class ECNTrainer:
                 if self.ctx.is_main and (last_epoch or (cfg.eval_every > 0 and (epoch + 1) % cfg.eval_every == 0)):
                     row.update(self.evaluate())
                 self._end_epoch(epoch, row)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, RuntimeError) as exc:
+            if not is_interruption(exc):
+                raise
             if self.ctx.is_main:
                 save_checkpoint(self.state_dict(epoch), self.out / "interrupted.pt")
                 console.print(
