@@ -30,7 +30,6 @@ from ecnreid.data.image_dataset import load_image
 from ecnreid.data.records import ImageRecord
 from ecnreid.errors import EcnreidError
 from ecnreid.progress import make_progress
-from ecnreid.runtime import leave_stops_to_the_main_process
 
 # sRGB (D65) linear RGB -> XYZ, and the D65 reference white.
 _RGB_TO_XYZ = torch.tensor(
@@ -133,9 +132,7 @@ def camera_styles(
     records: Sequence[ImageRecord], num_cameras: int, workers: int = 2, progress: bool = True
 ) -> CameraStyles:
     """Average the per-image Lab statistics of each camera's images (one decode per image, in workers)."""
-    loader = DataLoader(
-        _ImageStats(records), batch_size=64, num_workers=workers, worker_init_fn=leave_stops_to_the_main_process
-    )
+    loader = DataLoader(_ImageStats(records), batch_size=64, num_workers=workers)
     sums = torch.zeros(num_cameras, 6, dtype=torch.float64)
     counts = torch.zeros(num_cameras, dtype=torch.long)
     with make_progress(transient=True) as bar:
@@ -190,12 +187,7 @@ def generate_colour_camstyle(
     total = int(todo.sum())
     pending = todo.any(dim=1).nonzero().flatten().tolist()
     stems = [Path(r.path).stem for r in records]
-    loader = DataLoader(
-        _ColourTransfer(records, todo, pending, styles),
-        batch_size=None,
-        num_workers=workers,
-        worker_init_fn=leave_stops_to_the_main_process,
-    )
+    loader = DataLoader(_ColourTransfer(records, todo, pending, styles), batch_size=None, num_workers=workers)
     written = 0
     with make_progress() as bar, ImageWriter(threads=writer_threads) as writer:
         task = bar.add_task("colour CamStyle", total=total, unit="img", info="", visible=progress)

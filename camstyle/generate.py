@@ -28,7 +28,6 @@ from ecnreid.data.records import ImageRecord
 from ecnreid.errors import EcnreidError
 from ecnreid.io import atomic_save_image
 from ecnreid.progress import make_progress
-from ecnreid.runtime import leave_stops_to_the_main_process
 
 JPEG_QUALITY = 95
 
@@ -190,7 +189,6 @@ def generate_camstyle(
     images_per_batch = max(1, batch_size // max(1, num_cameras - 1))
     loader = DataLoader(
         _SourceImages(records, pending_images, image_size),
-        worker_init_fn=leave_stops_to_the_main_process,
         batch_size=images_per_batch,
         num_workers=workers,
         pin_memory=device.type == "cuda",

@@ -27,7 +27,6 @@ from ecnreid.data.records import ImageRecord
 from ecnreid.errors import EcnreidError
 from ecnreid.io import write_json
 from ecnreid.progress import make_progress
-from ecnreid.runtime import leave_stops_to_the_main_process
 
 HISTOGRAM_BINS = 8
 MARGIN = 0.125  # fraction of the width on each side taken as background
@@ -59,9 +58,7 @@ class _StyleFeatures(Dataset):
 
 def style_features(records: Sequence[ImageRecord], workers: int = 2, progress: bool = True) -> torch.Tensor:
     """(N, 22) style features of every record, computed in loader workers."""
-    loader = DataLoader(
-        _StyleFeatures(records), batch_size=64, num_workers=workers, worker_init_fn=leave_stops_to_the_main_process
-    )
+    loader = DataLoader(_StyleFeatures(records), batch_size=64, num_workers=workers)
     parts = []
     with make_progress(transient=True) as bar:
         task = bar.add_task("style features", total=len(records), unit="img", info="", visible=progress)

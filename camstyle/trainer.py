@@ -26,7 +26,7 @@ from ecnreid.data.records import ImageRecord
 from ecnreid.errors import EcnreidError
 from ecnreid.io import append_jsonl, atomic_save_image, atomic_torch_save
 from ecnreid.progress import console, make_progress
-from ecnreid.runtime import is_interruption, leave_stops_to_the_main_process, seed_everything
+from ecnreid.runtime import is_interruption, seed_everything
 
 CHECKPOINT_NAME = "checkpoint.pt"
 GENERATOR_NAME = "generator.pt"
@@ -335,7 +335,6 @@ def train_stargan(
 
     loader = DataLoader(
         _TrainImages(records, config),
-        worker_init_fn=leave_stops_to_the_main_process,
         batch_size=config.batch_size,
         sampler=_ResumableShuffle(len(records), config.seed, start=state.iteration * config.batch_size),
         num_workers=config.workers,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,13 +11,6 @@ import torch
 import torch.distributed as dist
 
 from ecnreid.errors import EcnreidError
-
-
-def leave_stops_to_the_main_process(worker_id: int = 0) -> None:
-    """DataLoader ``worker_init_fn``: ignore SIGTERM in the worker. A stop sent to the whole process group
-    then stops only the main process, which saves its state and shuts the workers down itself (torch's
-    workers already leave SIGINT to it, and exit on their own if the main process dies)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def is_interruption(exc: BaseException) -> bool:

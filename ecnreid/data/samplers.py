@@ -15,13 +15,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ecnreid.errors import EcnreidError
-from ecnreid.runtime import leave_stops_to_the_main_process
 
 
 def seed_worker(worker_id: int) -> None:
-    """Seed numpy and ``random`` in a DataLoader worker from its torch seed (base seed + worker id); stop
-    signals are left to the main process."""
-    leave_stops_to_the_main_process(worker_id)
+    """Seed numpy and ``random`` in a DataLoader worker from its torch seed (base seed + worker id)."""
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)

@@ -14,7 +14,6 @@ from ecnreid.data.image_dataset import ImageDataset
 from ecnreid.data.records import ImageRecord
 from ecnreid.data.transforms import build_test_transform
 from ecnreid.progress import make_progress
-from ecnreid.runtime import leave_stops_to_the_main_process
 
 
 class PooledBackbone(nn.Module):
@@ -52,7 +51,6 @@ def extract_features(
     model.eval()
     loader = DataLoader(
         ImageDataset(records, build_test_transform(height, width)),
-        worker_init_fn=leave_stops_to_the_main_process,
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
