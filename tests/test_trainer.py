@@ -179,7 +179,7 @@ def test_camera_invariance_uses_the_camstyle_set(two_domains, tmp_path: Path) ->
     from camstyle.prepare import PrepareConfig, run_prepare
 
     source, target = two_domains
-    run_prepare(PrepareConfig(dataset="synthetic", root=target, method="colour", device="cpu"))
+    run_prepare(PrepareConfig(dataset="synthetic", root=target, method="colour", device="cpu", workers=0))
     summary = train(tiny_config(source, target, tmp_path / "run", epochs=1, eval_every=0))
     assert summary["camstyle_dir"] == str(target / "bounding_box_train_camstyle")
     assert summary["setting"] == "+E+C+N"
