@@ -34,7 +34,7 @@ from ecnreid.data.samplers import build_loader, cycle
 from ecnreid.data.transforms import build_train_transform
 from ecnreid.engine.checkpoint import check_resume_compatible, load_checkpoint, save_checkpoint
 from ecnreid.errors import EcnreidError
-from ecnreid.evaluation.features import PooledBackbone, extract_features
+from ecnreid.evaluation.features import extract_features
 from ecnreid.evaluation.runner import evaluate_model, metrics_row
 from ecnreid.io import append_jsonl, write_json
 from ecnreid.losses import ecn_total_loss, nearest_slots_faiss, source_loss, target_invariance_loss
@@ -483,8 +483,8 @@ def target_embeddings(
     target batch with its own; the eval-mode running statistics would leave every embedding sharing one
     large common direction.
     """
-    pool5 = extract_features(
-        PooledBackbone(model.backbone),
+    pool5 = extract_features(  # the model in eval mode gives unit-norm pool5; extract_features restores its mode
+        model,
         records,
         height=height,
         width=width,
