@@ -68,6 +68,7 @@ class PrepareConfig:
     g_repeat_num: int = 6
     d_repeat_num: int = 6
     residual_generator: bool = False
+    n_critic: int = 5  # critic steps per generator step (StarGAN: 5)
     progress: bool = True
 
     def stargan_config(self) -> StarGANConfig:
@@ -80,6 +81,7 @@ class PrepareConfig:
             d_conv_dim=self.conv_dim,
             d_repeat_num=self.d_repeat_num,
             g_residual=self.residual_generator,
+            n_critic=self.n_critic,
             seed=self.seed,
             workers=self.workers,
             sample_every=self.sample_every,
@@ -99,6 +101,8 @@ def _validate(config: PrepareConfig) -> None:
         raise EcnreidError(f"--iters {config.iters}: must be at least 1")
     if config.batch_size < 1:
         raise EcnreidError(f"--batch-size {config.batch_size}: must be at least 1")
+    if config.n_critic < 1:
+        raise EcnreidError(f"--n-critic {config.n_critic}: must be at least 1")
     h, w = config.image_size
     scale = 2**config.d_repeat_num
     if h % scale or w % scale:

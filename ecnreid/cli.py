@@ -293,6 +293,10 @@ def prepare_command(
         bool,
         typer.Option(help="Generator starts as the identity and learns the change (not in StarGAN; short budgets)."),
     ] = False,
+    n_critic: Annotated[
+        int,
+        typer.Option(help="Critic steps per generator step (published 5; 1 gives the generator 5x the updates)."),
+    ] = 5,
     pseudo_cameras: Annotated[int | None, typer.Option(help="Group images into K style clusters as cameras.")] = None,
     sample_every: Annotated[int, typer.Option(help="Write a sample grid PNG every N iterations.")] = 1000,
     checkpoint_every: Annotated[int, typer.Option(help="Save a checkpoint every N iterations.")] = 1000,
@@ -325,6 +329,7 @@ def prepare_command(
         batch_size=batch_size,
         conv_dim=conv_dim,
         residual_generator=residual_generator,
+        n_critic=n_critic,
         seed=seed,
         pseudo_cameras=pseudo_cameras,
         sample_every=sample_every,
