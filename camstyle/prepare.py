@@ -199,6 +199,16 @@ def _stargan_set(
     )
 
 
+def interrupted_message(config: PrepareConfig, summary: dict[str, Any]) -> str:
+    """What to run after an interruption: ``--resume`` only helps when StarGAN training itself was cut short
+    (generation skips the files already written whether or not it is given)."""
+    message = "prepare interrupted; rerun the same command to continue"
+    training_cut = "iterations" in summary and summary["iterations"] < config.iters
+    if training_cut and not config.resume:
+        message += " (add --resume to continue StarGAN training)"
+    return message
+
+
 def run_prepare(config: PrepareConfig) -> dict[str, Any]:
     """Make the CamStyle set described by ``config``; returns the summary also written to ``prepare.json``."""
     started = time.perf_counter()
@@ -246,10 +256,7 @@ def run_prepare(config: PrepareConfig) -> dict[str, Any]:
     if counts is None:
         summary |= {"interrupted": True, "seconds": round(time.perf_counter() - started, 3)}
         summary["config"] = config_to_dict(config)
-        console.print(
-            "[yellow]prepare interrupted; rerun the same command to continue"
-            + (" (add --resume to continue StarGAN training)" if config.method == "stargan" else "")
-        )
+        console.print(f"[yellow]{interrupted_message(config, summary)}")
         return summary
     summary |= {"written": counts.written, "skipped": counts.skipped}
     summary["seconds"] = round(time.perf_counter() - started, 3)

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from camstyle.generate import generate_camstyle, load_generator, to_uint8
-from camstyle.prepare import PrepareConfig, run_prepare
+from camstyle.prepare import PrepareConfig, interrupted_message, run_prepare
 from camstyle.stargan import Generator, ModelSpec
 from ecnreid.data.camstyle_dataset import CamStyleTargetDataset
 from ecnreid.data.records import ImageRecord
@@ -209,3 +209,25 @@ def test_prepare_unreadable_generator_and_single_camera(tmp_path):
     _market_tree(tmp_path / "ok", [0, 1])
     with pytest.raises(EcnreidError, match="cannot read generator"):
         run_prepare(_tiny_prepare(tmp_path / "ok", generator=tmp_path / "g.pt"))
+
+
+def test_interrupted_message_suggests_resume_only_for_cut_training(tmp_path):
+    config = _tiny_prepare(tmp_path, iters=10)
+    assert "--resume" in interrupted_message(config, {"iterations": 4})
+    # Training was already finished, or never ran (--generator / colour): only generation was cut.
+    for summary in ({"iterations": 10}, {}):
+        assert interrupted_message(config, summary) == "prepare interrupted; rerun the same command to continue"
+    assert "--resume" not in interrupted_message(_tiny_prepare(tmp_path, iters=10, resume=True), {"iterations": 4})
+
+
+def test_prepare_interrupted_during_generation_keeps_what_was_written(tmp_path, monkeypatch):
+    _market_tree(tmp_path / "data", [0, 1, 2, 1])
+    generator_path = Path(run_prepare(_tiny_prepare(tmp_path / "data"))["paths"]["generator"])
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("camstyle.prepare.generate_camstyle", interrupted)
+    summary = run_prepare(_tiny_prepare(tmp_path / "data", generator=generator_path, out=tmp_path / "cut"))
+    assert summary["interrupted"] is True and "iterations" not in summary
+    assert not (tmp_path / "cut" / "prepare.json").exists()
