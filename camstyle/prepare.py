@@ -68,6 +68,7 @@ class PrepareConfig:
     g_repeat_num: int = 6
     d_repeat_num: int = 6
     residual_generator: bool = False
+    camera_norm: bool = False
     n_critic: int = 5  # critic steps per generator step (StarGAN: 5)
     progress: bool = True
 
@@ -81,6 +82,7 @@ class PrepareConfig:
             d_conv_dim=self.conv_dim,
             d_repeat_num=self.d_repeat_num,
             g_residual=self.residual_generator,
+            g_camera_norm=self.camera_norm,
             n_critic=self.n_critic,
             seed=self.seed,
             workers=self.workers,

@@ -7,6 +7,7 @@ uses a rectangular kernel covering the whole final feature map.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -20,21 +21,51 @@ def _instance_norm(channels: int) -> nn.InstanceNorm2d:
     return nn.InstanceNorm2d(channels, affine=True, track_running_stats=False)
 
 
+class CameraInstanceNorm(nn.Module):
+    """InstanceNorm whose scale and shift are looked up per target camera (conditional instance norm,
+    Dumoulin et al., 2017); starts as the plain norm (scale 1, shift 0).
+
+    Why: StarGAN feeds the camera as constant input channels, and the first InstanceNorm subtracts every
+    channel's spatial mean, so the camera survives only through the zero-padded borders; a camera's colour
+    and brightness then take many thousands of iterations to learn. Here every norm layer sees it directly.
+    """
+
+    def __init__(self, channels: int, num_cameras: int) -> None:
+        super().__init__()
+        self.norm = nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+        self.scale = nn.Embedding(num_cameras, channels)
+        self.shift = nn.Embedding(num_cameras, channels)
+        nn.init.ones_(self.scale.weight)
+        nn.init.zeros_(self.shift.weight)
+
+    def forward(self, x: torch.Tensor, cameras: torch.Tensor) -> torch.Tensor:
+        scale = self.scale(cameras).to(x.dtype)[:, :, None, None]
+        shift = self.shift(cameras).to(x.dtype)[:, :, None, None]
+        return self.norm(x) * scale + shift
+
+
+def _run(layers: nn.Sequential, x: torch.Tensor, cameras: torch.Tensor) -> torch.Tensor:
+    """``layers`` in order, handing the target cameras to the layers that are conditioned on them."""
+    for layer in layers:
+        x = layer(x, cameras) if isinstance(layer, (CameraInstanceNorm, ResidualBlock)) else layer(x)
+    return x
+
+
 class ResidualBlock(nn.Module):
     """conv3x3 - IN - ReLU - conv3x3 - IN, plus the identity."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, norm: Callable[[int], nn.Module] = _instance_norm) -> None:
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(channels, channels, 3, 1, 1, bias=False),
-            _instance_norm(channels),
+            norm(channels),
             nn.ReLU(inplace=True),
             nn.Conv2d(channels, channels, 3, 1, 1, bias=False),
-            _instance_norm(channels),
+            norm(channels),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
+    def forward(self, x: torch.Tensor, cameras: torch.Tensor | None = None) -> torch.Tensor:
+        return x + (self.body(x) if cameras is None else _run(self.body, x, cameras))
 
 
 class Generator(nn.Module):
@@ -48,32 +79,46 @@ class Generator(nn.Module):
     pre-tanh scale, and zeroes the last convolution, so the generator starts as the identity and only has
     to learn the change of style: a plain generator spends its first thousands of iterations learning to
     reproduce a person at all.
+
+    ``camera_norm=True`` (not in StarGAN) makes every InstanceNorm camera-conditioned (``CameraInstanceNorm``).
     """
 
-    def __init__(self, num_cameras: int, conv_dim: int = 64, repeat_num: int = 6, residual: bool = False) -> None:
+    def __init__(
+        self,
+        num_cameras: int,
+        conv_dim: int = 64,
+        repeat_num: int = 6,
+        residual: bool = False,
+        camera_norm: bool = False,
+    ) -> None:
         super().__init__()
         if num_cameras < 1:
             raise ValueError(f"num_cameras must be at least 1, got {num_cameras}")
         self.num_cameras = num_cameras
         self.residual = residual
+        self.camera_norm = camera_norm
+
+        def norm(channels: int) -> nn.Module:
+            return CameraInstanceNorm(channels, num_cameras) if camera_norm else _instance_norm(channels)
+
         layers: list[nn.Module] = [
             nn.Conv2d(3 + num_cameras, conv_dim, 7, 1, 3, bias=False),
-            _instance_norm(conv_dim),
+            norm(conv_dim),
             nn.ReLU(inplace=True),
         ]
         channels = conv_dim
         for _ in range(2):
             layers += [
                 nn.Conv2d(channels, channels * 2, 4, 2, 1, bias=False),
-                _instance_norm(channels * 2),
+                norm(channels * 2),
                 nn.ReLU(inplace=True),
             ]
             channels *= 2
-        layers += [ResidualBlock(channels) for _ in range(repeat_num)]
+        layers += [ResidualBlock(channels, norm) for _ in range(repeat_num)]
         for _ in range(2):
             layers += [
                 nn.ConvTranspose2d(channels, channels // 2, 4, 2, 1, bias=False),
-                _instance_norm(channels // 2),
+                norm(channels // 2),
                 nn.ReLU(inplace=True),
             ]
             channels //= 2
@@ -88,7 +133,7 @@ class Generator(nn.Module):
             raise ValueError(f"generator input {h}x{w}: height and width must be divisible by 4")
         onehot = F.one_hot(cameras.long(), self.num_cameras).to(images.dtype)
         tiled = onehot.view(n, self.num_cameras, 1, 1).expand(n, self.num_cameras, h, w)
-        out = self.main(torch.cat([images, tiled], dim=1))
+        out = _run(self.main, torch.cat([images, tiled], dim=1), cameras.long())
         if self.residual:
             out = out + torch.atanh(images.clamp(-0.999, 0.999))
         return torch.tanh(out)
@@ -164,9 +209,16 @@ class ModelSpec:
     d_conv_dim: int = 64
     d_repeat_num: int = 6
     g_residual: bool = False
+    g_camera_norm: bool = False
 
     def build_generator(self) -> Generator:
-        return Generator(self.num_cameras, self.g_conv_dim, self.g_repeat_num, residual=self.g_residual)
+        return Generator(
+            self.num_cameras,
+            self.g_conv_dim,
+            self.g_repeat_num,
+            residual=self.g_residual,
+            camera_norm=self.g_camera_norm,
+        )
 
     def build_discriminator(self) -> Discriminator:
         return Discriminator(self.image_size, self.num_cameras, self.d_conv_dim, self.d_repeat_num)
@@ -180,6 +232,7 @@ class ModelSpec:
             "d_conv_dim": self.d_conv_dim,
             "d_repeat_num": self.d_repeat_num,
             "g_residual": self.g_residual,
+            "g_camera_norm": self.g_camera_norm,
         }
 
     @classmethod

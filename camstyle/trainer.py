@@ -45,6 +45,7 @@ class StarGANConfig:
     d_conv_dim: int = 64
     d_repeat_num: int = 6
     g_residual: bool = False  # generator starts as the identity (see ``Generator``); off in StarGAN
+    g_camera_norm: bool = False  # camera-conditioned InstanceNorm (see ``CameraInstanceNorm``); off in StarGAN
     g_lr: float = 1e-4
     d_lr: float = 1e-4
     beta1: float = 0.5
@@ -72,6 +73,7 @@ class StarGANConfig:
             d_conv_dim=self.d_conv_dim,
             d_repeat_num=self.d_repeat_num,
             g_residual=self.g_residual,
+            g_camera_norm=self.g_camera_norm,
         )
 
     @property

@@ -293,6 +293,10 @@ def prepare_command(
         bool,
         typer.Option(help="Generator starts as the identity and learns the change (not in StarGAN; short budgets)."),
     ] = False,
+    camera_norm: Annotated[
+        bool,
+        typer.Option(help="Camera-conditioned InstanceNorm in the generator (not in StarGAN; learns a style sooner)."),
+    ] = False,
     n_critic: Annotated[
         int,
         typer.Option(help="Critic steps per generator step (published 5; 1 gives the generator 5x the updates)."),
@@ -329,6 +333,7 @@ def prepare_command(
         batch_size=batch_size,
         conv_dim=conv_dim,
         residual_generator=residual_generator,
+        camera_norm=camera_norm,
         n_critic=n_critic,
         seed=seed,
         pseudo_cameras=pseudo_cameras,

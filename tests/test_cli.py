@@ -165,7 +165,7 @@ def test_prepare_stargan_takes_its_network_options_from_the_command_line(two_dom
     out, work = tmp_path / "camstyle", tmp_path / "work"
     args = ["prepare", "--dataset", "synthetic", "--root", str(target), "--out", str(out), "--work-dir", str(work)]
     tiny = ["--iters", "1", "--image-size", "64x64", "--batch-size", "2", "--workers", "0", "--device", "cpu"]
-    options = ["--conv-dim", "8", "--residual-generator", "--n-critic", "1"]
+    options = ["--conv-dim", "8", "--residual-generator", "--camera-norm", "--n-critic", "1"]
     options += ["--sample-every", "0", "--checkpoint-every", "0"]
     result = runner.invoke(app, [*args, *tiny, *options])
     assert result.exit_code == 0, result.output
@@ -174,6 +174,7 @@ def test_prepare_stargan_takes_its_network_options_from_the_command_line(two_dom
     assert len(list(out.glob("*_fake_*.jpg"))) == 48
     generator = torch.load(next(work.glob("*.pt")), map_location="cpu", weights_only=False)
     assert generator["model"]["g_conv_dim"] == 8 and generator["model"]["g_residual"] is True
+    assert generator["model"]["g_camera_norm"] is True
     # The residual generator's last conv starts at zero; with one critic step per generator step the single
     # iteration already updated it (with the published 5 it would still be zero).
     last_conv = [v for k, v in generator["generator"].items() if k.endswith("weight")][-1]

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 import camstyle.trainer as trainer_module
-from camstyle.stargan import Discriminator, Generator, ModelSpec, gradient_penalty
+from camstyle.stargan import CameraInstanceNorm, Discriminator, Generator, ModelSpec, gradient_penalty
 from camstyle.trainer import StarGANConfig, learning_rate, render_sample_grid, train_stargan
 from ecnreid.data.records import ImageRecord
 from ecnreid.errors import EcnreidError
@@ -42,6 +42,30 @@ def test_residual_generator_starts_as_the_identity_and_round_trips_through_its_s
     # Checkpoints written before the option existed load as plain StarGAN generators.
     old = {k: v for k, v in spec.to_dict().items() if k != "g_residual"}
     assert not ModelSpec.from_dict(old).build_generator().residual
+
+
+def test_camera_norm_conditions_every_norm_layer_on_the_target_camera():
+    images = torch.rand(2, 3, 32, 16) * 1.9 - 0.95
+    generator = Generator(3, conv_dim=8, repeat_num=1, residual=True, camera_norm=True)
+    norms = [m for m in generator.modules() if isinstance(m, CameraInstanceNorm)]
+    assert len(norms) == 1 + 2 + 2 * 1 + 2  # stem, down, residual block, up
+    assert torch.allclose(generator(images, torch.tensor([0, 2])), images, atol=1e-5)  # identity at init
+    torch.nn.init.normal_(generator.main[-1].weight, std=0.05)
+    before = generator(images[:1].expand(3, -1, -1, -1), torch.tensor([0, 1, 2]))
+    with torch.no_grad():  # a shift that only camera 2 has, in the last norm layer: a colour cast
+        norms[-1].shift.weight[2] += 1.0
+    after = generator(images[:1].expand(3, -1, -1, -1), torch.tensor([0, 1, 2]))
+    assert torch.equal(before[:2], after[:2]) and not torch.allclose(before[2], after[2], atol=1e-3)
+    # The camera reaches the embeddings through the loss.
+    after[2].mean().backward()
+    assert norms[-1].shift.weight.grad[2].abs().sum() > 0 and norms[-1].shift.weight.grad[:2].abs().sum() == 0
+    spec = ModelSpec(num_cameras=3, image_size=(32, 16), g_conv_dim=8, g_repeat_num=1, g_camera_norm=True)
+    assert ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    assert spec.build_generator().camera_norm
+    # Generators saved before the option existed keep their state-dict keys and load as plain StarGAN.
+    old = {k: v for k, v in spec.to_dict().items() if k != "g_camera_norm"}
+    plain = ModelSpec.from_dict(old).build_generator()
+    assert not plain.camera_norm and "main.1.weight" in plain.state_dict()
 
 
 def test_generator_needs_sizes_divisible_by_4():
