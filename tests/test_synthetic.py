@@ -240,3 +240,30 @@ def test_target_backgrounds_can_be_plain(tmp_path: Path) -> None:
     }
     assert kinds["plain"] <= set(SOURCE_BACKGROUNDS) and not kinds["textured"] & set(SOURCE_BACKGROUNDS)
     assert plain["params"]["target_textured"] is False
+
+
+def test_plain_people_keep_their_colours_and_lose_the_other_cues() -> None:
+    dressed = [_make_identity(np.random.default_rng([0, pid])) for pid in range(100)]
+    plain = [_make_identity(np.random.default_rng([0, pid]), plain=True) for pid in range(100)]
+    for a, b in zip(dressed, plain, strict=True):
+        assert (a["top"], a["bottom"], a["skin"], a["hair"]) == (b["top"], b["bottom"], b["skin"], b["hair"])
+        assert (b["pattern"], b["bottom_kind"], b["hat"], b["bag"], b["long_hair"]) == (
+            "plain",
+            "trousers",
+            None,
+            "none",
+            False,
+        )
+    # Without it, people do differ in those cues.
+    assert len({a["pattern"] for a in dressed}) > 1 and any(a["bag"] != "none" for a in dressed)
+
+
+def test_source_plain_dresses_only_the_source(tmp_path: Path) -> None:
+    generate_synthetic(tmp_path / "dressed", **TINY)
+    generate_synthetic(tmp_path / "plain", source_plain=True, **TINY)
+
+    def files(root: Path, domain: str) -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in sorted((root / domain).rglob("*.jpg"))}
+
+    assert files(tmp_path / "dressed", "target") == files(tmp_path / "plain", "target")
+    assert files(tmp_path / "dressed", "source") != files(tmp_path / "plain", "source")

@@ -88,14 +88,16 @@ def _round(value: Any) -> Any:
 # --- identities ---------------------------------------------------------------------------------------
 
 
-def _make_identity(rng: np.random.Generator, achromatic: float = 0.3) -> dict[str, Any]:
+def _make_identity(rng: np.random.Generator, achromatic: float = 0.3, plain: bool = False) -> dict[str, Any]:
     """Appearance attributes that stay fixed for one person across all images and cameras; ``achromatic``
-    is the share of black, white and grey garments (the domain's fashion)."""
+    is the share of black, white and grey garments (the domain's fashion). ``plain`` people wear plain tops
+    and trousers, with no bag, hat or long hair: only their colours tell them apart (same colours as
+    without it, the random stream is unchanged)."""
     skin = _rgb(rng.uniform(0.03, 0.09), rng.uniform(0.25, 0.6), rng.uniform(0.35, 0.95))
     hair = _rgb(rng.uniform(0.0, 0.12), rng.uniform(0.2, 0.8), rng.uniform(0.05, 0.6))
     if rng.random() < 0.12:  # dyed or grey hair
         hair = _clothing_colour(rng)
-    return {
+    who = {
         "top": _clothing_colour(rng, achromatic),
         "bottom": _clothing_colour(rng, achromatic),
         "pattern": PATTERNS[rng.integers(len(PATTERNS))],
@@ -114,6 +116,9 @@ def _make_identity(rng: np.random.Generator, achromatic: float = 0.3) -> dict[st
         "build_w": float(rng.uniform(0.85, 1.2)),
         "build_h": float(rng.uniform(0.9, 1.05)),
     }
+    if plain:
+        who |= {"pattern": "plain", "bottom_kind": "trousers", "hat": None, "bag": "none", "long_hair": False}
+    return who
 
 
 # --- camera styles and backgrounds --------------------------------------------------------------------
@@ -527,6 +532,7 @@ def generate_synthetic(
     target_textured: bool = True,
     source_achromatic: float = 0.3,
     target_achromatic: float = 0.3,
+    source_plain: bool = False,
     height: int = 128,
     width: int = 64,
     jpeg_quality: int = 92,
@@ -540,6 +546,8 @@ def generate_synthetic(
     ``source_cast`` / ``target_cast`` are the amplitudes of the cameras' colour casts (channel gains up to
     ``1 ± cast``); ``source_style`` / ``target_style`` scale every other departure from a neutral camera
     (saturation, hue, exposure, contrast, gamma, shade, blur, noise).
+    ``source_plain`` dresses every source person plainly (see ``_make_identity``): the target's patterns,
+    bags, hats and skirts are then cues a source-trained model never needed.
     Source person ids start at 1, target ids at 5001; in each domain the first ``train_ids`` ids are
     the training ids and the next ``test_ids`` the query/gallery ids.
     """
@@ -567,6 +575,7 @@ def generate_synthetic(
         "target_textured": target_textured,
         "source_achromatic": source_achromatic,
         "target_achromatic": target_achromatic,
+        "source_plain": source_plain,
         "height": height,
         "width": width,
         "jpeg_quality": jpeg_quality,
@@ -590,6 +599,7 @@ def generate_synthetic(
             "cast": source_cast,
             "textured": False,
             "achromatic": source_achromatic,
+            "plain": source_plain,
         },
         "target": {
             "first_pid": 5001,
@@ -598,6 +608,7 @@ def generate_synthetic(
             "cast": target_cast,
             "textured": target_textured,
             "achromatic": target_achromatic,
+            "plain": False,
         },
     }
     for name in domains:
@@ -651,7 +662,9 @@ def generate_synthetic(
                 (staging / name / split).mkdir(parents=True, exist_ok=True)
             for n, (split, pid, cam) in enumerate(plans[name]):
                 if pid not in people:
-                    people[pid] = _make_identity(np.random.default_rng([seed, index, 3, pid]), spec["achromatic"])
+                    people[pid] = _make_identity(
+                        np.random.default_rng([seed, index, 3, pid]), spec["achromatic"], spec["plain"]
+                    )
                 image = render_image(
                     people[pid], cams[cam], scenes[cam], np.random.default_rng([seed, index, 4, n]), height, width
                 )
