@@ -70,6 +70,7 @@ class PrepareConfig:
     residual_generator: bool = False
     camera_norm: bool = False
     n_critic: int = 5  # critic steps per generator step (StarGAN: 5)
+    lr: float = 1e-4  # Adam learning rate of both networks (StarGAN: 1e-4)
     progress: bool = True
 
     def stargan_config(self) -> StarGANConfig:
@@ -84,6 +85,8 @@ class PrepareConfig:
             g_residual=self.residual_generator,
             g_camera_norm=self.camera_norm,
             n_critic=self.n_critic,
+            g_lr=self.lr,
+            d_lr=self.lr,
             seed=self.seed,
             workers=self.workers,
             sample_every=self.sample_every,
@@ -103,6 +106,8 @@ def _validate(config: PrepareConfig) -> None:
         raise EcnreidError(f"--iters {config.iters}: must be at least 1")
     if config.batch_size < 1:
         raise EcnreidError(f"--batch-size {config.batch_size}: must be at least 1")
+    if not config.lr > 0:
+        raise EcnreidError(f"--lr {config.lr}: must be positive")
     if config.n_critic < 1:
         raise EcnreidError(f"--n-critic {config.n_critic}: must be at least 1")
     h, w = config.image_size

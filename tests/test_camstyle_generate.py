@@ -192,6 +192,8 @@ def test_prepare_trains_then_generates_and_reuses_the_generator(tmp_path):
         ({"method": "cyclegan"}, "valid methods: stargan, colour"),
         ({"image_size": (30, 16)}, "multiples of 4"),
         ({"pseudo_cameras": 1}, "at least 2"),
+        ({"lr": 0.0}, "--lr 0.0: must be positive"),
+        ({"n_critic": 0}, "--n-critic 0: must be at least 1"),
     ],
 )
 def test_prepare_bad_input_is_a_one_line_error(tmp_path, overrides, message):
