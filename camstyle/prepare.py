@@ -71,6 +71,7 @@ class PrepareConfig:
     camera_norm: bool = False
     n_critic: int = 5  # critic steps per generator step (StarGAN: 5)
     lr: float = 1e-4  # Adam learning rate of both networks (StarGAN: 1e-4)
+    lambda_rec: float = 10.0  # weight of the cycle reconstruction (StarGAN: 10)
     progress: bool = True
 
     def stargan_config(self) -> StarGANConfig:
@@ -87,6 +88,7 @@ class PrepareConfig:
             n_critic=self.n_critic,
             g_lr=self.lr,
             d_lr=self.lr,
+            lambda_rec=self.lambda_rec,
             seed=self.seed,
             workers=self.workers,
             sample_every=self.sample_every,
@@ -106,6 +108,8 @@ def _validate(config: PrepareConfig) -> None:
         raise EcnreidError(f"--iters {config.iters}: must be at least 1")
     if config.batch_size < 1:
         raise EcnreidError(f"--batch-size {config.batch_size}: must be at least 1")
+    if config.lambda_rec < 0:
+        raise EcnreidError(f"--lambda-rec {config.lambda_rec}: must not be negative")
     if not config.lr > 0:
         raise EcnreidError(f"--lr {config.lr}: must be positive")
     if config.n_critic < 1:

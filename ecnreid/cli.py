@@ -302,6 +302,13 @@ def prepare_command(
         typer.Option(help="Critic steps per generator step (published 5; 1 gives the generator 5x the updates)."),
     ] = 5,
     lr: Annotated[float, typer.Option(help="StarGAN Adam learning rate (published 1e-4; both networks).")] = 1e-4,
+    lambda_rec: Annotated[
+        float,
+        typer.Option(
+            help="Weight of the cycle reconstruction (published 10; a residual generator keeps the person"
+            " by construction, and at 10 never leaves the identity in a CPU budget)."
+        ),
+    ] = 10.0,
     pseudo_cameras: Annotated[int | None, typer.Option(help="Group images into K style clusters as cameras.")] = None,
     sample_every: Annotated[int, typer.Option(help="Write a sample grid PNG every N iterations.")] = 1000,
     checkpoint_every: Annotated[int, typer.Option(help="Save a checkpoint every N iterations.")] = 1000,
@@ -337,6 +344,7 @@ def prepare_command(
         camera_norm=camera_norm,
         n_critic=n_critic,
         lr=lr,
+        lambda_rec=lambda_rec,
         seed=seed,
         pseudo_cameras=pseudo_cameras,
         sample_every=sample_every,

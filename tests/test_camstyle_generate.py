@@ -194,6 +194,7 @@ def test_prepare_trains_then_generates_and_reuses_the_generator(tmp_path):
         ({"pseudo_cameras": 1}, "at least 2"),
         ({"lr": 0.0}, "--lr 0.0: must be positive"),
         ({"n_critic": 0}, "--n-critic 0: must be at least 1"),
+        ({"lambda_rec": -1.0}, "--lambda-rec -1.0: must not be negative"),
     ],
 )
 def test_prepare_bad_input_is_a_one_line_error(tmp_path, overrides, message):

@@ -166,11 +166,13 @@ def test_prepare_stargan_takes_its_network_options_from_the_command_line(two_dom
     args = ["prepare", "--dataset", "synthetic", "--root", str(target), "--out", str(out), "--work-dir", str(work)]
     tiny = ["--iters", "1", "--image-size", "64x64", "--batch-size", "2", "--workers", "0", "--device", "cpu"]
     options = ["--conv-dim", "8", "--residual-generator", "--camera-norm", "--n-critic", "1", "--lr", "2e-4"]
+    options += ["--lambda-rec", "0.5"]
     options += ["--sample-every", "0", "--checkpoint-every", "0"]
     result = runner.invoke(app, [*args, *tiny, *options])
     assert result.exit_code == 0, result.output
     config = json.loads((out / "prepare.json").read_text())["config"]
     assert config["conv_dim"] == 8 and config["n_critic"] == 1 and config["lr"] == 2e-4
+    assert config["lambda_rec"] == 0.5
     assert len(list(out.glob("*_fake_*.jpg"))) == 48
     generator = torch.load(next(work.glob("*.pt")), map_location="cpu", weights_only=False)
     assert generator["model"]["g_conv_dim"] == 8 and generator["model"]["g_residual"] is True
