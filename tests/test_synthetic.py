@@ -267,3 +267,16 @@ def test_source_plain_dresses_only_the_source(tmp_path: Path) -> None:
 
     assert files(tmp_path / "dressed", "target") == files(tmp_path / "plain", "target")
     assert files(tmp_path / "dressed", "source") != files(tmp_path / "plain", "source")
+
+
+def test_target_can_have_more_training_ids_than_the_source(tmp_path: Path) -> None:
+    same = generate_synthetic(tmp_path / "same", **TINY)
+    more = generate_synthetic(tmp_path / "more", target_train_ids=7, **TINY)
+    assert more["domains"]["target"]["pids"] == {"train": [5001, 5007], "test": [5008, 5009]}
+    assert more["domains"]["source"] == same["domains"]["source"]
+    train_pids = {int(p.name[:4]) for p in (tmp_path / "more" / "target" / "bounding_box_train").glob("*.jpg")}
+    assert train_pids == set(range(5001, 5008))
+    source = sorted((tmp_path / "more" / "source").rglob("*.jpg"))
+    assert [p.read_bytes() for p in source] == [
+        p.read_bytes() for p in sorted((tmp_path / "same" / "source").rglob("*.jpg"))
+    ]

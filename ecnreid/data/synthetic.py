@@ -522,6 +522,7 @@ def generate_synthetic(
     source_cameras: int = 4,
     target_cameras: int = 5,
     train_ids: int = 60,
+    target_train_ids: int | None = None,
     test_ids: int = 40,
     train_images_per_camera: int = 2,
     gallery_per_camera: int = 2,
@@ -548,15 +549,18 @@ def generate_synthetic(
     (saturation, hue, exposure, contrast, gamma, shade, blur, noise).
     ``source_plain`` dresses every source person plainly (see ``_make_identity``): the target's patterns,
     bags, hats and skirts are then cues a source-trained model never needed.
+    ``target_train_ids`` (default: ``train_ids``) sets the target's training ids apart from the source's.
     Source person ids start at 1, target ids at 5001; in each domain the first ``train_ids`` ids are
     the training ids and the next ``test_ids`` the query/gallery ids.
     """
     out_dir = Path(out_dir)
     if source_cameras < 2 or target_cameras < 2:
         raise EcnreidError(f"{out_dir}: synthetic domains need at least 2 cameras each")
-    if train_ids < 1 or test_ids < 1 or train_images_per_camera < 1 or gallery_per_camera < 1:
+    target_train_ids = train_ids if target_train_ids is None else target_train_ids
+    if min(train_ids, target_train_ids) < 1 or test_ids < 1 or train_images_per_camera < 1 or gallery_per_camera < 1:
         raise EcnreidError(f"{out_dir}: synthetic id and image counts must be at least 1")
-    if train_ids + test_ids > 4999:  # source ids are 1.., target ids 5001.., both written with 4 digits
+    # Source ids are 1.., target ids 5001.., both written with 4 digits.
+    if max(train_ids, target_train_ids) + test_ids > 4999:
         raise EcnreidError(f"{out_dir}: at most 4999 synthetic ids per domain (train + test)")
     if seed < 0:
         raise EcnreidError(f"--seed: must be non-negative, got {seed}")
@@ -565,6 +569,7 @@ def generate_synthetic(
         "source_cameras": source_cameras,
         "target_cameras": target_cameras,
         "train_ids": train_ids,
+        "target_train_ids": target_train_ids,
         "test_ids": test_ids,
         "train_images_per_camera": train_images_per_camera,
         "gallery_per_camera": gallery_per_camera,
@@ -600,6 +605,7 @@ def generate_synthetic(
             "textured": False,
             "achromatic": source_achromatic,
             "plain": source_plain,
+            "train_ids": train_ids,
         },
         "target": {
             "first_pid": 5001,
@@ -609,6 +615,7 @@ def generate_synthetic(
             "textured": target_textured,
             "achromatic": target_achromatic,
             "plain": False,
+            "train_ids": target_train_ids,
         },
     }
     for name in domains:
@@ -623,7 +630,7 @@ def generate_synthetic(
         plans[name] = _plan_domain(
             plan_rng,
             spec["first_pid"],
-            train_ids,
+            spec["train_ids"],
             test_ids,
             spec["cameras"],
             train_images_per_camera,
@@ -674,8 +681,11 @@ def generate_synthetic(
             counts = {split: sum(1 for s, _, _ in plans[name] if s == split) for split in SPLITS}
             meta["domains"][name] = {
                 "pids": {
-                    "train": [spec["first_pid"], spec["first_pid"] + train_ids - 1],
-                    "test": [spec["first_pid"] + train_ids, spec["first_pid"] + train_ids + test_ids - 1],
+                    "train": [spec["first_pid"], spec["first_pid"] + spec["train_ids"] - 1],
+                    "test": [
+                        spec["first_pid"] + spec["train_ids"],
+                        spec["first_pid"] + spec["train_ids"] + test_ids - 1,
+                    ],
                 },
                 "images": counts,
                 "cameras": _round(cams),
