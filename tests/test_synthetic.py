@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,14 @@ from PIL import Image
 
 from ecnreid.data.datasets import read_dataset
 from ecnreid.data.records import ImageRecord, ReidDataset, relabel_pids
-from ecnreid.data.synthetic import SOURCE_BACKGROUNDS, _make_identity, generate_synthetic
+from ecnreid.data.synthetic import (
+    SOURCE_BACKGROUNDS,
+    _background,
+    _make_camera,
+    _make_identity,
+    generate_synthetic,
+    render_image,
+)
 from ecnreid.errors import EcnreidError
 
 TINY = {"train_ids": 3, "test_ids": 2, "source_cameras": 2, "target_cameras": 3}
@@ -155,13 +161,11 @@ def test_target_camera_style_breaks_matching_but_identity_survives(mid: tuple[Pa
 
 
 @pytest.mark.slow
-def test_default_dataset_time_and_source_model_gap(tmp_path: Path) -> None:
-    """Default size is generated in seconds; a small CNN trained on source ids matches source people well
-    and target people badly (a real domain gap), and target identity survives camera normalisation."""
-    start = time.perf_counter()
+def test_default_dataset_size_and_source_model_gap(tmp_path: Path) -> None:
+    """A small CNN trained on source ids matches source people well and target people badly (a real domain
+    gap), and target identity survives camera normalisation. (No timing here: a loaded CI machine is not a
+    benchmark.)"""
     meta = generate_synthetic(tmp_path)
-    seconds = time.perf_counter() - start
-    assert seconds < 20.0
     for domain in ("source", "target"):
         assert 200 <= sum(meta["domains"][domain]["images"].values()) <= 1000
 
@@ -210,10 +214,7 @@ def test_default_dataset_time_and_source_model_gap(tmp_path: Path) -> None:
     normalised_r1, _ = _rank1(
         features(_camera_normalised(target, target.query)), features(_camera_normalised(target, target.gallery)), target
     )
-    print(
-        f"generation {seconds:.1f}s; CNN rank-1: source {source_r1:.1f}, target {target_r1:.1f}, "
-        f"target camera-normalised {normalised_r1:.1f}"
-    )
+    print(f"CNN rank-1: source {source_r1:.1f}, target {target_r1:.1f}, target camera-normalised {normalised_r1:.1f}")
     assert source_r1 >= 80.0
     assert target_r1 <= source_r1 - 50.0
     assert normalised_r1 >= target_r1 + 25.0
@@ -280,3 +281,31 @@ def test_target_can_have_more_training_ids_than_the_source(tmp_path: Path) -> No
     assert [p.read_bytes() for p in source] == [
         p.read_bytes() for p in sorted((tmp_path / "same" / "source").rglob("*.jpg"))
     ]
+
+
+def test_frames_of_a_track_share_the_pose() -> None:
+    rng = np.random.default_rng
+    who = _make_identity(rng(0))
+    camera = _make_camera(rng(1), 0, 2, strength=0.0, cast=0.0, textured=False, cast_offset=0.0)
+    scene = _background({**camera["background"], "kind": "gradient"}, rng(2), 128, 64)  # same for any crop
+
+    def frame(image_seed: int, pose_seed: int) -> np.ndarray:
+        return np.asarray(render_image(who, camera, scene, rng(image_seed), pose_rng=rng(pose_seed)), np.float32)
+
+    same_track = np.abs(frame(10, 7) - frame(11, 7)).mean()
+    other_pose = np.abs(frame(10, 7) - frame(12, 8)).mean()
+    assert same_track < other_pose / 3, (same_track, other_pose)
+
+
+def test_target_tracks_change_only_the_target_training_images(tmp_path: Path) -> None:
+    generate_synthetic(tmp_path / "free", **TINY, train_images_per_camera=3)
+    generate_synthetic(tmp_path / "tracks", **TINY, train_images_per_camera=3, target_tracks=True)
+
+    def files(root: Path, folder: str) -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in sorted((root / folder).glob("*.jpg"))}
+
+    for folder in ("source/bounding_box_train", "source/query", "target/query", "target/bounding_box_test"):
+        assert files(tmp_path / "free", folder) == files(tmp_path / "tracks", folder)
+    assert files(tmp_path / "free", "target/bounding_box_train") != files(
+        tmp_path / "tracks", "target/bounding_box_train"
+    )

@@ -456,16 +456,27 @@ def _draw_person(canvas: Image.Image, who: dict, rng: np.random.Generator, view:
 
 
 def render_image(
-    who: dict, camera: dict, scene: np.ndarray, rng: np.random.Generator, height: int = 128, width: int = 64
+    who: dict,
+    camera: dict,
+    scene: np.ndarray,
+    rng: np.random.Generator,
+    height: int = 128,
+    width: int = 64,
+    pose_rng: np.random.Generator | None = None,
 ) -> Image.Image:
-    """One 8-bit RGB image (``height × width``) of person ``who`` seen by ``camera`` over ``scene``."""
+    """One 8-bit RGB image (``height × width``) of person ``who`` seen by ``camera`` over ``scene``.
+
+    ``pose_rng`` (default: ``rng``) draws the view and pose; images given generators in the same state show
+    the person in the same pose, as the frames of one track do.
+    """
+    pose_rng = rng if pose_rng is None else pose_rng
     left = int(rng.integers(0, scene.shape[1] - width + 1))
     background = scene[:, left : left + width]
     big = Image.fromarray((background * 255.0 + 0.5).astype(np.uint8)).resize(
         (width * SUPERSAMPLE, height * SUPERSAMPLE), Image.Resampling.NEAREST
     )
-    view = VIEWS[rng.choice(4, p=camera["view_weights"])]
-    _draw_person(big, who, rng, view, camera["framing"])
+    view = VIEWS[pose_rng.choice(4, p=camera["view_weights"])]
+    _draw_person(big, who, pose_rng, view, camera["framing"])
     small = big.resize((width, height), Image.Resampling.BOX)
     return _apply_camera(np.asarray(small, np.float32) / 255.0, camera, rng)
 
@@ -534,6 +545,7 @@ def generate_synthetic(
     source_achromatic: float = 0.3,
     target_achromatic: float = 0.3,
     source_plain: bool = False,
+    target_tracks: bool = False,
     height: int = 128,
     width: int = 64,
     jpeg_quality: int = 92,
@@ -549,6 +561,8 @@ def generate_synthetic(
     (saturation, hue, exposure, contrast, gamma, shade, blur, noise).
     ``source_plain`` dresses every source person plainly (see ``_make_identity``): the target's patterns,
     bags, hats and skirts are then cues a source-trained model never needed.
+    ``target_tracks`` makes a target person's training images in one camera frames of one track (same view
+    and pose), as in real re-ID training sets, where they are near-duplicates.
     ``target_train_ids`` (default: ``train_ids``) sets the target's training ids apart from the source's.
     Source person ids start at 1, target ids at 5001; in each domain the first ``train_ids`` ids are
     the training ids and the next ``test_ids`` the query/gallery ids.
@@ -581,6 +595,7 @@ def generate_synthetic(
         "source_achromatic": source_achromatic,
         "target_achromatic": target_achromatic,
         "source_plain": source_plain,
+        "target_tracks": target_tracks,
         "height": height,
         "width": width,
         "jpeg_quality": jpeg_quality,
@@ -672,8 +687,18 @@ def generate_synthetic(
                     people[pid] = _make_identity(
                         np.random.default_rng([seed, index, 3, pid]), spec["achromatic"], spec["plain"]
                     )
+                # Target training tracks: a person's images in one camera share view and pose (as the frames
+                # of a track do); background crop, exposure flicker and noise still change per image.
+                track = target_tracks and name == "target" and split == "bounding_box_train"
+                pose_rng = np.random.default_rng([seed, index, 6, pid, cam]) if track else None
                 image = render_image(
-                    people[pid], cams[cam], scenes[cam], np.random.default_rng([seed, index, 4, n]), height, width
+                    people[pid],
+                    cams[cam],
+                    scenes[cam],
+                    np.random.default_rng([seed, index, 4, n]),
+                    height,
+                    width,
+                    pose_rng=pose_rng,
                 )
                 image.save(staging / name / split / f"{pid:04d}_c{cam + 1}_{n:05d}.jpg", quality=jpeg_quality)
                 if bar is not None:
