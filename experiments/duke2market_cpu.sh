@@ -45,7 +45,10 @@ for setting in "$@"; do
     EN)          "$ECNREID" train "${ecn[@]}" --out "$OUT/d2m_EN" --no-camera ;;
     ECN-colour)  colour_set
                  "$ECNREID" train "${ecn[@]}" --out "$OUT/d2m_ECN_colour" --camstyle-dir "$camstyle_colour" ;;
-    # camera invariance from a StarGAN set made by `ecnreid prepare` into $OUT/camstyle_market_stargan
+    # camera invariance from a StarGAN set made by `ecnreid prepare` into $OUT/camstyle_market_stargan; the
+    # CPU recipe of the README: prepare --dataset market1501 --root "$DATA/market1501" --image-size 128x64
+    #   --conv-dim 32 --residual-generator --camera-norm --n-critic 1 --lr 5e-4 --lambda-rec 0.5 --iters 660
+    #   --workers 2 --out "$OUT/camstyle_market_stargan"
     ECN-stargan) "$ECNREID" train "${ecn[@]}" --out "$OUT/d2m_ECN_stargan" --camstyle-dir "$camstyle_stargan" ;;
     # domain generalisation without target images (DG issue); --no-target trains exactly like --source-only
     dg-baseline) "$ECNREID" train "${dg[@]}" --out "$OUT/dg_baseline" --no-target ;;
