@@ -262,12 +262,8 @@ def test_plain_people_keep_their_colours_and_lose_the_other_cues() -> None:
 def test_source_plain_dresses_only_the_source(tmp_path: Path) -> None:
     generate_synthetic(tmp_path / "dressed", **TINY)
     generate_synthetic(tmp_path / "plain", source_plain=True, **TINY)
-
-    def files(root: Path, domain: str) -> dict[str, bytes]:
-        return {p.name: p.read_bytes() for p in sorted((root / domain).rglob("*.jpg"))}
-
-    assert files(tmp_path / "dressed", "target") == files(tmp_path / "plain", "target")
-    assert files(tmp_path / "dressed", "source") != files(tmp_path / "plain", "source")
+    assert _files(tmp_path / "dressed" / "target") == _files(tmp_path / "plain" / "target")
+    assert _files(tmp_path / "dressed" / "source") != _files(tmp_path / "plain" / "source")
 
 
 def test_target_can_have_more_training_ids_than_the_source(tmp_path: Path) -> None:
@@ -277,10 +273,7 @@ def test_target_can_have_more_training_ids_than_the_source(tmp_path: Path) -> No
     assert more["domains"]["source"] == same["domains"]["source"]
     train_pids = {int(p.name[:4]) for p in (tmp_path / "more" / "target" / "bounding_box_train").glob("*.jpg")}
     assert train_pids == set(range(5001, 5008))
-    source = sorted((tmp_path / "more" / "source").rglob("*.jpg"))
-    assert [p.read_bytes() for p in source] == [
-        p.read_bytes() for p in sorted((tmp_path / "same" / "source").rglob("*.jpg"))
-    ]
+    assert _files(tmp_path / "more" / "source") == _files(tmp_path / "same" / "source")
 
 
 def test_frames_of_a_track_share_the_pose() -> None:
@@ -300,12 +293,8 @@ def test_frames_of_a_track_share_the_pose() -> None:
 def test_target_tracks_change_only_the_target_training_images(tmp_path: Path) -> None:
     generate_synthetic(tmp_path / "free", **TINY, train_images_per_camera=3)
     generate_synthetic(tmp_path / "tracks", **TINY, train_images_per_camera=3, target_tracks=True)
-
-    def files(root: Path, folder: str) -> dict[str, bytes]:
-        return {p.name: p.read_bytes() for p in sorted((root / folder).glob("*.jpg"))}
-
     for folder in ("source/bounding_box_train", "source/query", "target/query", "target/bounding_box_test"):
-        assert files(tmp_path / "free", folder) == files(tmp_path / "tracks", folder)
-    assert files(tmp_path / "free", "target/bounding_box_train") != files(
-        tmp_path / "tracks", "target/bounding_box_train"
+        assert _files(tmp_path / "free" / folder) == _files(tmp_path / "tracks" / folder)
+    assert _files(tmp_path / "free" / "target/bounding_box_train") != _files(
+        tmp_path / "tracks" / "target/bounding_box_train"
     )

@@ -621,6 +621,7 @@ def generate_synthetic(
             "achromatic": source_achromatic,
             "plain": source_plain,
             "train_ids": train_ids,
+            "tracks": False,
         },
         "target": {
             "first_pid": 5001,
@@ -631,6 +632,7 @@ def generate_synthetic(
             "achromatic": target_achromatic,
             "plain": False,
             "train_ids": target_train_ids,
+            "tracks": target_tracks,
         },
     }
     for name in domains:
@@ -689,7 +691,7 @@ def generate_synthetic(
                     )
                 # Target training tracks: a person's images in one camera share view and pose (as the frames
                 # of a track do); background crop, exposure flicker and noise still change per image.
-                track = target_tracks and name == "target" and split == "bounding_box_train"
+                track = spec["tracks"] and split == "bounding_box_train"
                 pose_rng = np.random.default_rng([seed, index, 6, pid, cam]) if track else None
                 image = render_image(
                     people[pid],
