@@ -44,7 +44,7 @@ class CameraInstanceNorm(nn.Module):
         return self.norm(x) * scale + shift
 
 
-def _run(layers: nn.Sequential, x: torch.Tensor, cameras: torch.Tensor) -> torch.Tensor:
+def _run(layers: nn.Sequential, x: torch.Tensor, cameras: torch.Tensor | None) -> torch.Tensor:
     """``layers`` in order, handing the target cameras to the layers that are conditioned on them."""
     for layer in layers:
         x = layer(x, cameras) if isinstance(layer, (CameraInstanceNorm, ResidualBlock)) else layer(x)
@@ -65,7 +65,7 @@ class ResidualBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, cameras: torch.Tensor | None = None) -> torch.Tensor:
-        return x + (self.body(x) if cameras is None else _run(self.body, x, cameras))
+        return x + _run(self.body, x, cameras)
 
 
 class Generator(nn.Module):
