@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ecnreid.demo import DemoConfig, demo_settings, demo_train_config
+from ecnreid.data.synthetic import SOURCE_BACKGROUNDS, generate_synthetic
+from ecnreid.demo import DemoConfig, demo_data_params, demo_settings, demo_train_config
 
 
 def test_demo_trains_the_ablation_rows_on_the_synthetic_domains(tmp_path: Path) -> None:
@@ -23,3 +24,19 @@ def test_demo_trains_the_ablation_rows_on_the_synthetic_domains(tmp_path: Path) 
         assert train_config.resume  # a killed demo continues where it stopped
         assert train_config.backbone_lr_mult == 1.0 and train_config.lr == 0.01
     assert len({c.out for c in settings.values()}) == 4
+
+
+def test_demo_data_shifts_fashion_between_the_domains(tmp_path: Path) -> None:
+    config = DemoConfig(out=tmp_path)
+    tiny = {"train_ids": 3, "test_ids": 2, "source_cameras": 2, "target_cameras": 3}
+    meta = generate_synthetic(tmp_path / "data", **demo_data_params(config), **tiny)
+    params = meta["params"]
+    # Source people dress in black, white and grey; target people in colours.
+    assert params["source_achromatic"] == 1.0 and params["target_achromatic"] == 0.0
+    assert params["target_tracks"] and params["seed"] == config.seed
+    target_cameras = meta["domains"]["target"]["cameras"]
+    # No colour cast in the target's cameras, and plain scenes behind the people.
+    assert all(camera["gains"] == [1.0, 1.0, 1.0] for camera in target_cameras)
+    assert {camera["background"]["kind"] for camera in target_cameras} <= set(SOURCE_BACKGROUNDS)
+    train_config = demo_train_config(config, tmp_path / "data", "+E+N", demo_settings()["+E+N"])
+    assert train_config.k == config.k == 3
