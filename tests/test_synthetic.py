@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -274,6 +275,23 @@ def test_target_can_have_more_training_ids_than_the_source(tmp_path: Path) -> No
     train_pids = {int(p.name[:4]) for p in (tmp_path / "more" / "target" / "bounding_box_train").glob("*.jpg")}
     assert train_pids == set(range(5001, 5008))
     assert _files(tmp_path / "more" / "source") == _files(tmp_path / "same" / "source")
+
+
+def test_target_can_have_more_images_per_camera_than_the_source(tmp_path: Path) -> None:
+    def per_camera(name: str, split: str) -> Counter[str]:
+        """Images per person and camera (file names start ``{pid}_c{camera}``)."""
+        return Counter(p.name[:7] for p in (tmp_path / name / "target" / split).glob("*.jpg"))
+
+    generate_synthetic(tmp_path / "same", **TINY)
+    more = generate_synthetic(tmp_path / "more", target_train_images_per_camera=4, **TINY)
+    assert more["params"]["target_train_images_per_camera"] == 4
+    assert _files(tmp_path / "more" / "source") == _files(tmp_path / "same" / "source")
+    assert max(per_camera("same", "bounding_box_train").values()) <= 2
+    assert 2 < max(per_camera("more", "bounding_box_train").values()) <= 4
+    for split in ("query", "bounding_box_test"):  # the test protocol is unchanged
+        assert per_camera("more", split) == per_camera("same", split)
+    with pytest.raises(EcnreidError, match="at least 1"):
+        generate_synthetic(tmp_path / "none", target_train_images_per_camera=0, **TINY)
 
 
 def test_frames_of_a_track_share_the_pose() -> None:

@@ -536,6 +536,7 @@ def generate_synthetic(
     target_train_ids: int | None = None,
     test_ids: int = 40,
     train_images_per_camera: int = 2,
+    target_train_images_per_camera: int | None = None,
     gallery_per_camera: int = 2,
     source_style: float = 0.3,
     target_style: float = 0.8,
@@ -563,7 +564,8 @@ def generate_synthetic(
     bags, hats and skirts are then cues a source-trained model never needed.
     ``target_tracks`` makes a target person's training images in one camera frames of one track (same view
     and pose), as in real re-ID training sets, where they are near-duplicates.
-    ``target_train_ids`` (default: ``train_ids``) sets the target's training ids apart from the source's.
+    ``target_train_ids`` (default: ``train_ids``) sets the target's training ids apart from the source's, and
+    ``target_train_images_per_camera`` (default: ``train_images_per_camera``) its images per person and camera.
     Source person ids start at 1, target ids at 5001; in each domain the first ``train_ids`` ids are
     the training ids and the next ``test_ids`` the query/gallery ids.
     """
@@ -571,7 +573,10 @@ def generate_synthetic(
     if source_cameras < 2 or target_cameras < 2:
         raise EcnreidError(f"{out_dir}: synthetic domains need at least 2 cameras each")
     target_train_ids = train_ids if target_train_ids is None else target_train_ids
-    if min(train_ids, target_train_ids) < 1 or test_ids < 1 or train_images_per_camera < 1 or gallery_per_camera < 1:
+    if target_train_images_per_camera is None:
+        target_train_images_per_camera = train_images_per_camera
+    per_camera = min(train_images_per_camera, target_train_images_per_camera, gallery_per_camera)
+    if min(train_ids, target_train_ids) < 1 or test_ids < 1 or per_camera < 1:
         raise EcnreidError(f"{out_dir}: synthetic id and image counts must be at least 1")
     # Source ids are 1.., target ids 5001.., both written with 4 digits.
     if max(train_ids, target_train_ids) + test_ids > 4999:
@@ -586,6 +591,7 @@ def generate_synthetic(
         "target_train_ids": target_train_ids,
         "test_ids": test_ids,
         "train_images_per_camera": train_images_per_camera,
+        "target_train_images_per_camera": target_train_images_per_camera,
         "gallery_per_camera": gallery_per_camera,
         "source_style": source_style,
         "target_style": target_style,
@@ -621,6 +627,7 @@ def generate_synthetic(
             "achromatic": source_achromatic,
             "plain": source_plain,
             "train_ids": train_ids,
+            "train_images_per_camera": train_images_per_camera,
             "tracks": False,
         },
         "target": {
@@ -632,6 +639,7 @@ def generate_synthetic(
             "achromatic": target_achromatic,
             "plain": False,
             "train_ids": target_train_ids,
+            "train_images_per_camera": target_train_images_per_camera,
             "tracks": target_tracks,
         },
     }
@@ -650,7 +658,7 @@ def generate_synthetic(
             spec["train_ids"],
             test_ids,
             spec["cameras"],
-            train_images_per_camera,
+            spec["train_images_per_camera"],
             gallery_per_camera,
         )
     total = sum(len(p) for p in plans.values())
