@@ -34,6 +34,7 @@ def test_demo_data_shifts_fashion_between_the_domains(tmp_path: Path) -> None:
     # Source people dress in black, white and grey; target people in colours.
     assert params["source_achromatic"] == 1.0 and params["target_achromatic"] == 0.0
     assert params["target_tracks"] and params["seed"] == config.seed
+    assert params["target_train_images_per_camera"] == 4 and params["train_images_per_camera"] == 2
     target_cameras = meta["domains"]["target"]["cameras"]
     # No colour cast in the target's cameras, and plain scenes behind the people.
     assert all(camera["gains"] == [1.0, 1.0, 1.0] for camera in target_cameras)
