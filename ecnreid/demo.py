@@ -46,8 +46,8 @@ class DemoConfig:
     target_style: float = 0.4
     target_cast: float = 0.0
     target_textured: bool = False
-    # A target person's training images in one camera are up to 4 frames of one track, as in Market-1501 (about
-    # 3.6 per person and camera): the near-duplicates that exemplar invariance pushes apart and neighbourhood
+    # A target person's training images in one camera are 1-4 frames of one track (Market-1501: 4.0 per person
+    # and camera on average): the near-duplicates that exemplar invariance pushes apart and neighbourhood
     # invariance finds again.
     target_tracks: bool = True
     target_train_images_per_camera: int = 4
