@@ -55,7 +55,7 @@ def run(repeats: int) -> dict:
         memory = F.normalize(torch.randn(slots, DIM), dim=1)
         features = F.normalize(torch.randn(BATCH, DIM), dim=1)
         logits = features @ memory.t() / BETA
-        same = torch.equal(nearest_slots(logits, K), nearest_slots_faiss(features, memory, K, use_gpu=False))
+        same = torch.equal(nearest_slots(logits, K), nearest_slots_faiss(features, memory, K))
         matmul_ms = _median_ms(partial(torch.matmul, features, memory.t()), repeats)
         topk_ms = _median_ms(partial(nearest_slots, logits, K), repeats)
         faiss_ms = _median_ms(partial(nearest_slots_faiss, features, memory, K, use_gpu=False), repeats)

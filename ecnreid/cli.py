@@ -94,9 +94,18 @@ def parse_stages(value: str | None) -> tuple[str, ...]:
 # ---------------------------------------------------------------------------------------------- options
 Arch = Annotated[str, typer.Option(help="Backbone: resnet18, resnet34, resnet50, resnet101, mobilenet_v2.")]
 Weights = Annotated[
-    Path | None, typer.Option(help="A plain torchvision state_dict for the backbone (e.g. ImageNet weights).")
+    Path | None,
+    typer.Option(help="A local torchvision state_dict for the backbone (e.g. ImageNet weights), used instead of"
+                 " the download."),
 ]
-Pretrained = Annotated[bool, typer.Option(help="Download torchvision's ImageNet weights (needs internet).")]
+Pretrained = Annotated[
+    bool,
+    typer.Option(
+        "--pretrained/--no-pretrained",
+        help="Start from torchvision's ImageNet weights (downloaded once into torch's cache), as published;"
+        " --no-pretrained starts from random weights.",
+    ),
+]
 LastStride = Annotated[int, typer.Option(help="Stride of the last stage (1 doubles the final map).")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 Height = Annotated[int, typer.Option(help="Input height.")]
@@ -111,7 +120,7 @@ def eval_command(
     root: Annotated[Path, typer.Option(help="Dataset folder (or its parent).")],
     arch: Arch = "resnet50",
     weights: Weights = None,
-    pretrained: Pretrained = False,
+    pretrained: Pretrained = True,
     checkpoint: Annotated[Path | None, typer.Option(help="An ecnreid training checkpoint (last.pt/best.pt).")] = None,
     rerank: Annotated[bool, typer.Option(help="Also score with k-reciprocal re-ranking (k1 20, k2 6, λ 0.3).")] = False,
     flip: Annotated[bool, typer.Option(help="Average features of the image and its mirror.")] = False,
@@ -127,8 +136,8 @@ def eval_command(
     skip_bad_images: Annotated[bool, typer.Option(help="Skip and count undecodable images.")] = False,
 ) -> None:
     """Extract features and score query against gallery: CMC, mAP, mINP (optionally re-ranked)."""
-    if checkpoint is not None and (weights is not None or pretrained):
-        raise EcnreidError("--checkpoint already holds the weights; leave out --weights/--pretrained")
+    if checkpoint is not None and weights is not None:
+        raise EcnreidError("--checkpoint already holds the weights; leave out --weights")
     config = EvalConfig(
         dataset=dataset,
         root=root,
@@ -163,7 +172,7 @@ def train_command(
     ),
     arch: Arch = "resnet50",
     weights: Weights = None,
-    pretrained: Pretrained = False,
+    pretrained: Pretrained = True,
     last_stride: LastStride = 2,
     frozen_stages: Annotated[int, typer.Option(help="Stages frozen from the input (3 = conv1..layer2).")] = 3,
     epochs: Annotated[int, typer.Option(help="Epochs (one pass over the source loader each).")] = 60,

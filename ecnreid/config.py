@@ -28,8 +28,8 @@ class ModelConfig:
     """Backbone and head choices shared by training and evaluation."""
 
     arch: str = "resnet50"
-    weights: Path | None = None
-    pretrained: bool = False
+    weights: Path | None = None  # a local state_dict; takes the place of torchvision's download
+    pretrained: bool = True  # ImageNet initialisation, as published; False starts from random weights
     last_stride: int = 2
     frozen_stages: int = 3
     embedding_dim: int = 4096

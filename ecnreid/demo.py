@@ -88,7 +88,12 @@ def demo_train_config(config: DemoConfig, data_root: Path, name: str, overrides:
         source_root=data_root / "source",
         target="synthetic",
         target_root=data_root / "target",
-        model=ModelConfig(arch=config.arch, weights=config.weights, frozen_stages=1 if config.weights is None else 3),
+        model=ModelConfig(
+            arch=config.arch,
+            weights=config.weights,
+            pretrained=config.weights is not None,  # no ImageNet download: the demo runs offline
+            frozen_stages=1 if config.weights is None else 3,
+        ),
         out=config.out / "runs" / folder,
         epochs=config.epochs,
         lr=config.lr if config.weights is None else 0.1,

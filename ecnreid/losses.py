@@ -45,37 +45,59 @@ def _faiss_gpu_resources():  # one allocator per process: creating it costs far 
     return faiss.StandardGpuResources()
 
 
-def nearest_slots_faiss(
-    features: torch.Tensor, memory: torch.Tensor, k: int, use_gpu: bool | None = None
-) -> torch.Tensor:
-    """Indices [B, k] of the k memory rows [N, dim] with the largest inner product with features [B, dim].
-
-    Builds a flat inner-product faiss index of the current memory and searches it. ``use_gpu=None``
-    picks a GPU index when the features are on CUDA and faiss sees a GPU.
-    """
+def _faiss():
     try:
         import faiss
     except ImportError:
         raise EcnreidError(
             "faiss is not installed; install faiss-gpu (or faiss-cpu), or use the torch top-k neighbours"
         ) from None
+    return faiss
+
+
+def faiss_gpu_count() -> int:
+    """GPUs this faiss build can use (0 for a CPU build, and on machines without CUDA)."""
+    faiss = _faiss()
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+KNN_BACKENDS = ("topk", "faiss-cpu", "faiss-gpu")
+
+
+def knn_backend(method: str, device: torch.device) -> str:
+    """The neighbour search ``--knn method`` runs on ``device``: ``topk`` (of the logits training already
+    has), ``faiss-cpu`` or ``faiss-gpu``. On CUDA, faiss without GPU support falls to ``topk`` on the device:
+    a CPU index there would copy the whole memory to the host every step."""
+    if method == "topk":
+        return "topk"
+    if method != "faiss":
+        raise EcnreidError(f"--knn {method}: expected topk or faiss")
+    if device.type != "cuda":
+        _faiss()
+        return "faiss-cpu"
+    return "faiss-gpu" if faiss_gpu_count() > 0 else "topk"
+
+
+def nearest_slots_faiss(features: torch.Tensor, memory: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices [B, k] of the k memory rows [N, dim] with the largest inner product with features [B, dim],
+    by exact (brute-force) faiss search on the features' device; no copy between host and GPU."""
+    faiss = _faiss()
     _check_k(k, memory.shape[0])
-    queries = features.detach().float().cpu().contiguous().numpy()
-    rows = memory.detach().float().cpu().contiguous().numpy()
-    gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-    if use_gpu is None:
-        use_gpu = features.is_cuda and gpus > 0
-    if use_gpu and gpus == 0:
-        raise EcnreidError("a faiss GPU index was requested, but this faiss build sees no GPU")
-    if use_gpu:
-        config = faiss.GpuIndexFlatConfig()
-        config.device = (features.device.index or 0) if features.is_cuda else 0
-        index = faiss.GpuIndexFlatIP(_faiss_gpu_resources(), rows.shape[1], config)
-    else:
-        index = faiss.IndexFlatIP(rows.shape[1])
-    index.add(rows)
-    _, neighbours = index.search(queries, k)
-    return torch.from_numpy(neighbours).to(device=features.device, dtype=torch.long)
+    queries = features.detach().float().contiguous()
+    rows = memory.detach().float().contiguous()
+    if queries.is_cuda:
+        if faiss_gpu_count() == 0:
+            raise EcnreidError("faiss GPU search was requested, but this faiss build sees no GPU")
+        import faiss.contrib.torch_utils  # noqa: F401  (lets faiss.knn_gpu take and return CUDA tensors)
+
+        device = queries.device.index if queries.device.index is not None else torch.cuda.current_device()
+        _, neighbours = faiss.knn_gpu(
+            _faiss_gpu_resources(), queries, rows.to(queries.device), k, metric=faiss.METRIC_INNER_PRODUCT,
+            device=device,
+        )
+        return neighbours.long()
+    _, neighbours = faiss.knn(queries.numpy(), rows.cpu().numpy(), k, metric=faiss.METRIC_INNER_PRODUCT)
+    return torch.from_numpy(neighbours).long()
 
 
 def neighbourhood_targets(

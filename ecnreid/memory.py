@@ -33,18 +33,14 @@ class ExemplarMemory(nn.Module):
         return f"num_slots={self.num_slots}, dim={self.dim}, dtype={self.features.dtype}"
 
     def logits(self, features: torch.Tensor, beta: float = 0.05) -> torch.Tensor:
-        """``z = f · Mᵀ / β``: [B, dim] -> [B, num_slots], in ``features``' dtype.
+        """``z = f · Mᵀ / β`` in float32: [B, dim] -> [B, num_slots], differentiable in ``features`` only.
 
-        Differentiable with respect to ``features`` only (the memory is a buffer). A float16 memory is
-        multiplied in float16 on CUDA (fp32 accumulation; rows are unit norm, so products lie in [-1, 1])
-        and upcast on the CPU, where half-precision matmul is slow.
+        Autocast is switched off here, as published: an fp16 product rounds the logits by about 0.02 at
+        β = 0.05 and ties more slots in the neighbour top-k. A float16 memory (``--memory-dtype fp16``) only
+        halves storage; it is upcast for the product.
         """
-        memory = self.features
-        if memory.dtype != features.dtype:
-            if features.is_cuda:
-                return (features.to(memory.dtype) @ memory.t()).to(features.dtype) / beta
-            memory = memory.to(features.dtype)
-        return features @ memory.t() / beta
+        with torch.autocast(features.device.type, enabled=False):
+            return features.float() @ self.features.float().t() / beta
 
     @torch.no_grad()
     def update(self, features: torch.Tensor, indices: torch.Tensor, alpha: float) -> None:
@@ -59,9 +55,10 @@ class ExemplarMemory(nn.Module):
                 f"got {tuple(features.shape)} and {tuple(indices.shape)}"
             )
         indices = indices.reshape(-1).to(self.features.device)
-        features = features.detach().to(device=self.features.device, dtype=torch.float32)
-        slots, inverse, counts = torch.unique(indices, return_inverse=True, return_counts=True)
-        mean = torch.zeros(slots.numel(), self.dim, device=features.device).index_add_(0, inverse, features)
-        mean /= counts.unsqueeze(1)
-        updated = alpha * self.features[slots].float() + (1.0 - alpha) * mean
-        self.features[slots] = F.normalize(updated, dim=1).to(self.features.dtype)
+        with torch.autocast(self.features.device.type, enabled=False):  # the update is fp32 under AMP too
+            features = features.detach().to(device=self.features.device, dtype=torch.float32)
+            slots, inverse, counts = torch.unique(indices, return_inverse=True, return_counts=True)
+            mean = torch.zeros(slots.numel(), self.dim, device=features.device).index_add_(0, inverse, features)
+            mean /= counts.unsqueeze(1)
+            updated = alpha * self.features[slots].float() + (1.0 - alpha) * mean
+            self.features[slots] = F.normalize(updated, dim=1).to(self.features.dtype)

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import urllib.error
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torchvision
 from PIL import Image
 
 # Tests use tiny tensors: one thread avoids thread-pool stalls on a shared 2-core machine.
 torch.set_num_threads(1)
+
+
+
+@pytest.fixture(autouse=True)
+def _no_weight_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never download ImageNet weights: a test that forgets --no-pretrained fails here, online or not."""
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("tests do not download weights")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"

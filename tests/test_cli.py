@@ -30,7 +30,9 @@ def test_eval_scores_a_tiny_split_and_writes_metrics(two_domains, tmp_path: Path
     result = runner.invoke(
         app,
         tiny_eval_args(
-            target, "--arch", "resnet18", "--workers", "0", "--out", str(out), "--rerank", "--save-ranks", "2"
+            target,
+            *("--arch", "resnet18", "--no-pretrained", "--workers", "0", "--out", str(out)),
+            *("--rerank", "--save-ranks", "2"),
         ),
     )
     assert result.exit_code == 0, result.output
@@ -59,6 +61,7 @@ def test_eval_of_a_training_checkpoint(two_domains, tmp_path: Path) -> None:
             str(target),
             "--arch",
             "resnet18",
+            "--no-pretrained",
             "--height",
             "32",
             "--width",
@@ -202,7 +205,7 @@ def test_undecodable_image_in_a_worker_is_one_line(two_domains, tmp_path: Path) 
     _, target = two_domains
     broken = sorted((target / "query").glob("*.jpg"))[0]
     broken.write_bytes(b"not a jpeg at all")
-    args = tiny_eval_args(target, "--arch", "resnet18", "--workers", "2", "--out", str(tmp_path / "eval"))
+    args = tiny_eval_args(target, "--arch", "resnet18", "--no-pretrained", "--workers", "2", "--out", str(tmp_path / "eval"))
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]

@@ -24,7 +24,7 @@ def tiny_config(source: Path, target: Path, out: Path, **overrides) -> TrainConf
         source_root=source,
         target="synthetic",
         target_root=target,
-        model=ModelConfig(arch="resnet18", embedding_dim=64, frozen_stages=3),
+        model=ModelConfig(arch="resnet18", pretrained=False, embedding_dim=64, frozen_stages=3),
         out=out,
         epochs=2,
         batch_size=8,
@@ -36,6 +36,7 @@ def tiny_config(source: Path, target: Path, out: Path, **overrides) -> TrainConf
         lr_step=1,
         seed=0,
         device="cpu",
+        use_camera=False,  # tests that need camera invariance make a CamStyle set first
     )
     return dataclasses.replace(config, **overrides)
 
@@ -44,8 +45,9 @@ def test_one_epoch_run_writes_everything(two_domains, tmp_path: Path) -> None:
     source, target = two_domains
     summary = train(tiny_config(source, target, tmp_path / "run", epochs=1))
     run = tmp_path / "run"
-    for name in ("last.pt", "best.pt", "log.jsonl", "curves.png", "metrics.json", "config.json"):
+    for name in ("last.pt", "log.jsonl", "curves.png", "metrics.json", "config.json"):
         assert (run / name).is_file(), name
+    assert not (run / "best.pt").exists()  # no checkpoint is chosen on the target's test labels
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["epoch"] == 1
     assert {"loss_total", "loss_source", "loss_target", "rank1", "mAP", "images_per_s"} <= rows[0].keys()
@@ -57,8 +59,7 @@ def test_one_epoch_run_writes_everything(two_domains, tmp_path: Path) -> None:
     visited = memory.norm(dim=1) > 0
     assert torch.allclose(memory[visited].norm(dim=1), torch.ones(int(visited.sum())), atol=1e-4)
     assert state["epoch"] == 1 and state["signature"]["memory_slots"] == 24
-    # ...and, with no CamStyle set beside the target, camera invariance was off (warned, not failed).
-    assert summary["camstyle_dir"] is None
+    assert summary["camstyle_dir"] is None and summary["setting"] == "+E+N"
 
 
 def test_resume_equals_straight_run(two_domains, tmp_path: Path) -> None:
@@ -180,9 +181,17 @@ def test_camera_invariance_uses_the_camstyle_set(two_domains, tmp_path: Path) ->
 
     source, target = two_domains
     run_prepare(PrepareConfig(dataset="synthetic", root=target, method="colour", device="cpu", workers=0))
-    summary = train(tiny_config(source, target, tmp_path / "run", epochs=1, eval_every=0))
+    summary = train(tiny_config(source, target, tmp_path / "run", epochs=1, eval_every=0, use_camera=True))
     assert summary["camstyle_dir"] == str(target / "bounding_box_train_camstyle")
     assert summary["setting"] == "+E+C+N"
+    # 24 target images in 3 cameras, each rendered in the 2 others.
+    assert summary["camstyle"] == {
+        "dir": str(target / "bounding_box_train_camstyle"),
+        "scheme": "stargan",
+        "expected": 48,
+        "present": 48,
+        "coverage": 1.0,
+    }
 
 
 def test_frozen_stages_do_not_change_in_training(two_domains, tmp_path: Path) -> None:
@@ -230,3 +239,51 @@ def test_two_process_gloo_memories_agree(two_domains, tmp_path: Path) -> None:
     assert torch.equal(first["memory"], second["memory"])
     assert (first["memory"].norm(dim=1) > 0).sum() > 0
     assert all(torch.isfinite(torch.tensor(first["losses"] + second["losses"])))
+
+
+def test_the_result_is_the_final_epoch_and_every_evaluation_is_logged(two_domains, tmp_path: Path) -> None:
+    source, target = two_domains
+    summary = train(tiny_config(source, target, tmp_path / "run", epochs=2, eval_every=1))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in summary["evaluations"]] == [1, 2]
+    assert summary["final"] == {k: rows[-1][k] for k in ("epoch", "rank1", "rank5", "rank10", "mAP", "mINP")}
+    assert "best" not in summary and not (tmp_path / "run" / "best.pt").exists()
+
+
+def test_target_loss_is_float32_under_autocast(two_domains, tmp_path: Path) -> None:
+    source, target = two_domains
+    trainer = ECNTrainer(tiny_config(source, target, tmp_path / "run"))
+    generator = torch.Generator().manual_seed(0)
+    memory = torch.nn.functional.normalize(torch.randn(24, 64, generator=generator), dim=1)
+    trainer.memory.features.copy_(memory)
+    features = torch.nn.functional.normalize(torch.randn(8, 64, generator=generator), dim=1).requires_grad_()
+    indices = torch.arange(8)
+    reference = trainer.target_loss(features, indices, epoch=1)  # epoch 1: neighbourhood invariance is on
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = trainer.target_loss(features, indices, epoch=1)
+        logits = trainer.memory.logits(features, 0.05)
+    assert under_autocast.dtype == torch.float32 and logits.dtype == torch.float32
+    # bf16 keeps 8 bits of mantissa: a bf16 product would be off by ~0.1 at these logit sizes, not 1e-6.
+    torch.testing.assert_close(under_autocast, reference, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(logits, features.detach() @ memory.t() / 0.05, atol=1e-5, rtol=1e-6)
+
+
+def test_memory_init_takes_the_training_path(two_domains, tmp_path: Path) -> None:
+    """Every backbone stage frozen (BatchNorms in eval) and no dropout: the memory init embeddings equal the
+    target embeddings of a training forward pass over the whole set in one batch."""
+    from ecnreid.data.image_dataset import ImageDataset
+    from ecnreid.data.transforms import build_test_transform
+
+    source, target = two_domains
+    model = dataclasses.replace(tiny_config(source, target, tmp_path).model, frozen_stages=5, dropout=0.0)
+    trainer = ECNTrainer(tiny_config(source, target, tmp_path / "run", model=model))
+    records = trainer.data.target_train
+    initial = target_embeddings(
+        trainer.model, records, height=32, width=16, batch_size=5, workers=0, device=torch.device("cpu")
+    )
+    assert trainer.model.training  # the mode is restored, frozen BatchNorms included
+    dataset = ImageDataset(records, build_test_transform(32, 16))
+    images = torch.stack([dataset[i][0] for i in range(len(records))])
+    with torch.no_grad():
+        trained_path = trainer.model(images)["target_embedding"]
+    torch.testing.assert_close(initial, trained_path, atol=1e-5, rtol=1e-4)

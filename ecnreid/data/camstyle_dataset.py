@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ecnreid.data.camstyle_names import Scheme, camstyle_path, detect_scheme
+from ecnreid.data.camstyle_names import Scheme, camstyle_name, camstyle_path, detect_scheme
 from ecnreid.data.image_dataset import load_image
 from ecnreid.data.records import ImageRecord
 from ecnreid.errors import EcnreidError
@@ -42,14 +43,67 @@ def find_camstyle_dir(dataset_root: str | os.PathLike) -> Path | None:
     return None
 
 
+@dataclass(frozen=True)
+class CamStyleCoverage:
+    """How much of the expected set (every image x every other camera) a CamStyle folder holds."""
+
+    camstyle_dir: Path
+    scheme: Scheme
+    expected: int
+    present: int
+    first_missing: Path | None
+
+    @property
+    def missing(self) -> int:
+        return self.expected - self.present
+
+    @property
+    def complete(self) -> bool:
+        return self.present == self.expected
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "dir": str(self.camstyle_dir),
+            "scheme": self.scheme,
+            "expected": self.expected,
+            "present": self.present,
+            "coverage": self.present / self.expected if self.expected else 1.0,
+        }
+
+
+def camstyle_coverage(
+    records: Sequence[ImageRecord], camstyle_dir: str | os.PathLike, num_cameras: int
+) -> CamStyleCoverage:
+    """Count the files of ``camstyle_dir`` that camera invariance will draw for ``records`` (one listing of the
+    folder, no per-file stat); the scheme is read from the folder's names."""
+    folder = Path(camstyle_dir)
+    scheme = detect_scheme(folder)
+    with os.scandir(folder) as entries:
+        names = {entry.name for entry in entries}
+    expected = present = 0
+    first_missing = None
+    for record in records:
+        stem = Path(record.path).stem
+        for camera in range(num_cameras):
+            if camera == record.camid:
+                continue
+            expected += 1
+            name = camstyle_name(stem, record.camid, camera, scheme)
+            if name in names:
+                present += 1
+            elif first_missing is None:
+                first_missing = folder / name
+    return CamStyleCoverage(folder, scheme, expected, present, first_missing)
+
+
 class CamStyleTargetDataset(Dataset):
     """Target training images for the camera-invariance loss: item ``i`` is ``(image, camid, i)``.
 
     ``camid`` is the image's own (0-based) camera; the style camera is drawn with torch's global RNG, so
     ``torch.manual_seed`` makes the draws reproducible (DataLoader workers derive their seeds from it too).
-    A CamStyle file missing for a drawn camera falls back to the original image and is counted in
-    ``missing``; one that does not decode likewise, counted in ``unreadable`` (counts are per process:
-    each DataLoader worker keeps its own).
+    A CamStyle file that is missing or does not decode is a one-line error, never a quiet fall-back to the
+    original image (which would train another setting than the one asked for); ``camstyle_coverage``
+    checks the whole set before training starts.
     """
 
     def __init__(
@@ -72,34 +126,27 @@ class CamStyleTargetDataset(Dataset):
         if self.camstyle_dir is not None and scheme is None:
             scheme = detect_scheme(self.camstyle_dir)
         self.scheme: Scheme | None = scheme
-        self.missing = 0
-        self.unreadable = 0
 
     def __len__(self) -> int:
         return len(self.records)
 
     def style_path(self, index: int, camera: int) -> Path:
-        """The file used for image ``index`` in camera ``camera``'s style (the original when unavailable)."""
+        """The file used for image ``index`` in camera ``camera``'s style (the original for its own camera,
+        or for every camera without a CamStyle set)."""
         record = self.records[index]
         if self.camstyle_dir is None or camera == record.camid:
             return Path(record.path)
-        path = camstyle_path(self.camstyle_dir, record, camera, self.scheme)
-        if not path.is_file():
-            self.missing += 1
-            return Path(record.path)
-        return path
+        return camstyle_path(self.camstyle_dir, record, camera, self.scheme)
 
     def __getitem__(self, index: int) -> tuple[Any, int, int]:
         camera = int(torch.randint(self.num_cameras, ()).item())
-        original = self.records[index].path
         path = self.style_path(index, camera)
-        try:
-            image = load_image(str(path))
-        except EcnreidError:
-            if path == Path(original):
-                raise
-            self.unreadable += 1  # a broken CamStyle file costs one style draw, not the run
-            image = load_image(original)
+        if not path.is_file():
+            raise EcnreidError(
+                f"{path}: CamStyle image missing (the set changed after training started); "
+                f"`ecnreid prepare --check {self.camstyle_dir}` lists what is missing"
+            )
+        image = load_image(str(path))
         if self.transform is not None:
             image = self.transform(image)
         return image, self.records[index].camid, index

@@ -22,8 +22,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ecnreid.config import TrainConfig, config_to_dict
 from ecnreid.data.camstyle_dataset import (
+    CAMSTYLE_FOLDER,
+    CamStyleCoverage,
     CamStyleTargetDataset,
     apply_pseudo_cameras,
+    camstyle_coverage,
     find_camstyle_dir,
     load_pseudo_cameras,
 )
@@ -34,10 +37,16 @@ from ecnreid.data.samplers import build_loader, cycle
 from ecnreid.data.transforms import build_train_transform
 from ecnreid.engine.checkpoint import check_resume_compatible, load_checkpoint, save_checkpoint
 from ecnreid.errors import EcnreidError
-from ecnreid.evaluation.features import extract_features
+from ecnreid.evaluation.features import PooledBackbone, extract_features
 from ecnreid.evaluation.runner import evaluate_model, metrics_row
-from ecnreid.io import append_jsonl, write_json
-from ecnreid.losses import ecn_total_loss, nearest_slots_faiss, source_loss, target_invariance_loss
+from ecnreid.io import append_jsonl, ensure_output_dir, require_dir, sweep_stale_temp_files, write_json
+from ecnreid.losses import (
+    ecn_total_loss,
+    knn_backend,
+    nearest_slots_faiss,
+    source_loss,
+    target_invariance_loss,
+)
 from ecnreid.memory import ExemplarMemory
 from ecnreid.models.dg import build_rsc, dg_source_loss
 from ecnreid.models.ecn import ECNModel
@@ -48,6 +57,8 @@ from ecnreid.runtime import DistributedContext, all_gather_cat, init_distributed
 
 MEMORY_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 KNN_METHODS = ("topk", "faiss")  # topk of the logits is ~100x faster on CPU (bench/knn_speed.py)
+# What `metrics.json` reports of the run's result: the final epoch's target scores (for watching, never selection).
+RESULT_KEYS = ("epoch", "rank1", "rank5", "rank10", "mAP", "mINP")
 MEMORY_INITS = ("zeros", "features")
 
 
@@ -60,11 +71,46 @@ class TrainingData:
     target: ReidDataset
     target_train: list[ImageRecord]
     num_target_cameras: int
-    camstyle_dir: Path | None
+    camstyle: CamStyleCoverage | None
+
+    @property
+    def camstyle_dir(self) -> Path | None:
+        return self.camstyle.camstyle_dir if self.camstyle is not None else None
+
+
+def resolve_camstyle(config: TrainConfig, target: ReidDataset, target_train: list[ImageRecord]) -> tuple[
+    CamStyleCoverage, list[ImageRecord]
+]:
+    """The complete CamStyle set camera invariance trains on, and the target records with its (pseudo) cameras.
+
+    No set, or an incomplete one, stops the run: training on without it would be another setting than the
+    one asked for."""
+    if config.camstyle_dir is not None:
+        folder = require_dir(config.camstyle_dir, "--camstyle-dir", "CamStyle folder")
+    else:
+        looked_for = Path(target.root) / CAMSTYLE_FOLDER
+        found = find_camstyle_dir(target.root)
+        if found is None:
+            raise EcnreidError(
+                f"{looked_for}: no CamStyle set for camera invariance; make one with `ecnreid prepare --dataset "
+                f"{config.target} --root {config.target_root}`, point --camstyle-dir at one, or train without "
+                "camera invariance with --no-camera"
+            )
+        folder = found
+    if (mapping := load_pseudo_cameras(folder)) is not None:
+        target_train = apply_pseudo_cameras(target_train, mapping)
+    num_cameras = max(r.camid for r in target_train) + 1
+    coverage = camstyle_coverage(target_train, folder, num_cameras)
+    if not coverage.complete:
+        raise EcnreidError(
+            f"{folder}: incomplete CamStyle set, {coverage.missing} of {coverage.expected} images missing "
+            f"(first: {coverage.first_missing}); rerun `ecnreid prepare` to fill it, or train with --no-camera"
+        )
+    return coverage, target_train
 
 
 def load_training_data(config: TrainConfig, *, announce: bool = True) -> TrainingData:
-    """Read source and target, relabel source ids, find the CamStyle set (warning when there is none)."""
+    """Read source and target, relabel source ids, check the CamStyle set when camera invariance is on."""
     source = read_dataset(config.source, config.source_root, require_test=False)
     target = read_dataset(config.target, config.target_root, require_test=True)
     source_train = relabel_pids(source.train)
@@ -74,18 +120,9 @@ def load_training_data(config: TrainConfig, *, announce: bool = True) -> Trainin
         target_train, bad_target = verify_images(target_train)
         if announce and (bad_source or bad_target):
             console.print(f"[yellow]skipped {len(bad_source) + len(bad_target)} undecodable images")
-    camstyle_dir = None
+    camstyle = None
     if config.uses_target_training and config.use_camera:
-        camstyle_dir = config.camstyle_dir or find_camstyle_dir(target.root)
-        if camstyle_dir is None:
-            if announce:
-                console.print(
-                    f"[yellow]warning: no CamStyle set in {target.root} "
-                    "(bounding_box_train_camstyle/); training without camera invariance. "
-                    "Run `ecnreid prepare` to make one."
-                )
-        elif (mapping := load_pseudo_cameras(camstyle_dir)) is not None:
-            target_train = apply_pseudo_cameras(target_train, mapping)
+        camstyle, target_train = resolve_camstyle(config, target, target_train)
     num_target_cameras = max(r.camid for r in target_train) + 1
     return TrainingData(
         source_train=source_train,
@@ -93,13 +130,13 @@ def load_training_data(config: TrainConfig, *, announce: bool = True) -> Trainin
         target=target,
         target_train=target_train,
         num_target_cameras=num_target_cameras,
-        camstyle_dir=camstyle_dir,
+        camstyle=camstyle,
     )
 
 
 class TwoDomainForward(nn.Module):
-    """One forward call that runs the source and the target batch separately (BatchNorm statistics per
-    domain), so DistributedDataParallel sees a single forward per backward.
+    """One forward call that runs the source and the target batch side by side (BatchNorm statistics per
+    domain; cross-domain MixStyle mixes the two), so DistributedDataParallel sees a single forward per backward.
 
     The target batch runs first so that modules which keep state of their last pass (SNR) hold the source
     batch's. RSC, when on, replaces the source logits with those of its challenged feature map.
@@ -113,8 +150,7 @@ class TwoDomainForward(nn.Module):
     def forward(
         self, source_images: torch.Tensor, source_labels: torch.Tensor, target_images: torch.Tensor | None
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
-        out_u = self.model(target_images) if target_images is not None else None
-        out_x = self.model(source_images)
+        out_x, out_u = self.model.forward_domains(source_images, target_images)
         if self.rsc is not None and self.training:
 
             def logits_of(feature_map: torch.Tensor) -> torch.Tensor:
@@ -126,26 +162,38 @@ class TwoDomainForward(nn.Module):
 
 
 class ECNTrainer:
-    """Trains ECN as configured; ``fit()`` returns the final summary (also written as ``metrics.json``)."""
+    """Trains ECN as configured; ``fit()`` returns the final summary (also written as ``metrics.json``).
 
-    def __init__(self, config: TrainConfig) -> None:
+    ``data`` replaces reading the datasets (benchmarks feed tensors to :meth:`train_step` directly).
+    """
+
+    def __init__(self, config: TrainConfig, data: TrainingData | None = None) -> None:
         if config.knn not in KNN_METHODS:
             raise EcnreidError(f"--knn {config.knn}: expected one of {', '.join(KNN_METHODS)}")
         if config.memory_init not in MEMORY_INITS:
             raise EcnreidError(f"--memory-init {config.memory_init}: expected one of {', '.join(MEMORY_INITS)}")
+        if config.dg.mixstyle_stages and config.dg.mixstyle_mix == "crossdomain" and not config.uses_target_training:
+            raise EcnreidError(
+                "--mixstyle-mix crossdomain mixes source with target statistics: it needs target images "
+                "(not --source-only or --no-target); use --mixstyle-mix random"
+            )
+        if config.uses_target_training and config.memory_dtype not in MEMORY_DTYPES:
+            raise EcnreidError(f"--memory-dtype {config.memory_dtype}: expected one of {sorted(MEMORY_DTYPES)}")
         self.config = config
         self.ctx, self.device = init_distributed(config.device)
         self.out = Path(config.out)
+        if self.ctx.is_main:
+            ensure_output_dir(self.out, "--out")
         seed_everything(config.seed)
-        self.data = load_training_data(config, announce=self.ctx.is_main)
+        self.data = data if data is not None else load_training_data(config, announce=self.ctx.is_main)
         self.model = build_ecn_model(config.model, config.dg, self.data.num_source_classes).to(self.device)
         self.memory: ExemplarMemory | None = None
+        self.knn = "topk"
         if config.uses_target_training:
-            if config.memory_dtype not in MEMORY_DTYPES:
-                raise EcnreidError(f"--memory-dtype {config.memory_dtype}: expected one of {sorted(MEMORY_DTYPES)}")
             self.memory = ExemplarMemory(
                 len(self.data.target_train), config.model.embedding_dim, dtype=MEMORY_DTYPES[config.memory_dtype]
             ).to(self.device)
+            self.knn = knn_backend(config.knn, self.device)
         self.optimizer = torch.optim.SGD(
             self.model.parameter_groups(config.lr, config.backbone_lr_mult),
             lr=config.lr,
@@ -162,7 +210,6 @@ class ECNTrainer:
             forward = DistributedDataParallel(forward, device_ids=ids, find_unused_parameters=config.dg.any)
         self.forward = forward
         self.start_epoch = 0
-        self.best: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
 
     # ----------------------------------------------------------------- bookkeeping
@@ -178,6 +225,17 @@ class ECNTrainer:
             "memory_dtype": self.config.memory_dtype,
         }
 
+    def provenance(self) -> dict[str, Any]:
+        """What the run actually trains with: the setting, the backbone's initial weights, the CamStyle set
+        and the neighbour search (written into config.json and metrics.json)."""
+        camstyle = self.data.camstyle
+        return {
+            "setting": self.config.setting_name,
+            "backbone_weights": self.model.backbone.weights_origin,
+            "camstyle": camstyle.to_dict() if camstyle is not None else None,
+            "knn_backend": self.knn if self.memory is not None else None,
+        }
+
     def state_dict(self, epoch: int) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
@@ -186,10 +244,10 @@ class ECNTrainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "epoch": epoch,
-            "best": self.best,
             "history": self.history,
             "rng": {"torch": torch.get_rng_state(), "cuda": _cuda_rng_state()},
             "config": config_to_dict(self.config),
+            "provenance": self.provenance(),
             "signature": self.signature(),
         }
 
@@ -215,7 +273,6 @@ class ECNTrainer:
         self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"].cpu())
         self.start_epoch = int(state["epoch"])
-        self.best = state.get("best", {})
         self.history = list(state.get("history", []))
         if self.ctx.is_main:
             console.print(f"resumed {last} at epoch {self.start_epoch}")
@@ -244,7 +301,11 @@ class ECNTrainer:
         target_iter = None
         if self.memory is not None:
             target_dataset = CamStyleTargetDataset(
-                self.data.target_train, self.data.camstyle_dir, self.data.num_target_cameras, transform
+                self.data.target_train,
+                self.data.camstyle_dir,
+                self.data.num_target_cameras,
+                transform,
+                scheme=self.data.camstyle.scheme if self.data.camstyle is not None else None,
             )
             target_loader = build_loader(
                 target_dataset,
@@ -269,7 +330,6 @@ class ECNTrainer:
         seed_everything(cfg.seed * 10_007 + epoch * 101 + self.ctx.rank)
         iters, source_iter, target_iter = self._epoch_loaders(epoch)
         self.forward.train()
-        alpha = cfg.alpha * epoch
         sums = {"loss_total": 0.0, "loss_source": 0.0, "loss_target": 0.0}
         images_seen = 0
         start = time.perf_counter()
@@ -278,24 +338,11 @@ class ECNTrainer:
             task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=iters, unit="it", info="")
             for step in range(iters):
                 images_x, labels_x, *_ = next(source_iter)
-                images_x = images_x.to(self.device, non_blocking=True)
-                labels_x = labels_x.to(self.device, non_blocking=True)
                 images_u = indices_u = None
                 if target_iter is not None:
                     batch_u = next(target_iter)
-                    images_u = batch_u[0].to(self.device, non_blocking=True)
-                    indices_u = batch_u[-1].to(self.device, non_blocking=True)
-                losses, target_features = self._step(epoch, images_x, labels_x, images_u, indices_u)
-                if not all(math.isfinite(v) for v in losses.values()):
-                    raise EcnreidError(
-                        f"non-finite loss at epoch {epoch + 1} iteration {step + 1} "
-                        f"({', '.join(f'{k} {v:.4g}' for k, v in losses.items())}); stopped. "
-                        f"Last good checkpoint: {self.out / 'last.pt'}"
-                    )
-                if self.memory is not None and target_features is not None:
-                    self.memory.update(
-                        all_gather_cat(target_features, self.ctx), all_gather_cat(indices_u, self.ctx), alpha
-                    )
+                    images_u, indices_u = batch_u[0], batch_u[-1]
+                losses = self.train_step(epoch, images_x, labels_x, images_u, indices_u, iteration=step)
                 for key, value in losses.items():
                     sums[key] += value
                 batch_images = len(images_x) + (len(images_u) if images_u is not None else 0)
@@ -312,6 +359,36 @@ class ECNTrainer:
         )
         return row
 
+    def train_step(
+        self,
+        epoch: int,
+        images_x: torch.Tensor,
+        labels_x: torch.Tensor,
+        images_u: torch.Tensor | None = None,
+        indices_u: torch.Tensor | None = None,
+        *,
+        iteration: int = 0,
+    ) -> dict[str, float]:
+        """One step of training: forward, losses, backward, SGD, then the memory update; returns the losses.
+
+        A non-finite loss stops the run before the memory takes the step's features."""
+        images_x = images_x.to(self.device, non_blocking=True)
+        labels_x = labels_x.to(self.device, non_blocking=True)
+        if images_u is not None and indices_u is not None:
+            images_u = images_u.to(self.device, non_blocking=True)
+            indices_u = indices_u.to(self.device, non_blocking=True)
+        losses, target_features = self._step(epoch, images_x, labels_x, images_u, indices_u)
+        if not all(math.isfinite(v) for v in losses.values()):
+            raise EcnreidError(
+                f"non-finite loss at epoch {epoch + 1} iteration {iteration + 1} "
+                f"({', '.join(f'{k} {v:.4g}' for k, v in losses.items())}); stopped. "
+                f"Last good checkpoint: {self.out / 'last.pt'}"
+            )
+        if self.memory is not None and target_features is not None:
+            alpha = self.config.alpha * epoch
+            self.memory.update(all_gather_cat(target_features, self.ctx), all_gather_cat(indices_u, self.ctx), alpha)
+        return losses
+
     def _step(
         self,
         epoch: int,
@@ -324,34 +401,41 @@ class ECNTrainer:
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
             out_x, out_u = self.forward(images_x, labels_x, images_u)
             loss_x = source_loss(out_x["source_logits"], labels_x) + dg_source_loss(self.model, labels_x, cfg.dg)
-            losses = {"loss_source": loss_x}
-            target_features = None
-            if out_u is not None and self.memory is not None:
-                target_features = out_u["target_embedding"]
-                logits = self.memory.logits(target_features.float(), cfg.beta)
-                neighbours = None
-                if cfg.knn == "faiss" and cfg.use_neighbour and epoch >= cfg.neighbour_start_epoch:
-                    neighbours = nearest_slots_faiss(target_features, self.memory.features, cfg.k)
-                loss_u = target_invariance_loss(
-                    logits,
-                    indices_u,
-                    epoch,
-                    k=cfg.k,
-                    neighbour_start_epoch=cfg.neighbour_start_epoch,
-                    use_neighbourhood=cfg.use_neighbour,
-                    neighbours=neighbours,
-                )
-                losses["loss_target"] = loss_u
-                total = ecn_total_loss(loss_x, loss_u, cfg.lam)
-            else:
-                total = loss_x
+        losses = {"loss_source": loss_x}
+        total = loss_x
+        target_features = None
+        if out_u is not None and self.memory is not None:
+            target_features = out_u["target_embedding"].float()
+            loss_u = self.target_loss(target_features, indices_u, epoch)
+            losses["loss_target"] = loss_u
+            total = ecn_total_loss(loss_x, loss_u, cfg.lam)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         values = {"loss_total": total.item(), **{k: v.item() for k, v in losses.items()}}
-        detached = target_features.detach().float() if target_features is not None else None
+        detached = target_features.detach() if target_features is not None else None
         return values, detached
+
+    def target_loss(self, features: torch.Tensor, indices: torch.Tensor, epoch: int) -> torch.Tensor:
+        """ECN's target loss on the exemplar memory: the logits, the neighbour search and the loss run in
+        float32 whatever autocast surrounds the call, as published."""
+        cfg = self.config
+        with torch.autocast(features.device.type, enabled=False):
+            features = features.float()
+            logits = self.memory.logits(features, cfg.beta)
+            neighbours = None
+            if self.knn != "topk" and cfg.use_neighbour and epoch >= cfg.neighbour_start_epoch:
+                neighbours = nearest_slots_faiss(features, self.memory.features, cfg.k)
+            return target_invariance_loss(
+                logits,
+                indices,
+                epoch,
+                k=cfg.k,
+                neighbour_start_epoch=cfg.neighbour_start_epoch,
+                use_neighbourhood=cfg.use_neighbour,
+                neighbours=neighbours,
+            )
 
     def initialise_memory(self) -> None:
         """``--memory-init features``: every slot starts as its image's embedding under the initial model
@@ -391,9 +475,10 @@ class ECNTrainer:
         self.maybe_resume()
         if self.ctx.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            write_json(
-                {**config_to_dict(cfg), "setting": cfg.setting_name, **self.signature()}, self.out / "config.json"
-            )
+            removed = sweep_stale_temp_files(self.out)
+            if removed:
+                console.print(f"removed {removed} stale temp files from {self.out}")
+            write_json({**config_to_dict(cfg), **self.provenance(), **self.signature()}, self.out / "config.json")
             self._announce()
         if self.memory is not None and self.start_epoch == 0 and cfg.memory_init == "features":
             self.initialise_memory()
@@ -431,9 +516,6 @@ class ECNTrainer:
 
         self.history.append(row)
         append_jsonl(row, self.out / "log.jsonl")
-        if "mAP" in row and row["mAP"] >= self.best.get("mAP", -1.0):
-            self.best = {k: row[k] for k in ("epoch", "rank1", "rank5", "rank10", "mAP", "mINP")}
-            save_checkpoint(self.state_dict(epoch + 1), self.out / "best.pt")
         save_checkpoint(self.state_dict(epoch + 1), self.out / "last.pt")
         training_curves_png(self.history, self.out / "curves.png")
         losses = "  ".join(f"{k.removeprefix('loss_')} {row[k]:.3f}" for k in row if k.startswith("loss_"))
@@ -443,14 +525,16 @@ class ECNTrainer:
             dist.barrier()
 
     def _summary(self) -> dict[str, Any]:
-        final = next((row for row in reversed(self.history) if "rank1" in row), {})
+        """The run's result is its final epoch (no target label chooses a checkpoint); earlier evaluations
+        stay in ``log.jsonl`` and on the curves, for watching only."""
+        final = self.history[-1] if self.history else {}
         return {
-            "setting": self.config.setting_name,
+            **self.provenance(),
             "source": self.config.source,
             "target": self.config.target,
             "epochs": self.config.epochs,
-            "final": {k: final.get(k) for k in ("epoch", "rank1", "rank5", "rank10", "mAP", "mINP")},
-            "best": self.best,
+            "final": {k: final.get(k) for k in RESULT_KEYS},
+            "evaluations": [{k: row[k] for k in RESULT_KEYS} for row in self.history if "rank1" in row],
             "camstyle_dir": str(self.data.camstyle_dir) if self.data.camstyle_dir else None,
             "out": str(self.out),
         }
@@ -463,6 +547,17 @@ class ECNTrainer:
             f"{d.num_target_cameras} cameras, {len(d.target.query)} query, {len(d.target.gallery)} gallery) "
             f"on {self.device}" + (f" x{self.ctx.world_size}" if self.ctx.enabled else "")
         )
+        origin = self.model.backbone.weights_origin
+        if origin["kind"] == "random" and self.config.model.frozen_stages > 0:
+            frozen = ", ".join(self.model.backbone.stage_names[: self.config.model.frozen_stages])
+            console.print(
+                f"[yellow]warning: random initial weights (--no-pretrained), and the stages {frozen} stay frozen "
+                "at them (--frozen-stages 0 trains every stage)"
+            )
+        if self.config.knn == "faiss" and self.knn == "topk":
+            console.print(
+                f"[yellow]--knn faiss: this faiss build sees no GPU; neighbours by torch top-k on {self.device}"
+            )
 
 
 @torch.no_grad()
@@ -477,14 +572,16 @@ def target_embeddings(
     device: torch.device,
     show_progress: bool = True,
 ) -> torch.Tensor:
-    """Unit-norm target-branch embeddings [N, D] of ``records`` (test transform, no dropout).
+    """Unit-norm target-branch embeddings [N, D] of ``records`` (test transform, no dropout), by the training
+    path: raw pool5 through the embedding, as the head takes it in training.
 
     The embedding BatchNorm normalises with the statistics of the whole set, as training normalises each
     target batch with its own; the eval-mode running statistics would leave every embedding sharing one
     large common direction.
     """
-    pool5 = extract_features(  # the model in eval mode gives unit-norm pool5; extract_features restores its mode
-        model,
+    was_training = model.training
+    pool5 = extract_features(
+        PooledBackbone(model.backbone, normalize=False).eval(),
         records,
         height=height,
         width=width,
@@ -493,7 +590,9 @@ def target_embeddings(
         device=device,
         description="memory init",
         show_progress=show_progress,
+        normalize=False,
     ).to(device)
+    model.train(was_training)  # the bare backbone's mode switch bypasses ECNModel.train's frozen BatchNorms
     head = model.head
     embedding = torch.nn.functional.batch_norm(
         head.embed(pool5), None, None, head.embed_bn.weight, head.embed_bn.bias, training=True, eps=head.embed_bn.eps

@@ -17,14 +17,17 @@ from ecnreid.progress import make_progress
 
 
 class PooledBackbone(nn.Module):
-    """A bare backbone as a re-ID feature extractor: global average pool of the last map (no training needed)."""
+    """A bare backbone as a re-ID feature extractor: global average pool of the last map (pool5), unit-norm
+    unless ``normalize=False`` (the raw pool5 that ECN's head takes in training)."""
 
-    def __init__(self, backbone: nn.Module) -> None:
+    def __init__(self, backbone: nn.Module, normalize: bool = True) -> None:
         super().__init__()
         self.backbone = backbone
+        self.normalize = normalize
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.backbone(x).mean(dim=(2, 3)), dim=1)
+        pool5 = self.backbone(x).mean(dim=(2, 3))
+        return F.normalize(pool5, dim=1) if self.normalize else pool5
 
 
 @torch.no_grad()
@@ -40,8 +43,10 @@ def extract_features(
     flip: bool = False,
     description: str = "features",
     show_progress: bool = True,
+    normalize: bool = True,
 ) -> torch.Tensor:
-    """Return L2-normalised features [N, D] (float32, on CPU) for ``records`` in order.
+    """Return L2-normalised features [N, D] (float32, on CPU) for ``records`` in order (as the model gives
+    them with ``normalize=False``).
 
     ``model`` in eval mode must map an image batch to features. With ``flip`` the features of the image and
     its mirror are summed before normalisation.
@@ -67,7 +72,7 @@ def extract_features(
                 feats = model(images).float()
                 if flip:
                     feats = feats + model(torch.flip(images, dims=[3])).float()
-            chunks.append(F.normalize(feats, dim=1).cpu())
+            chunks.append((F.normalize(feats, dim=1) if normalize else feats).cpu())
             progress.update(task, advance=len(images))
     model.train(was_training)
     if not chunks:

@@ -205,15 +205,13 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
 
 
 def render_train_summary(summary: dict[str, Any]) -> Table:
-    """The final table of a training run: final and best target metrics."""
+    """The final table of a training run: its target scores after each evaluation, the last row being the
+    result (earlier rows are for watching only: no target label picks an epoch)."""
     table = Table(title=f"ECN {summary['setting']}: {summary['source']} → {summary['target']}")
-    for column in ("model", "epoch", "R1", "R5", "R10", "mAP", "mINP"):
-        table.add_column(column, justify="left" if column == "model" else "right")
-    for name in ("final", "best"):
-        row = summary.get(name) or {}
-        if row.get("rank1") is None:
-            continue
-        table.add_row(
-            name, str(row.get("epoch")), *(f"{row[k]:.1f}" for k in ("rank1", "rank5", "rank10", "mAP", "mINP"))
-        )
+    for column in ("epoch", "R1", "R5", "R10", "mAP", "mINP"):
+        table.add_column(column, justify="right")
+    rows = summary.get("evaluations") or []
+    for index, row in enumerate(rows):
+        label = f"{row['epoch']} (final)" if index == len(rows) - 1 else str(row["epoch"])
+        table.add_row(label, *(f"{row[k]:.1f}" for k in ("rank1", "rank5", "rank10", "mAP", "mINP")))
     return table

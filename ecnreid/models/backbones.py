@@ -7,8 +7,9 @@ inserted after a named stage with :meth:`Backbone.insert_after`.
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -81,6 +82,8 @@ class Backbone(nn.Module):
         self.inserted = nn.ModuleDict({name: nn.ModuleList() for name in self.stage_names})
         self.stage_channels: dict[str, int] = {name: _stage_out_channels(stage) for name, stage in self.stages.items()}
         self.out_channels: int = self.stage_channels[self.stage_names[-1]]
+        # Where the initial weights came from (set by build_backbone): written into config.json and metrics.json.
+        self.weights_origin: dict[str, str] = {"kind": "random"}
         # Not registered as a submodule: its parameters are already registered through `stages`, and
         # registering it too would duplicate them (and the unused classifier) in the state_dict.
         object.__setattr__(self, "_network", network)
@@ -103,6 +106,18 @@ class Backbone(nn.Module):
             for module in self.inserted[name]:
                 x = module(x)
         return x
+
+    def forward_domains(self, batches: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Several domains' batches side by side: every stage runs on each batch separately (BatchNorm
+        statistics stay per domain), and an inserted module with a ``forward_domains`` method (cross-domain
+        MixStyle) sees all batches at once. Returns one feature map per batch, in order."""
+        xs = list(batches)
+        for name in self.stage_names:
+            xs = [self.stages[name](x) for x in xs]
+            for module in self.inserted[name]:
+                across = getattr(module, "forward_domains", None)
+                xs = across(xs) if across is not None else [module(x) for x in xs]
+        return xs
 
 
 def _first_line(error: BaseException) -> str:
@@ -133,6 +148,15 @@ def _unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
 def _offending(keys: list[str]) -> str:
     shown = ", ".join(keys[:4])
     return f"{shown} (+{len(keys) - 4} more)" if len(keys) > 4 else shown
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def load_backbone_weights(network: nn.Module, weights: Path, arch: str) -> None:
@@ -184,29 +208,36 @@ def build_backbone(
     arch: str = "resnet50",
     *,
     weights: Path | None = None,
-    pretrained: bool = False,
+    pretrained: bool = True,
     last_stride: int = 2,
 ) -> Backbone:
-    """Build a named-stage backbone: ``weights`` (a torchvision state_dict file) or torchvision's own
-    ImageNet weights (``pretrained``, needs the internet), and last stride 2 (ECN) or 1."""
+    """Build a named-stage backbone initialised from ``weights`` (a torchvision state_dict file), else from
+    torchvision's ImageNet weights (``pretrained``, downloaded once into torch's cache), else at random; last
+    stride 2 (ECN) or 1. :attr:`Backbone.weights_origin` records which."""
     if arch not in ARCHITECTURES:
         raise EcnreidError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHITECTURES)}")
     if last_stride not in (1, 2):
         raise EcnreidError(f"last stride must be 1 or 2, got {last_stride}")
-    if weights is not None and pretrained:
-        raise EcnreidError("give either --weights PATH or --pretrained, not both")
-    if pretrained:
+    if weights is not None and not pretrained:
+        raise EcnreidError("--weights PATH and --no-pretrained contradict each other: give one of them")
+    if weights is not None:
+        network = ARCHITECTURES[arch](weights=None)
+        load_backbone_weights(network, weights, arch)
+        origin: dict[str, str] = {"kind": "file", "path": str(weights), "sha256": file_sha256(Path(weights))}
+    elif pretrained:
         try:
             network = ARCHITECTURES[arch](weights=_PRETRAINED_TAG)
         except (OSError, RuntimeError) as error:  # URLError is an OSError; a bad download fails its hash check
             raise EcnreidError(
-                f"downloading torchvision's ImageNet weights for {arch} failed ({_first_line(error)}); "
-                "use --weights PATH with a local state_dict instead"
+                f"cannot download torchvision's ImageNet weights for {arch} ({_first_line(error)}); "
+                "give a local state_dict with --weights PATH, or start from random weights with --no-pretrained"
             ) from None
+        origin = {"kind": "torchvision", "name": f"{arch}:{_PRETRAINED_TAG}"}
     else:
         network = ARCHITECTURES[arch](weights=None)
-        if weights is not None:
-            load_backbone_weights(network, weights, arch)
+        origin = {"kind": "random"}
     if last_stride == 1:
         _set_last_stride_one(arch, network)
-    return Backbone(arch, network)
+    backbone = Backbone(arch, network)
+    backbone.weights_origin = origin
+    return backbone

@@ -64,6 +64,18 @@ class ECNModel(nn.Module):
         """The head alone on a [B, C, h, w] map (RSC re-runs it on a masked map); keys as in training."""
         return {"feature_map": feature_map, **self.head(feature_map)}
 
+    def forward_domains(
+        self, source: torch.Tensor, target: torch.Tensor | None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+        """Training outputs of the source and (when given) the target batch, which pass the backbone side by
+        side (see :meth:`Backbone.forward_domains`); the target goes first, as separate calls would order it."""
+        if target is None:
+            (source_map,) = self.backbone.forward_domains([source])
+            return self.forward_head(source_map), None
+        target_map, source_map = self.backbone.forward_domains([target, source])
+        out_u = self.forward_head(target_map)
+        return self.forward_head(source_map), out_u
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor] | torch.Tensor:
         """[B, 3, H, W] -> training: dict of outputs; eval: unit-norm pool5 [B, C]."""
         feature_map = self.backbone(x)

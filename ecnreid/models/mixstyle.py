@@ -56,6 +56,10 @@ class MixStyle(nn.Module):
     ``x̂ = (x − μ)/σ``, ``λ ~ Beta(α, α)`` per sample, and the output is
     ``x̂·(λσ + (1−λ)σ_partner) + (λμ + (1−λ)μ_partner)``. Shape [B, C, H, W] in and out.
 
+    Partners: ``random`` draws them from the same batch; ``crossdomain`` from the other domain. The trainer
+    runs source and target as separate batches, so it calls :meth:`forward_domains`, where a source sample's
+    partner is a target sample and the other way round.
+
     ``lambda_sampler`` replaces the Beta draw (tests use it to fix λ).
     """
 
@@ -98,22 +102,57 @@ class MixStyle(nn.Module):
         beta = torch.distributions.Beta(concentration, concentration)
         return beta.sample((batch_size,)).to(device=device, dtype=dtype)
 
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training or not self.activated:
-            return x
-        # rand() lies in [0, 1): p=0 never mixes, p=1 always does.
-        if torch.rand(()).item() >= self.p:
-            return x
-        batch_size = x.size(0)
+    def _statistics(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Detached per-sample, per-channel mean and std over H, W: [B, C, 1, 1] each."""
         mean = x.mean(dim=(2, 3), keepdim=True).detach()
         std = (x.var(dim=(2, 3), keepdim=True, correction=0) + self.eps).sqrt().detach()
-        normalised = (x - mean) / std
+        return mean, std
 
-        partner = _PERMUTATIONS[self.mix](batch_size).to(x.device)
-        lam = self.sample_lambda(batch_size, x.device, x.dtype).view(batch_size, 1, 1, 1)
-        mixed_mean = lam * mean + (1 - lam) * mean[partner]
-        mixed_std = lam * std + (1 - lam) * std[partner]
-        return normalised * mixed_std + mixed_mean
+    def _restyle(self, x: Tensor, mean: Tensor, std: Tensor, partner_mean: Tensor, partner_std: Tensor) -> Tensor:
+        """``x̂·(λσ + (1−λ)σ_partner) + (λμ + (1−λ)μ_partner)`` with one λ per sample."""
+        lam = self.sample_lambda(x.size(0), x.device, x.dtype).view(-1, 1, 1, 1)
+        normalised = (x - mean) / std
+        return normalised * (lam * std + (1 - lam) * partner_std) + (lam * mean + (1 - lam) * partner_mean)
+
+    def _fires(self) -> bool:
+        # rand() lies in [0, 1): p=0 never mixes, p=1 always does.
+        return self.training and self.activated and torch.rand(()).item() < self.p
+
+    def forward(self, x: Tensor) -> Tensor:
+        """One batch; with ``mix='crossdomain'`` it must be domain A's half followed by domain B's."""
+        if not self._fires():
+            return x
+        mean, std = self._statistics(x)
+        partner = _PERMUTATIONS[self.mix](x.size(0)).to(x.device)
+        return self._restyle(x, mean, std, mean[partner], std[partner])
+
+    def forward_domains(self, batches: list[Tensor]) -> list[Tensor]:
+        """Each domain's batch, run through the network separately (BatchNorm statistics per domain).
+
+        ``random`` mixes within each batch, as ``forward`` does. ``crossdomain`` takes two batches (source
+        and target) and gives every sample of one the statistics of a sample of the other, mixed in.
+        """
+        if self.mix != "crossdomain":
+            return [self(x) for x in batches]
+        if len(batches) != 2:
+            raise EcnreidError(
+                f"MixStyle(mix='crossdomain') mixes a source and a target batch, got {len(batches)} batch(es): "
+                "it needs target images (not --source-only or --no-target)"
+            )
+        if not self._fires():
+            return list(batches)
+        stats = [self._statistics(x) for x in batches]
+        mixed = []
+        for own, other in ((0, 1), (1, 0)):
+            x, (mean, std), (other_mean, other_std) = batches[own], stats[own], stats[other]
+            partner = _partners_from(batches[other].size(0), x.size(0)).to(x.device)
+            mixed.append(self._restyle(x, mean, std, other_mean[partner], other_std[partner]))
+        return mixed
+
+
+def _partners_from(pool: int, count: int) -> Tensor:
+    """``count`` partner indices into a batch of ``pool``: a shuffle when the sizes match, else uniform draws."""
+    return torch.randperm(pool) if pool == count else torch.randint(pool, (count,))
 
 
 def _mixstyle_modules(model: nn.Module) -> list[MixStyle]:
