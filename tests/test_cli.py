@@ -205,7 +205,9 @@ def test_undecodable_image_in_a_worker_is_one_line(two_domains, tmp_path: Path) 
     _, target = two_domains
     broken = sorted((target / "query").glob("*.jpg"))[0]
     broken.write_bytes(b"not a jpeg at all")
-    args = tiny_eval_args(target, "--arch", "resnet18", "--no-pretrained", "--workers", "2", "--out", str(tmp_path / "eval"))
+    args = tiny_eval_args(
+        target, "--arch", "resnet18", "--no-pretrained", "--workers", "2", "--out", str(tmp_path / "eval")
+    )
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
@@ -250,3 +252,122 @@ def test_a_loader_worker_killed_by_the_stop_signal_is_an_interruption_not_a_trac
 
     with pytest.raises(RuntimeError, match="shape mismatch"):
         broken()
+
+
+def tiny_train_args(source: Path, target: Path, out: Path, *extra: str) -> list[str]:
+    """`ecnreid train` on the tiny two-domain trees at 32x16 on the CPU for one epoch, plus ``extra`` options."""
+    domains = ["--source", "synthetic", "--source-root", str(source), "--target", "synthetic", "--target-root"]
+    sizes = ["--arch", "resnet18", "--height", "32", "--width", "16", "--batch-size", "8", "--epochs", "1"]
+    return ["train", *domains, str(target), *sizes, "--workers", "0", "--device", "cpu", "--out", str(out), *extra]
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    """Exit code 2, one `error:` line holding every fragment, no traceback."""
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2, result.output
+    assert lines[-1].startswith("error:") and "Traceback" not in result.output, result.output
+    for fragment in fragments:
+        assert fragment in lines[-1], (fragment, lines[-1])
+
+
+def test_train_and_eval_start_from_imagenet_weights_and_say_how_to_go_offline(two_domains, tmp_path: Path) -> None:
+    # conftest makes every download fail, as on an offline machine: the default asks for one.
+    source, target = two_domains
+    result = runner.invoke(app, tiny_train_args(source, target, tmp_path / "run", "--no-camera"))
+    assert_one_line_error(result, "ImageNet weights for resnet18", "--weights PATH", "--no-pretrained")
+    result = runner.invoke(app, tiny_eval_args(target, "--arch", "resnet18", "--out", str(tmp_path / "eval")))
+    assert_one_line_error(result, "ImageNet weights for resnet18", "--weights PATH", "--no-pretrained")
+
+
+def test_random_weights_are_explicit_recorded_and_frozen_stages_are_announced(two_domains, tmp_path: Path) -> None:
+    source, target = two_domains
+    out = tmp_path / "run"
+    result = runner.invoke(app, tiny_train_args(source, target, out, "--no-camera", "--no-pretrained"))
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())  # rich wraps lines at the runner's terminal width
+    assert "random initial weights" in said and "stem, layer1, layer2 stay frozen" in said
+    for name in ("config.json", "metrics.json"):
+        assert json.loads((out / name).read_text())["backbone_weights"] == {"kind": "random"}, name
+
+
+def test_a_weights_file_is_recorded_with_its_sha256(two_domains, tmp_path: Path) -> None:
+    import hashlib
+
+    import torchvision
+
+    source, target = two_domains
+    weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    out = tmp_path / "run"
+    result = runner.invoke(app, tiny_train_args(source, target, out, "--no-camera", "--weights", str(weights)))
+    assert result.exit_code == 0, result.output
+    origin = json.loads((out / "metrics.json").read_text())["backbone_weights"]
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert origin == {"kind": "file", "path": str(weights), "sha256": digest}
+    assert "stay frozen" not in " ".join(result.output.split())
+    both = tiny_train_args(source, target, tmp_path / "both", "--no-camera", "--weights", str(weights))
+    both.append("--no-pretrained")
+    assert_one_line_error(runner.invoke(app, both), "--weights PATH and --no-pretrained")
+
+
+def test_camera_invariance_without_a_camstyle_set_stops(two_domains, tmp_path: Path) -> None:
+    source, target = two_domains
+    result = runner.invoke(app, tiny_train_args(source, target, tmp_path / "run", "--no-pretrained"))
+    assert_one_line_error(
+        result, str(target / "bounding_box_train_camstyle"), "ecnreid prepare", "--no-camera"
+    )
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_an_incomplete_camstyle_set_stops_and_a_complete_one_is_recorded(two_domains, tmp_path: Path) -> None:
+    source, target = two_domains
+    camstyle = tmp_path / "camstyle"
+    prepare = ["prepare", "--dataset", "synthetic", "--root", str(target), "--method", "colour", "--workers", "0"]
+    assert runner.invoke(app, [*prepare, "--out", str(camstyle)]).exit_code == 0
+    args = tiny_train_args(source, target, tmp_path / "run", "--no-pretrained", "--camstyle-dir", str(camstyle))
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["setting"] == "+E+C+N"
+    expected = {"dir": str(camstyle), "scheme": "stargan", "expected": 48, "present": 48, "coverage": 1.0}
+    assert metrics["camstyle"] == expected
+    # A third of the files deleted: the run refuses, naming how many and the first one missing.
+    files = sorted(camstyle.glob("*_fake_*.jpg"))
+    for path in files[::3]:
+        path.unlink()
+    args = tiny_train_args(source, target, tmp_path / "again", "--no-pretrained", "--camstyle-dir", str(camstyle))
+    result = runner.invoke(app, args)
+    assert_one_line_error(result, "16 of 48 images missing", "incomplete CamStyle set")
+    said = " ".join(result.output.split())
+    first = said.split("(first: ", 1)[1].split(")", 1)[0]
+    assert Path(first) in files[::3]
+
+
+def test_crossdomain_mixstyle_needs_target_images(two_domains, tmp_path: Path) -> None:
+    source, target = two_domains
+    args = tiny_train_args(
+        source, target, tmp_path / "run", "--no-pretrained", "--source-only", "--mixstyle", "layer1",
+        "--mixstyle-mix", "crossdomain",
+    )
+    assert_one_line_error(runner.invoke(app, args), "--mixstyle-mix crossdomain", "target images")
+
+
+def test_faiss_neighbours_on_the_cpu_are_recorded(two_domains, tmp_path: Path) -> None:
+    source, target = two_domains
+    args = tiny_train_args(
+        source, target, tmp_path / "run", "--no-pretrained", "--no-camera", "--knn", "faiss", "--neighbour-start", "0"
+    )
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["knn_backend"] == "faiss-cpu"
+
+
+@pytest.mark.parametrize("option", ["--out", "--camstyle-dir"])
+def test_train_path_options_naming_a_file_are_one_line(two_domains, tmp_path: Path, option: str) -> None:
+    source, target = two_domains
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    out = a_file if option == "--out" else tmp_path / "run"
+    extra = ["--camstyle-dir", str(a_file)] if option == "--camstyle-dir" else ["--no-camera"]
+    result = runner.invoke(app, tiny_train_args(source, target, out, "--no-pretrained", *extra))
+    assert_one_line_error(result, option, str(a_file))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ecnreid.data.synthetic import SOURCE_BACKGROUNDS, generate_synthetic
-from ecnreid.demo import DemoConfig, demo_data_params, demo_settings, demo_train_config
+from ecnreid.demo import DemoConfig, camera_invariance_gap, demo_data_params, demo_settings, demo_train_config
 
 
 def test_demo_trains_the_ablation_rows_on_the_synthetic_domains(tmp_path: Path) -> None:
@@ -23,7 +23,14 @@ def test_demo_trains_the_ablation_rows_on_the_synthetic_domains(tmp_path: Path) 
         assert train_config.epochs == 9 and train_config.lr_step == 6 and train_config.neighbour_start_epoch == 3
         assert train_config.resume  # a killed demo continues where it stopped
         assert train_config.backbone_lr_mult == 1.0 and train_config.lr == 0.01
+        # Offline by design: random weights asked for explicitly, never a silent download.
+        assert train_config.model.pretrained is False and train_config.model.weights is None
     assert len({c.out for c in settings.values()}) == 4
+
+
+def test_demo_summary_reports_the_gap_of_ecn_over_source_only() -> None:
+    results = {"source only": {"rank1": 24.0, "mAP": 17.5}, "+E+C+N": {"rank1": 43.25, "mAP": 33.5}}
+    assert camera_invariance_gap(results) == {"rank1": 19.25, "mAP": 16.0}
 
 
 def test_demo_data_shifts_fashion_between_the_domains(tmp_path: Path) -> None:

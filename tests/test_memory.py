@@ -119,3 +119,21 @@ def test_alpha_for_epoch() -> None:
     assert alpha_for_epoch(0) == 0.0
     assert alpha_for_epoch(5) == pytest.approx(0.05)
     assert alpha_for_epoch(59) == pytest.approx(0.59)
+
+
+def test_logits_and_update_stay_float32_under_autocast() -> None:
+    """Under bf16 autocast (8 mantissa bits) a bf16 product would be off by ~0.1 at β = 0.05: the memory
+    must compute in float32 regardless, as published."""
+    torch.manual_seed(0)
+    memory = ExemplarMemory(50, dim=64)
+    memory.features.copy_(F.normalize(torch.randn(50, 64), dim=1))
+    f = F.normalize(torch.randn(8, 64), dim=1)
+    reference = f @ memory.features.t() / 0.05
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = memory.logits(f, beta=0.05)
+        assert z.dtype == torch.float32
+        torch.testing.assert_close(z, reference, atol=1e-5, rtol=1e-6)
+        update = F.normalize(torch.randn(4, 64), dim=1)
+        memory.update(update.to(torch.bfloat16), torch.tensor([0, 1, 2, 3]), alpha=0.0)
+    assert memory.features.dtype == torch.float32
+    torch.testing.assert_close(memory.features[:4], F.normalize(update.to(torch.bfloat16).float(), dim=1))

@@ -191,3 +191,51 @@ def test_beta_sampler_stays_in_unit_interval_and_is_seeded():
     assert torch.all((a >= 0) & (a <= 1))
     # Beta(0.1, 0.1) is U-shaped: most draws sit near 0 or 1.
     assert ((a < 0.1) | (a > 0.9)).float().mean() > 0.6
+
+
+def test_crossdomain_gives_source_samples_target_statistics():
+    """Two domains as separate batches (as the trainer runs them): every source sample's mixed statistics
+    come from a target sample, and every target sample's from a source sample."""
+    lam = 0.5
+    source = _distinct_batch(6)  # sample means 0, 10, ..., 50
+    target = _distinct_batch(6) + 1000.0  # far from every source mean
+    module = MixStyle(p=1.0, mix="crossdomain", lambda_sampler=_fixed_lambda(lam)).train()
+    torch.manual_seed(0)
+    mixed_target, mixed_source = module.forward_domains([target, source])
+    for own, other, out in ((source, target, mixed_source), (target, source, mixed_target)):
+        mean_own, _ = _stats(own)
+        mean_other, _ = _stats(other)
+        implied = (_stats(out)[0] - lam * mean_own) / (1 - lam)
+        distances = torch.cdist(implied, mean_other)
+        assert torch.all(distances.min(dim=1).values < 1e-2)  # an exact partner in the other domain...
+        assert torch.all(torch.cdist(implied, mean_own).min(dim=1).values > 100)  # ...never one of its own
+
+
+def test_crossdomain_reaches_the_source_branch_of_the_ecn_model():
+    from ecnreid.config import DGConfig, ModelConfig
+    from ecnreid.models.factory import build_ecn_model
+
+    dg = DGConfig(mixstyle_stages=("layer1",), mixstyle_p=1.0, mixstyle_mix="crossdomain")
+    model = build_ecn_model(ModelConfig(arch="resnet18", pretrained=False, embedding_dim=16), dg, 4).train()
+    seen: dict[str, torch.Tensor] = {}
+    mixstyle = next(m for m in model.modules() if isinstance(m, MixStyle))
+    mixstyle.lambda_sampler = _fixed_lambda(0.0)  # the partner's statistics alone
+    layer2 = model.backbone.stages["layer2"]
+    layer2.register_forward_pre_hook(lambda module, args: seen.setdefault(f"call{len(seen)}", args[0].detach()))
+    torch.manual_seed(0)
+    source, target = torch.randn(4, 3, 32, 16), torch.randn(4, 3, 32, 16) * 5 + 3
+    model.forward_domains(source, target)
+    mixed_target, mixed_source = seen["call0"], seen["call1"]
+    # With λ = 0 each output carries its partner's mean: the source batch now has the target batch's means.
+    target_means = mixed_target.mean(dim=(2, 3))
+    source_means = mixed_source.mean(dim=(2, 3))
+    with torch.no_grad():
+        plain_target = model.backbone.stages["layer1"](model.backbone.stages["stem"](target)).mean(dim=(2, 3))
+    assert torch.cdist(source_means, plain_target).min(dim=1).values.max() < 1e-3
+    assert torch.cdist(target_means, plain_target).min(dim=1).values.max() > 1e-3
+
+
+def test_crossdomain_refuses_a_single_domain():
+    module = MixStyle(p=1.0, mix="crossdomain").train()
+    with pytest.raises(EcnreidError, match="needs target images"):
+        module.forward_domains([torch.randn(4, 2, 3, 3)])
