@@ -4,7 +4,13 @@ Training uses the full-size networks (64 channels, 6 residual blocks, 6-layer cr
 256x128 and 128x64 inputs; one "iteration" is a critic step plus 1/n_critic of a generator step, as in
 training. Images are random textures drawn in a temporary folder (no dataset needed).
 
+Generation, the colour method and the bare JPEG writer (``ImageWriter``, Market-size 128x64 images) are
+each timed twice through the production code: ``durable=True`` (an fsync per image) and ``durable=False``
+(rename only, what ``prepare`` uses). ``--dir`` picks the file system written to (the default temporary
+folder may be a tmpfs, where fsync costs nothing).
+
     PYTHONPATH=. .venv/bin/python bench/camstyle_speed.py [--device cuda] [--iters 2] [--colour-images 600]
+        [--write-images 2000] [--dir FOLDER] [--no-train]
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import torch
 from PIL import Image
 
 from camstyle.colour import generate_colour_camstyle
-from camstyle.generate import generate_camstyle
+from camstyle.generate import ImageWriter, generate_camstyle
 from camstyle.stargan import ModelSpec
 from camstyle.trainer import StarGANConfig, TrainState, critic_step, generator_step
 from ecnreid.data.records import ImageRecord
@@ -79,28 +85,72 @@ def train_speed(image_size: tuple[int, int], iters: int, device: torch.device, c
     }
 
 
-def generation_speed(folder: Path, images: int, device: torch.device, cameras: int = 6) -> dict:
+def _both_ways(run, repeats: int) -> dict:
+    """``run(durable, tag)`` → (outputs, seconds), ``repeats`` times each way in ABBA order (so warm-up and drift
+    of a shared machine hit both alike); the best images/s of each way and their ratio."""
+    modes = {"no_fsync": False, "fsync": True}
+    order = [name for r in range(repeats) for name in (("no_fsync", "fsync") if r % 2 == 0 else ("fsync", "no_fsync"))]
+    best: dict[str, dict] = {}
+    for k, name in enumerate(order):
+        outputs, seconds = run(modes[name], f"{name}_{k}")
+        if name not in best or outputs / seconds > best[name]["images_per_s"]:
+            best[name] = {"outputs": outputs, "seconds": round(seconds, 2), "images_per_s": round(outputs / seconds, 1)}
+    speedup = round(best["no_fsync"]["images_per_s"] / best["fsync"]["images_per_s"], 2)
+    return {"repeats": repeats, **best, "speedup_without_fsync": speedup}
+
+
+def generation_speed(folder: Path, images: int, device: torch.device, repeats: int, cameras: int = 6) -> dict:
+    """``generate_camstyle`` (full-size generator, 4 writer threads) into a fresh folder per run."""
     records = _images(folder / "gen", images, cameras)
     generator = ModelSpec(num_cameras=cameras).build_generator()
-    start = time.perf_counter()
-    counts = generate_camstyle(
-        generator, records, cameras, folder / "gen_out", device=device, workers=2, progress=False
-    )
-    seconds = time.perf_counter() - start
-    return {"outputs": counts.written, "seconds": round(seconds, 2), "images_per_s": round(counts.written / seconds, 2)}
+
+    def run(durable: bool, tag: str) -> tuple[int, float]:
+        start = time.perf_counter()
+        counts = generate_camstyle(
+            generator,
+            records,
+            cameras,
+            folder / f"gen_{tag}",
+            device=device,
+            workers=2,
+            progress=False,
+            durable=durable,
+        )
+        return counts.written, time.perf_counter() - start
+
+    return {"source_images": images, **_both_ways(run, repeats)}
 
 
-def colour_speed(folder: Path, images: int, cameras: int = 6) -> dict:
+def colour_speed(folder: Path, images: int, repeats: int, cameras: int = 6) -> dict:
+    """``generate_colour_camstyle`` (camera statistics included) into a fresh folder per run."""
     records = _images(folder / "colour", images, cameras)
-    start = time.perf_counter()
-    counts, _ = generate_colour_camstyle(records, cameras, folder / "colour_out", workers=2, progress=False)
-    seconds = time.perf_counter() - start
-    return {
-        "source_images": images,
-        "outputs": counts.written,
-        "seconds": round(seconds, 2),
-        "outputs_per_s": round(counts.written / seconds, 1),
-    }
+
+    def run(durable: bool, tag: str) -> tuple[int, float]:
+        start = time.perf_counter()
+        counts, _ = generate_colour_camstyle(
+            records, cameras, folder / f"colour_{tag}", workers=2, progress=False, durable=durable
+        )
+        return counts.written, time.perf_counter() - start
+
+    return {"source_images": images, **_both_ways(run, repeats)}
+
+
+def write_speed(folder: Path, images: int, repeats: int, threads: int, size: tuple[int, int] = (64, 128)) -> dict:
+    """The bare write path of every CamStyle image: ``ImageWriter`` (JPEG encode + atomic write)."""
+    rng = np.random.default_rng(0)
+    # A few distinct frames reused: the encoder's cost depends on content, not on which array it is.
+    frames = [np.clip(rng.normal(120, 40, (size[1], size[0], 3)), 0, 255).astype(np.uint8) for _ in range(16)]
+
+    def run(durable: bool, tag: str) -> tuple[int, float]:
+        out = folder / f"write_{threads}_{tag}"
+        out.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        with ImageWriter(threads=threads, durable=durable) as writer:
+            for i in range(images):
+                writer.submit(frames[i % len(frames)], out / f"{i:06d}_c1_{i:05d}_fake_2.jpg")
+        return images, time.perf_counter() - start
+
+    return {"image_size": f"{size[1]}x{size[0]}", "threads": threads, **_both_ways(run, repeats)}
 
 
 def main() -> None:
@@ -109,6 +159,11 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=1, help="timed steps of each kind per input size")
     parser.add_argument("--gen-images", type=int, default=12, help="source images for the generation timing")
     parser.add_argument("--colour-images", type=int, default=600, help="source images for the colour timing")
+    parser.add_argument("--write-images", type=int, default=2000, help="images for the bare JPEG-writer timing")
+    parser.add_argument("--dir", type=Path, default=None, help="where the timed files are written (a temp folder)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs each way (fsync or not) of the write timings")
+    parser.add_argument("--gen-repeats", type=int, default=1, help="runs each way of the StarGAN generation timing")
+    parser.add_argument("--no-train", action="store_true", help="skip the StarGAN training timings")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -117,12 +172,19 @@ def main() -> None:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch_threads": torch.get_num_threads(),
         "batch_size": 16,
-        "train_256x128": train_speed((256, 128), args.iters, device),
-        "train_128x64": train_speed((128, 64), args.iters, device),
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        result["generation_256x128"] = generation_speed(Path(tmp), args.gen_images, device)
-        result["colour"] = colour_speed(Path(tmp), args.colour_images)
+    if not args.no_train:
+        result["train_256x128"] = train_speed((256, 128), args.iters, device)
+        result["train_128x64"] = train_speed((128, 64), args.iters, device)
+    if args.dir is not None:
+        args.dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        result["write_dir"] = tmp
+        # The production writer (4 threads), then one thread: the per-image cost an fsync adds, unhidden.
+        result["jpeg_writer"] = write_speed(Path(tmp), args.write_images, args.repeats, threads=4)
+        result["jpeg_writer_1_thread"] = write_speed(Path(tmp), args.write_images // 4, args.repeats, threads=1)
+        result["colour"] = colour_speed(Path(tmp), args.colour_images, args.repeats)
+        result["generation_256x128"] = generation_speed(Path(tmp), args.gen_images, device, args.gen_repeats)
     print(json.dumps(result))
 
 

@@ -58,7 +58,7 @@ def run(repeats: int) -> dict:
         same = torch.equal(nearest_slots(logits, K), nearest_slots_faiss(features, memory, K))
         matmul_ms = _median_ms(partial(torch.matmul, features, memory.t()), repeats)
         topk_ms = _median_ms(partial(nearest_slots, logits, K), repeats)
-        faiss_ms = _median_ms(partial(nearest_slots_faiss, features, memory, K, use_gpu=False), repeats)
+        faiss_ms = _median_ms(partial(nearest_slots_faiss, features, memory, K), repeats)
         result[name] = {
             "slots": slots,
             "logits_matmul_ms": matmul_ms,

@@ -61,6 +61,8 @@ class CheckReport:
 
 def _locate(path: Path) -> tuple[Path, Path]:
     """(CamStyle folder, dataset folder) from either of them."""
+    if path.exists() and not path.is_dir():
+        raise EcnreidError(f"--check {path}: is a file; expected the CamStyle folder or the dataset folder")
     if not path.is_dir():
         raise EcnreidError(f"--check {path}: folder does not exist")
     if (path / CAMSTYLE_FOLDER).is_dir():

@@ -177,8 +177,11 @@ def generate_colour_camstyle(
     workers: int = 2,
     writer_threads: int = 4,
     progress: bool = True,
+    durable: bool = False,
 ) -> tuple[GenerationCounts, CameraStyles]:
-    """Write the StarGAN-named CamStyle set made by colour-statistics transfer; skip files that exist."""
+    """Write the StarGAN-named CamStyle set made by colour-statistics transfer; skip files that exist.
+
+    ``durable`` fsyncs each image, as ``generate_camstyle`` does (off: a rerun regenerates what is lost)."""
     out_dir = Path(out_dir)
     if styles is None:
         styles = camera_styles(records, num_cameras, workers=workers, progress=progress)
@@ -189,7 +192,7 @@ def generate_colour_camstyle(
     stems = [Path(r.path).stem for r in records]
     loader = DataLoader(_ColourTransfer(records, todo, pending, styles), batch_size=None, num_workers=workers)
     written = 0
-    with make_progress() as bar, ImageWriter(threads=writer_threads) as writer:
+    with make_progress() as bar, ImageWriter(threads=writer_threads, durable=durable) as writer:
         task = bar.add_task("colour CamStyle", total=total, unit="img", info="", visible=progress)
         for pixels, index, cameras in loader:
             for rendering, camera in zip(pixels.numpy(), cameras.tolist(), strict=True):

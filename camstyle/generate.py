@@ -2,7 +2,10 @@
 
 Every target training image is rendered in every other camera's style and written as
 ``{stem}_fake_{c}.jpg`` (c 1-based) at the image's original size. Existing files are skipped, so a killed
-run picks up where it stopped; writes are atomic, so a file that exists is complete.
+run picks up where it stopped; writes are atomic, so a file that exists is complete. The images are not
+fsynced (``durable=False``): the rename alone keeps a killed process from leaving a half-written file, and
+an fsync per image is a disk flush each. Only a power loss or kernel crash can then leave an empty image,
+which ``prepare --check`` lists as corrupt (delete those and rerun).
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ def autocast_for(device: torch.device, enabled: bool = True):
 def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Generator, ModelSpec]:
     """The generator of a StarGAN checkpoint written by ``train_stargan`` (full or generator-only)."""
     path = Path(path)
+    if path.is_dir():
+        raise EcnreidError(f"{path}: is a folder; expected a generator checkpoint file")
     if not path.is_file():
         raise EcnreidError(f"{path}: generator checkpoint not found")
     try:
@@ -83,11 +88,15 @@ class ImageWriter:
     """Encodes and writes JPEGs on a thread pool (Pillow releases the GIL while encoding).
 
     At most ``max_pending`` images wait in memory; ``close`` waits for all and re-raises the first error.
+    ``durable`` fsyncs every file (see ``ecnreid.io.atomic_write_bytes``); off by default for bulk sets.
     """
 
-    def __init__(self, threads: int = 4, quality: int = JPEG_QUALITY, max_pending: int = 512) -> None:
+    def __init__(
+        self, threads: int = 4, quality: int = JPEG_QUALITY, max_pending: int = 512, durable: bool = False
+    ) -> None:
         self.quality = quality
         self.max_pending = max_pending
+        self.durable = durable
         self._pool = ThreadPoolExecutor(max_workers=max(1, threads))
         self._pending: deque[Future] = deque()
 
@@ -96,7 +105,7 @@ class ImageWriter:
         if size is not None and image.size != size:
             image = image.resize(size, Image.Resampling.BICUBIC)
         # Full-resolution chroma (4:4:4): a camera's style is largely its colour, which 4:2:0 would blur.
-        atomic_save_image(image, path, quality=self.quality, subsampling=0)
+        atomic_save_image(image, path, durable=self.durable, quality=self.quality, subsampling=0)
 
     def submit(self, pixels: np.ndarray, path: Path, size: tuple[int, int] | None = None) -> None:
         """Queue (H, W, 3) uint8 ``pixels`` for ``path``, resized to ``size`` = (width, height) if given."""
@@ -167,11 +176,12 @@ def generate_camstyle(
     workers: int = 2,
     writer_threads: int = 4,
     progress: bool = True,
+    durable: bool = False,
 ) -> GenerationCounts:
     """Write ``{stem}_fake_{c}.jpg`` for every record x every other camera; skip files that exist.
 
     The generator runs on batches of ``batch_size`` (image, target camera) pairs at ``image_size``; each
-    output is resized back to its source image's size.
+    output is resized back to its source image's size. ``durable`` fsyncs each image (slower; see the module).
     """
     out_dir = Path(out_dir)
     device = torch.device(device)
@@ -196,7 +206,7 @@ def generate_camstyle(
     stems = [Path(r.path).stem for r in records]
     generator = generator.to(device).eval()
     written = 0
-    with make_progress() as bar, ImageWriter(threads=writer_threads) as writer:
+    with make_progress() as bar, ImageWriter(threads=writer_threads, durable=durable) as writer:
         task = bar.add_task("generate CamStyle", total=total, unit="img", info="", visible=progress)
         for images, indices, widths, heights in loader:
             rows, cameras = todo[indices].nonzero(as_tuple=True)

@@ -31,7 +31,7 @@ from ecnreid.data.camstyle_names import count_schemes
 from ecnreid.data.datasets import read_dataset
 from ecnreid.data.records import ImageRecord
 from ecnreid.errors import EcnreidError
-from ecnreid.io import write_json
+from ecnreid.io import ensure_output_dir, require_file, sweep_stale_temp_files, write_json
 from ecnreid.progress import console
 from ecnreid.runtime import is_interruption, resolve_device
 
@@ -100,6 +100,11 @@ class PrepareConfig:
 def _validate(config: PrepareConfig) -> None:
     if config.method not in METHODS:
         raise EcnreidError(f"--method {config.method}: unknown; valid methods: {', '.join(METHODS)}")
+    root = Path(config.root)
+    if root.exists() and not root.is_dir():
+        raise EcnreidError(f"--root {root}: is a file; expected the dataset folder")
+    if config.method == "stargan" and config.generator is not None:
+        require_file(config.generator, "--generator", "StarGAN checkpoint file")
     if config.pseudo_cameras is not None and config.pseudo_cameras < 2:
         raise EcnreidError(f"--pseudo-cameras {config.pseudo_cameras}: needs at least 2 style clusters")
     if config.method != "stargan" or config.generator is not None:
@@ -165,6 +170,28 @@ def _pseudo_cameras(
     return grouped, info
 
 
+def _sweep(folder: Path) -> None:
+    """Remove what killed runs left in ``folder`` (hidden temp files of atomic writes), saying so if any."""
+    removed = sweep_stale_temp_files(folder)
+    if removed:
+        plural = "s" if removed != 1 else ""
+        console.print(f"removed {removed} stale temp file{plural} from {folder}", soft_wrap=True, highlight=False)
+
+
+def _work_dir(config: PrepareConfig, out: Path) -> Path:
+    """Where StarGAN trains (checkpoints, samples): ``--work-dir``, else beside the CamStyle folder."""
+    return Path(config.work_dir) if config.work_dir is not None else out.parent / f"{out.name}_stargan"
+
+
+def _prepare_work_dir(work_dir: Path, config: PrepareConfig) -> None:
+    """Create and sweep the StarGAN work folder before the (long) run, so a file in the way fails at once."""
+    ensure_output_dir(work_dir, "--work-dir")
+    _sweep(work_dir)
+    if config.sample_every:
+        # The trainer writes sample grids here; a file in the way would otherwise fail 1000 iterations in.
+        _sweep(ensure_output_dir(work_dir / "samples", "--work-dir"))
+
+
 def _stargan_set(
     config: PrepareConfig,
     records: list[ImageRecord],
@@ -174,7 +201,7 @@ def _stargan_set(
     summary: dict[str, Any],
 ) -> GenerationCounts | None:
     """Train (or load) the generator, then render the set; None when training was interrupted."""
-    work_dir = Path(config.work_dir) if config.work_dir is not None else out.parent / f"{out.name}_stargan"
+    work_dir = _work_dir(config, out)
     if config.generator is not None:
         generator, spec = load_generator(config.generator, device)
         summary["paths"]["generator"] = str(config.generator)
@@ -227,11 +254,12 @@ def run_prepare(config: PrepareConfig) -> dict[str, Any]:
     device = resolve_device(config.device)
     dataset = read_dataset(config.dataset, config.root, require_test=False)
     out = Path(config.out) if config.out is not None else Path(dataset.root) / CAMSTYLE_FOLDER
-    if out.exists() and not out.is_dir():
-        raise EcnreidError(f"--out {out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_output_dir(out, "--out")
     if count_schemes(out)["cyclegan"]:
         raise EcnreidError(f"--out {out}: already holds a CycleGAN-named set; choose another --out")
+    _sweep(out)
+    if config.method == "stargan" and config.generator is None:
+        _prepare_work_dir(_work_dir(config, out), config)
     records, pseudo = _pseudo_cameras(config, list(dataset.train), out)
     num_cameras = max(r.camid for r in records) + 1
     if num_cameras < 2:

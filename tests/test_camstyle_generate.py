@@ -9,7 +9,7 @@ from PIL import Image
 from camstyle.generate import generate_camstyle, load_generator, to_uint8
 from camstyle.prepare import PrepareConfig, interrupted_message, run_prepare
 from camstyle.stargan import Generator, ModelSpec
-from ecnreid.data.camstyle_dataset import CamStyleTargetDataset
+from ecnreid.data.camstyle_dataset import CamStyleTargetDataset, camstyle_coverage
 from ecnreid.data.records import ImageRecord
 from ecnreid.errors import EcnreidError
 from ecnreid.io import atomic_torch_save
@@ -74,7 +74,8 @@ def test_every_other_camera_is_written_at_the_original_size(tmp_path):
     # What was written is exactly what the camera-invariance dataset looks for.
     dataset = CamStyleTargetDataset(records, out, 3, None)
     assert dataset.scheme == "stargan"
-    assert all(dataset.style_path(i, c).exists() for i in range(3) for c in range(3)) and dataset.missing == 0
+    assert all(dataset.style_path(i, c).exists() for i in range(3) for c in range(3))
+    assert camstyle_coverage(records, out, 3).complete
 
 
 def test_fifteen_camera_names(tmp_path):

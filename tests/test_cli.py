@@ -288,6 +288,8 @@ def test_random_weights_are_explicit_recorded_and_frozen_stages_are_announced(tw
     assert "random initial weights" in said and "stem, layer1, layer2 stay frozen" in said
     for name in ("config.json", "metrics.json"):
         assert json.loads((out / name).read_text())["backbone_weights"] == {"kind": "random"}, name
+    # The result is the final epoch; nothing is picked on the target's test labels.
+    assert not (out / "best.pt").exists() and "(final)" in result.output
 
 
 def test_a_weights_file_is_recorded_with_its_sha256(two_domains, tmp_path: Path) -> None:
