@@ -146,3 +146,15 @@ def require_file(path: str | os.PathLike, option: str, what: str = "file") -> Pa
             raise EcnreidError(f"{label}: not found ({blocker} is a file, not a folder)")
         raise EcnreidError(f"{label}: {what} not found")
     return path
+
+
+def require_dir(path: str | os.PathLike, option: str, what: str = "folder") -> Path:
+    """``path`` as an existing folder for the command-line ``option``; a file or nothing there raises
+    ``EcnreidError("{option} {path}: ...")`` naming ``what`` was expected."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    label = f"{option} {path}" if option else str(path)
+    if path.exists():
+        raise EcnreidError(f"{label}: is a file; expected a {what}")
+    raise EcnreidError(f"{label}: {what} not found")

@@ -39,7 +39,7 @@ def test_architecture_names() -> None:
 @pytest.mark.parametrize("arch", sorted(EXPECTED_STAGES))
 def test_stages_shapes_and_channels(arch: str) -> None:
     torch.manual_seed(0)
-    backbone = build_backbone(arch).eval()
+    backbone = build_backbone(arch, pretrained=False).eval()
     x = torch.randn(2, 3, 64, 32)
     expected = EXPECTED_STAGES[arch]
     assert backbone.stage_names == STAGE_NAMES
@@ -52,7 +52,7 @@ def test_stages_shapes_and_channels(arch: str) -> None:
 
 
 def test_resnet50_channels_and_shared_modules() -> None:
-    backbone = build_backbone("resnet50")
+    backbone = build_backbone("resnet50", pretrained=False)
     assert backbone.stage_channels == {"stem": 64, "layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048}
     assert backbone.out_channels == 2048
     network = backbone.network
@@ -65,7 +65,7 @@ def test_resnet50_channels_and_shared_modules() -> None:
 
 
 def test_mobilenet_stages_share_torchvision_modules() -> None:
-    backbone = build_backbone("mobilenet_v2")
+    backbone = build_backbone("mobilenet_v2", pretrained=False)
     assert backbone.stages["layer4"][0] is backbone.network.features[14]
     assert backbone.stages["stem"][0] is backbone.network.features[0]
     # Sliced Sequentials keep torchvision's child keys.
@@ -86,18 +86,18 @@ def test_bad_last_stride() -> None:
 def test_last_stride_one_doubles_final_map(arch: str) -> None:
     x = torch.randn(2, 3, 64, 32)
     with torch.no_grad():
-        normal = build_backbone(arch).eval()(x)
-        stride1 = build_backbone(arch, last_stride=1).eval()(x)
+        normal = build_backbone(arch, pretrained=False).eval()(x)
+        stride1 = build_backbone(arch, pretrained=False, last_stride=1).eval()(x)
     assert normal.shape[2:] == (2, 1)
     assert stride1.shape[2:] == (4, 2)
     assert stride1.shape[1] == normal.shape[1]
 
 
 def test_last_stride_one_resnet50_convs() -> None:
-    block = build_backbone("resnet50", last_stride=1).stages["layer4"][0]
+    block = build_backbone("resnet50", pretrained=False, last_stride=1).stages["layer4"][0]
     assert block.conv2.stride == (1, 1)
     assert block.downsample[0].stride == (1, 1)
-    assert build_backbone("resnet50").stages["layer4"][0].conv2.stride == (2, 2)
+    assert build_backbone("resnet50", pretrained=False).stages["layer4"][0].conv2.stride == (2, 2)
 
 
 def test_insert_after_runs_in_order_on_stage_output() -> None:
@@ -112,7 +112,7 @@ def test_insert_after_runs_in_order_on_stage_output() -> None:
             calls.append((self.tag, tuple(x.shape)))
             return x
 
-    backbone = build_backbone("resnet18").eval()
+    backbone = build_backbone("resnet18", pretrained=False).eval()
     backbone.insert_after("layer2", Record("b"))
     backbone.insert_after("layer1", Record("a1"))
     backbone.insert_after("layer1", Record("a2"))
@@ -122,7 +122,7 @@ def test_insert_after_runs_in_order_on_stage_output() -> None:
 
 
 def test_inserted_module_changes_the_output() -> None:
-    backbone = build_backbone("resnet18").eval()
+    backbone = build_backbone("resnet18", pretrained=False).eval()
     backbone.insert_after("layer4", nn.ConstantPad2d(0, 0.0))  # identity: shape unchanged
     with torch.no_grad():
         x = torch.randn(2, 3, 64, 32)
@@ -136,7 +136,7 @@ def test_inserted_module_changes_the_output() -> None:
 
 
 def test_insert_after_unknown_stage() -> None:
-    backbone = build_backbone("resnet18")
+    backbone = build_backbone("resnet18", pretrained=False)
     with pytest.raises(EcnreidError, match="layer5.*stem, layer1, layer2, layer3, layer4"):
         backbone.insert_after("layer5", nn.Identity())
 
@@ -211,8 +211,8 @@ def test_weights_not_a_state_dict(tmp_path: Path) -> None:
     assert "not a state_dict" in _one_line_error(arch="resnet18", weights=path)
 
 
-def test_weights_and_pretrained_conflict(tmp_path: Path) -> None:
-    assert "not both" in _one_line_error(arch="resnet18", weights=tmp_path / "x.pth", pretrained=True)
+def test_weights_and_no_pretrained_conflict(tmp_path: Path) -> None:
+    assert "contradict" in _one_line_error(arch="resnet18", weights=tmp_path / "x.pth", pretrained=False)
 
 
 def test_pretrained_download_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,6 +10,7 @@ from PIL import Image
 from ecnreid.data.camstyle_dataset import (
     CamStyleTargetDataset,
     apply_pseudo_cameras,
+    camstyle_coverage,
     find_camstyle_dir,
     load_pseudo_cameras,
     pseudo_camera_keys,
@@ -69,7 +70,6 @@ def test_every_camera_maps_to_the_right_file(tmp_path, scheme):
             with Image.open(dataset.style_path(i, camera)) as image:
                 found = _decode(_first_pixel(image.convert("RGB")))
             assert found == (i, None if camera == own else camera)
-    assert dataset.missing == 0
 
 
 @pytest.mark.parametrize("scheme", ["stargan", "cyclegan"])
@@ -104,27 +104,34 @@ def test_without_camstyle_dir_every_item_is_the_original(tmp_path):
     assert all(_decode(dataset[i % 4][0]) == (i % 4, None) for i in range(40))
 
 
-def test_missing_file_falls_back_to_the_original_and_is_counted(tmp_path):
+def test_missing_file_is_a_one_line_error_not_the_original(tmp_path):
     records = _make_set(tmp_path, "stargan")
+    folder = tmp_path / "bounding_box_train_camstyle"
     stem = Path(records[2].path).stem
-    (tmp_path / "bounding_box_train_camstyle" / stargan_name(stem, 0)).unlink()
-    dataset = CamStyleTargetDataset(records, tmp_path / "bounding_box_train_camstyle", 3, _first_pixel)
-    assert dataset.style_path(2, 0) == Path(records[2].path)
-    assert dataset.missing == 1
+    (folder / stargan_name(stem, 0)).unlink()
+    coverage = camstyle_coverage(records, folder, 3)
+    assert (coverage.expected, coverage.present, coverage.first_missing) == (8, 7, folder / stargan_name(stem, 0))
+    dataset = CamStyleTargetDataset(records, folder, 3, _first_pixel)
+    assert dataset.style_path(2, 0) == folder / stargan_name(stem, 0)
     assert dataset.style_path(2, 2).name == stargan_name(stem, 2)
-    assert dataset.missing == 1
+    torch.manual_seed(0)
+    with pytest.raises(EcnreidError, match="CamStyle image missing") as error:
+        for _ in range(100):  # camera 0 is drawn with probability 1/3 each time
+            dataset[2]
+    assert "\n" not in str(error.value)
 
 
-def test_undecodable_file_falls_back_to_the_original_and_is_counted(tmp_path):
+def test_undecodable_file_is_a_one_line_error_not_the_original(tmp_path):
     records = _make_set(tmp_path, "stargan")
     folder = tmp_path / "bounding_box_train_camstyle"
     for path in folder.iterdir():
         path.write_bytes(path.read_bytes()[:20])  # truncated headers: nothing decodes
     dataset = CamStyleTargetDataset(records, folder, 3, _first_pixel)
     torch.manual_seed(0)
-    found = [_decode(dataset[i % 4][0]) for i in range(40)]
-    assert found == [(i % 4, None) for i in range(40)]
-    assert dataset.unreadable > 10 and dataset.missing == 0  # about 2/3 of the draws hit another camera
+    with pytest.raises(EcnreidError, match="cannot decode") as error:
+        for i in range(40):  # about 2/3 of the draws hit another camera's file
+            dataset[i % 4]
+    assert "\n" not in str(error.value)
 
 
 def test_camera_outside_the_target_is_an_error(tmp_path):

@@ -20,7 +20,7 @@ KEYS = {"feature_map", "pool5", "source_logits", "target_embedding"}
 def _model(arch: str = "resnet18", **kwargs) -> ECNModel:
     torch.manual_seed(0)
     kwargs.setdefault("embedding_dim", 64)
-    return ECNModel(build_backbone(arch), num_source_classes=5, **kwargs)
+    return ECNModel(build_backbone(arch, pretrained=False), num_source_classes=5, **kwargs)
 
 
 @pytest.mark.parametrize(("arch", "channels"), [("resnet18", 512), ("mobilenet_v2", 1280)])

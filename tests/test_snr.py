@@ -149,7 +149,9 @@ def test_dual_causality_terms_equal_log2_when_entropies_match_and_entropy_values
     expected_peaked = _entropy([10.0, 0, 0, 0, 0])
     torch.testing.assert_close(prediction_entropy(peaked), torch.full((3,), expected_peaked))
     restitution, contamination = dual_causality_terms(peaked, uniform, uniform)
-    assert torch.all(restitution < LOG2) and torch.all(contamination == LOG2)
+    assert torch.all(restitution < LOG2)
+    # softplus(0) is log 2 to within log1p's accuracy (1 ulp in the vectorised kernels, not correctly rounded).
+    torch.testing.assert_close(contamination, torch.full((3,), LOG2))
 
 
 def test_gradient_routing_probe_vs_backbone():

@@ -219,7 +219,7 @@ def k_reciprocal_rerank(
     lambda_value: float = 0.3,
     block_size: int = 2048,
 ) -> Tensor:
-    """Re-ranked query x gallery distance ``[Q, G]`` (float32) from features ``[Q, D]`` and ``[G, D]``.
+    """Re-ranked query x gallery distance ``[Q, G]`` (float32, in [0, 1]) from features ``[Q, D]`` and ``[G, D]``.
 
     ``(1 - lambda) * Jaccard + lambda * original``; see the module docstring for the definitions.
     One ``block_size`` x ``block_size`` block of the ``N x N`` distances exists at a time.
@@ -248,7 +248,9 @@ def k_reciprocal_rerank(
     v = _encoding(features, neighbours, k1)
     if k2 > 1:
         v = _local_query_expansion(v, neighbours.indices, k2)
-    shared = _shared_mass(v, num_query, len(gallery_features))
+    # Rows of V sum to one only up to rounding, so two equal rows can share 1 + 1e-7: capping the shared mass
+    # at 1 keeps the Jaccard distance in [0, 1] as defined, and with it the result.
+    shared = _shared_mass(v, num_query, len(gallery_features)).clamp_max_(1.0)
     # Jaccard = 1 - shared / (2 - shared); the result is lambda * original + (1 - lambda) * Jaccard, in place.
     ratio = shared.div_(2.0 - shared)
     return original.mul_(lambda_value).add_(1.0 - lambda_value).sub_(ratio, alpha=1.0 - lambda_value)
