@@ -136,3 +136,17 @@ def test_neighbourhood_loss_with_faiss_neighbours_equals_topk() -> None:
     assert torch.allclose(neighbourhood_loss(logits, indices, k=6, neighbours=neighbours), expected)
     # Different neighbours change the loss: the argument is really used.
     assert not torch.allclose(neighbourhood_loss(logits, indices, k=6, neighbours=neighbours.flip(0)), expected)
+
+
+def test_knn_backend_searches_on_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ecnreid.losses as losses
+
+    assert losses.knn_backend("topk", torch.device("cuda")) == "topk"
+    assert losses.knn_backend("faiss", torch.device("cpu")) == "faiss-cpu"
+    # On CUDA: a faiss GPU search where faiss sees a GPU, else top-k on the device (never a host copy).
+    monkeypatch.setattr(losses, "faiss_gpu_count", lambda: 1)
+    assert losses.knn_backend("faiss", torch.device("cuda")) == "faiss-gpu"
+    monkeypatch.setattr(losses, "faiss_gpu_count", lambda: 0)
+    assert losses.knn_backend("faiss", torch.device("cuda")) == "topk"
+    with pytest.raises(EcnreidError, match="--knn annoy"):
+        losses.knn_backend("annoy", torch.device("cpu"))
