@@ -72,6 +72,7 @@ class PrepareConfig:
     n_critic: int = 5  # critic steps per generator step (StarGAN: 5)
     lr: float = 1e-4  # Adam learning rate of both networks (StarGAN: 1e-4)
     lambda_rec: float = 10.0  # weight of the cycle reconstruction (StarGAN: 10)
+    amp: bool = False  # bf16 autocast for StarGAN training on CUDA (StarGAN: fp32)
     progress: bool = True
 
     def stargan_config(self) -> StarGANConfig:
@@ -89,6 +90,7 @@ class PrepareConfig:
             g_lr=self.lr,
             d_lr=self.lr,
             lambda_rec=self.lambda_rec,
+            amp=self.amp,
             seed=self.seed,
             workers=self.workers,
             sample_every=self.sample_every,

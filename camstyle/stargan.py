@@ -44,6 +44,16 @@ class CameraInstanceNorm(nn.Module):
         return self.norm(x) * scale + shift
 
 
+def inverse_tanh(images: torch.Tensor) -> torch.Tensor:
+    """atanh of ``images`` clamped to [-0.999, 0.999], in fp32 with autocast off, whatever the input dtype.
+
+    In bf16 the clamp bound 0.999 rounds to 1.0 and atanh(1) is inf, which pins those output pixels at ±1;
+    in fp32 the skip stays within ±3.8.
+    """
+    with torch.autocast(device_type=images.device.type, enabled=False):
+        return torch.atanh(images.float().clamp(-0.999, 0.999))
+
+
 def _run(layers: nn.Sequential, x: torch.Tensor, cameras: torch.Tensor | None) -> torch.Tensor:
     """``layers`` in order, handing the target cameras to the layers that are conditioned on them."""
     for layer in layers:
@@ -135,7 +145,7 @@ class Generator(nn.Module):
         tiled = onehot.view(n, self.num_cameras, 1, 1).expand(n, self.num_cameras, h, w)
         out = _run(self.main, torch.cat([images, tiled], dim=1), cameras.long())
         if self.residual:
-            out = out + torch.atanh(images.clamp(-0.999, 0.999))
+            out = out.float() + inverse_tanh(images)
         return torch.tanh(out)
 
 

@@ -57,7 +57,7 @@ class StarGANConfig:
     decay_from: float = 0.5  # fraction of ``iters`` after which the learning rates fall linearly to 0
     seed: int = 0
     workers: int = 4
-    amp: bool = True
+    amp: bool = False  # bf16 autocast on CUDA; off as in published StarGAN (fp32)
     sample_every: int = 1000
     checkpoint_every: int = 1000
     log_every: int = 10
@@ -157,15 +157,18 @@ def sample_images(records: Sequence[ImageRecord], rows: int, image_size: tuple[i
 
 @torch.no_grad()
 def render_sample_grid(
-    generator: Generator, images: torch.Tensor, num_cameras: int, device: torch.device
+    generator: Generator, images: torch.Tensor, num_cameras: int, device: torch.device, amp: bool = False
 ) -> Image.Image:
-    """A PNG-ready grid: one row per image; columns are the original, then the image in each camera's style."""
+    """A PNG-ready grid: one row per image; columns are the original, then the image in each camera's style.
+
+    ``amp``: bf16 autocast on CUDA, as the training run it samples.
+    """
     rows, _, h, w = images.shape
     was_training = generator.training
     generator.eval()
     inputs = images.repeat_interleave(num_cameras, dim=0).to(device)
     cameras = torch.arange(num_cameras, device=device).repeat(rows)
-    with autocast_for(device):
+    with autocast_for(device, amp):
         fakes = generator(inputs, cameras).float().cpu()
     generator.train(was_training)
     tiles = torch.cat([images.unsqueeze(1), fakes.view(rows, num_cameras, 3, h, w)], dim=1)
@@ -379,7 +382,7 @@ def train_stargan(
                     _save_checkpoint(checkpoint_path, state, spec, config)
                 if config.sample_every and state.iteration % config.sample_every == 0:
                     path = out_dir / "samples" / f"iter_{state.iteration:07d}.png"
-                    atomic_save_image(render_sample_grid(generator, fixed, num_cameras, device), path)
+                    atomic_save_image(render_sample_grid(generator, fixed, num_cameras, device, config.amp), path)
                     samples.append(path)
         except (KeyboardInterrupt, RuntimeError) as exc:
             if not is_interruption(exc):

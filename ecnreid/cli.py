@@ -213,8 +213,17 @@ def train_command(
     mixstyle_p: Annotated[float, typer.Option(help="MixStyle probability.")] = 0.5,
     mixstyle_alpha: Annotated[float, typer.Option(help="MixStyle Beta(α, α).")] = 0.1,
     mixstyle_mix: Annotated[str, typer.Option(help="random or crossdomain.")] = "random",
-    snr: Annotated[str | None, typer.Option(help="SNR after these stages, e.g. layer2,layer3,layer4.")] = None,
-    snr_weight: Annotated[float, typer.Option(help="Weight of the SNR dual causality loss.")] = 0.1,
+    snr: Annotated[
+        str | None,
+        typer.Option(help="SNR after these stages; the paper's re-ID placement is layer1,layer2,layer3,layer4."),
+    ] = None,
+    snr_weight: Annotated[
+        float | None,
+        typer.Option(
+            help="One weight for every SNR's dual causality loss (default: the paper's, 0.1 after layer1 and"
+            " layer2, 0.5 after layer3 and layer4)."
+        ),
+    ] = None,
     rsc: Annotated[bool, typer.Option(help="Representation Self-Challenging on the source branch.")] = False,
     rsc_spatial: Annotated[float, typer.Option(help="RSC fraction of spatial positions masked.")] = 1 / 3,
     rsc_channel: Annotated[float, typer.Option(help="RSC fraction of channels masked.")] = 1 / 3.2,
@@ -322,6 +331,9 @@ def prepare_command(
     sample_every: Annotated[int, typer.Option(help="Write a sample grid PNG every N iterations.")] = 1000,
     checkpoint_every: Annotated[int, typer.Option(help="Save a checkpoint every N iterations.")] = 1000,
     resume: Annotated[bool, typer.Option(help="Continue StarGAN training from its last checkpoint.")] = False,
+    amp: Annotated[
+        bool, typer.Option(help="bf16 autocast for StarGAN training on CUDA (published StarGAN trains in fp32).")
+    ] = False,
     device: Device = "auto",
     workers: Workers = 4,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -354,6 +366,7 @@ def prepare_command(
         n_critic=n_critic,
         lr=lr,
         lambda_rec=lambda_rec,
+        amp=amp,
         seed=seed,
         pseudo_cameras=pseudo_cameras,
         sample_every=sample_every,

@@ -36,6 +36,12 @@ class ModelConfig:
     dropout: float = 0.5
 
 
+# SNR's re-ID setting (Jin et al., CVPR 2020, Sec. 3.3): an SNR after each of the four ResNet-50 stages, with
+# dual causality loss weights λ_b = 0.1 for stages 1-2 and 0.5 for stages 3-4 (closer to the identity task).
+SNR_PAPER_STAGES: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4")
+SNR_PAPER_WEIGHTS: dict[str, float] = {"layer1": 0.1, "layer2": 0.1, "layer3": 0.5, "layer4": 0.5}
+
+
 @dataclass(frozen=True)
 class DGConfig:
     """Domain-generalisation modules (MixStyle, SNR, RSC); all off by default."""
@@ -45,7 +51,7 @@ class DGConfig:
     mixstyle_alpha: float = 0.1
     mixstyle_mix: str = "random"
     snr_stages: tuple[str, ...] = ()
-    snr_weight: float = 0.1
+    snr_weight: float | None = None  # one λ for every SNR; None: the paper's per-stage SNR_PAPER_WEIGHTS
     rsc: bool = False
     rsc_spatial: float = 1 / 3
     rsc_channel: float = 1 / 3.2
@@ -54,6 +60,13 @@ class DGConfig:
     @property
     def any(self) -> bool:
         return bool(self.mixstyle_stages or self.snr_stages or self.rsc)
+
+    def snr_loss_weight(self, stage: str) -> float:
+        """λ of the dual causality loss of the SNR after ``stage``: ``snr_weight``, else the paper's value
+        (the paper has no SNR after the stem; it gets the early stages' 0.1)."""
+        if self.snr_weight is not None:
+            return self.snr_weight
+        return SNR_PAPER_WEIGHTS.get(stage, SNR_PAPER_WEIGHTS["layer1"])
 
 
 @dataclass(frozen=True)

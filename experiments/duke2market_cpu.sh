@@ -34,8 +34,10 @@ colour_set() {
   [ -d "$camstyle_colour" ] ||
     "$ECNREID" prepare --dataset market1501 --root "$DATA/market1501" --method colour --out "$camstyle_colour"
 }
-# The published module settings (MixStyle after the first two stages, SNR after the last three, RSC on).
-declare -A module_flags=([mixstyle]="--mixstyle layer1,layer2" [snr]="--snr layer2,layer3,layer4" [rsc]="--rsc")
+# Each paper's own setting: MixStyle after the first two stages (its re-ID setting); SNR after all four stages
+# with the paper's loss weights (the --snr-weight default: 0.1 after layer1/layer2, 0.5 after layer3/layer4);
+# RSC with its default fractions (--rsc-spatial 1/3, --rsc-channel 1/3.2, --rsc-batch 1/3).
+declare -A module_flags=([mixstyle]="--mixstyle layer1,layer2" [snr]="--snr layer1,layer2,layer3,layer4" [rsc]="--rsc")
 
 for setting in "$@"; do
   case "$setting" in

@@ -113,3 +113,18 @@ def test_prepare_sweeps_the_stargan_work_dir_and_fsyncs_only_its_metadata(
     images = {name for name in writes if name.endswith(".jpg")}
     assert len(images) == 18 and not any(writes[name] for name in images)
     assert writes["checkpoint.pt"] and writes["generator.pt"] and writes["prepare.json"]
+
+
+@pytest.mark.parametrize(("flags", "amp"), [((), False), (("--no-amp",), False), (("--amp",), True)])
+def test_prepare_trains_stargan_in_fp32_unless_amp(
+    target: Path, monkeypatch: pytest.MonkeyPatch, flags: tuple[str, ...], amp: bool
+) -> None:
+    import camstyle.prepare
+
+    built = []
+    monkeypatch.setattr(camstyle.prepare, "run_prepare", lambda config: built.append(config) or {})
+    result = runner.invoke(app, _prepare(target, *flags))
+    assert result.exit_code == 0, result.output
+    (config,) = built
+    assert config.amp is amp
+    assert config.stargan_config().amp is amp  # what train_stargan's autocast_for receives

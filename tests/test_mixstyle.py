@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -24,7 +26,8 @@ def _fixed_lambda(value: float):
 
 
 def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample, per-channel mean and population std over H, W: [B, C] each."""
+    """Per-sample, per-channel mean and population std over H, W: [B, C] each (the module's unbiased std is
+    a common factor sqrt(n/(n-1)) larger for every sample of one map size, so mixing is the same)."""
     return x.mean(dim=(2, 3)), x.var(dim=(2, 3), correction=0).sqrt()
 
 
@@ -239,3 +242,35 @@ def test_crossdomain_refuses_a_single_domain():
     module = MixStyle(p=1.0, mix="crossdomain").train()
     with pytest.raises(EcnreidError, match="needs target images"):
         module.forward_domains([torch.randn(4, 2, 3, 3)])
+
+
+def test_statistics_use_the_unbiased_variance_plus_eps():
+    """σ = sqrt(var + eps) with the unbiased variance (the authors' ``x.var(dim=[2, 3])``), eps 1e-6."""
+    module = MixStyle()
+    assert module.eps == 1e-6
+    # One channel, values 1, 3, 1, 3: mean 2, unbiased variance 4/3 (population variance would be 1).
+    x = torch.tensor([[[[1.0, 3.0], [1.0, 3.0]]]], dtype=torch.float64)
+    mean, std = module._statistics(x)
+    assert mean.item() == pytest.approx(2.0)
+    assert std.item() == pytest.approx(math.sqrt(4 / 3 + 1e-6), rel=1e-12)
+
+
+def test_restyling_matches_the_formula_with_unbiased_statistics_on_tiny_variances():
+    # Variances near eps, where biased and unbiased statistics give visibly different outputs.
+    torch.manual_seed(4)
+    x = torch.randn(2, 3, 3, 2, dtype=torch.float64) * torch.tensor([1e-3, 4e-3]).view(-1, 1, 1, 1)
+    lam = 0.3
+    # Two samples, one per half: crossdomain pairs them with each other.
+    module = MixStyle(p=1.0, mix="crossdomain", lambda_sampler=_fixed_lambda(lam)).train()
+    y = module(x)
+    partner = torch.tensor([1, 0])
+    mu = x.mean(dim=(2, 3), keepdim=True)
+    sig = (x.var(dim=(2, 3), keepdim=True) + 1e-6).sqrt()
+    expected = (x - mu) / sig * (lam * sig + (1 - lam) * sig[partner]) + lam * mu + (1 - lam) * mu[partner]
+    torch.testing.assert_close(y, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_a_single_position_map_has_no_unbiased_variance():
+    module = MixStyle(p=1.0).train()
+    with pytest.raises(EcnreidError, match="at least 2 positions"):
+        module(torch.randn(4, 3, 1, 1))

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from ecnreid.config import SNR_PAPER_STAGES, DGConfig
 from ecnreid.errors import EcnreidError
 from ecnreid.models.snr import (
     SNR,
@@ -17,6 +20,7 @@ from ecnreid.models.snr import (
     prediction_entropy,
     snr_causality_loss,
     snr_classifier_loss,
+    snr_modules,
 )
 
 LOG2 = math.log(2.0)
@@ -207,3 +211,61 @@ def test_collect_sums_over_modules_and_reports_misuse():
         collect_snr_losses(model, labels)
     with pytest.raises(EcnreidError, match="no SNR module"):
         collect_snr_losses(nn.Sequential(nn.ReLU()), labels)
+
+
+def test_paper_setting_is_the_default_weights_after_all_four_stages():
+    """Jin et al. (CVPR 2020), Sec. 3.3: an SNR after each of the four stages, λ_b = 0.1, 0.1, 0.5, 0.5."""
+    assert SNR_PAPER_STAGES == ("layer1", "layer2", "layer3", "layer4")
+    default = DGConfig()
+    assert default.snr_stages == ()  # off unless asked for
+    assert default.snr_weight is None
+    assert [default.snr_loss_weight(stage) for stage in SNR_PAPER_STAGES] == [0.1, 0.1, 0.5, 0.5]
+    assert default.snr_loss_weight("stem") == 0.1
+    assert [DGConfig(snr_weight=0.3).snr_loss_weight(s) for s in SNR_PAPER_STAGES] == [0.3] * 4
+
+
+def test_the_paper_setting_builds_four_weighted_snrs_and_their_loss():
+    from ecnreid.config import ModelConfig
+    from ecnreid.models.dg import dg_source_loss
+    from ecnreid.models.factory import build_ecn_model
+
+    torch.manual_seed(5)
+    dg = DGConfig(snr_stages=SNR_PAPER_STAGES)
+    model = build_ecn_model(ModelConfig(arch="resnet18", pretrained=False, embedding_dim=16), dg, 3).train()
+    modules = snr_modules(model)
+    assert [m.channels for m in modules] == [64, 128, 256, 512]
+    assert [m.loss_weight for m in modules] == [0.1, 0.1, 0.5, 0.5]
+    assert [list(model.backbone.inserted[s]) for s in SNR_PAPER_STAGES] == [[m] for m in modules]
+
+    labels = torch.tensor([0, 1, 2, 1])
+    model(torch.randn(4, 3, 64, 32))
+    expected = sum(m.loss_weight * snr_causality_loss(m) + snr_classifier_loss(m, labels) for m in modules)
+    assert dg_source_loss(model, labels, dg).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_train_cli_snr_weight_defaults_to_the_paper_and_overrides(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    import ecnreid.engine.trainer
+    import ecnreid.evaluation.runner
+    from ecnreid.cli import app
+
+    built = []
+    monkeypatch.setattr(ecnreid.engine.trainer, "train", built.append)
+    monkeypatch.setattr(ecnreid.evaluation.runner, "render_train_summary", lambda summary: "")
+    base = ["train", "--source", "synthetic", "--source-root", str(tmp_path), "--target", "synthetic"]
+    base += ["--target-root", str(tmp_path), "--snr", ",".join(SNR_PAPER_STAGES)]
+    for extra in ([], ["--snr-weight", "0.25"]):
+        result = CliRunner().invoke(app, [*base, *extra])
+        assert result.exit_code == 0, result.output
+    paper, override = (config.dg for config in built)
+    assert paper == DGConfig(snr_stages=SNR_PAPER_STAGES)
+    assert [paper.snr_loss_weight(s) for s in SNR_PAPER_STAGES] == [0.1, 0.1, 0.5, 0.5]
+    assert override.snr_weight == 0.25
+
+
+def test_experiments_script_runs_snr_in_the_paper_setting():
+    script = (Path(__file__).parents[1] / "experiments" / "duke2market_cpu.sh").read_text()
+    flags = re.search(r"\[snr\]=\"([^\"]*)\"", script)
+    assert flags is not None
+    assert flags.group(1) == "--snr " + ",".join(SNR_PAPER_STAGES)  # and no --snr-weight: the paper's λ_b

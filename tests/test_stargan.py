@@ -1,4 +1,7 @@
+import contextlib
 import json
+import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +10,14 @@ import torch
 from PIL import Image
 
 import camstyle.trainer as trainer_module
-from camstyle.stargan import CameraInstanceNorm, Discriminator, Generator, ModelSpec, gradient_penalty
+from camstyle.stargan import (
+    CameraInstanceNorm,
+    Discriminator,
+    Generator,
+    ModelSpec,
+    gradient_penalty,
+    inverse_tanh,
+)
 from camstyle.trainer import StarGANConfig, learning_rate, render_sample_grid, train_stargan
 from ecnreid.data.records import ImageRecord
 from ecnreid.errors import EcnreidError
@@ -255,3 +265,51 @@ def test_too_few_cameras_or_images_is_a_user_error(tmp_path):
         train_stargan(records, 1, _tiny(), tmp_path / "run")
     with pytest.raises(EcnreidError, match="fewer than one batch"):
         train_stargan(records, 2, _tiny(), tmp_path / "run")
+
+
+def test_residual_skip_stays_fp32_and_finite_under_cpu_bf16_autocast():
+    """In the cycle, the generator's bf16 output goes back in; 0.999 rounds to 1.0 in bf16, where atanh is
+    inf and its gradient nan. The skip must be taken in fp32 whatever the autocast dtype."""
+    assert torch.tensor(0.999, dtype=torch.bfloat16).item() == 1.0  # why the clamp must not run in bf16
+    torch.manual_seed(0)
+    generator = Generator(2, conv_dim=8, repeat_num=1, residual=True)
+    with torch.no_grad():
+        generator.main[-1].weight.normal_(0, 0.01)  # a generator that has started to learn
+    pixels = torch.tensor([-1.0, -0.9995, -0.5, 0.0, 0.5, 0.9995, 1.0, 0.25])
+    images = pixels.repeat(2 * 3 * 8 * 4 // 8).view(2, 3, 8, 4).to(torch.bfloat16).requires_grad_()
+    cameras = torch.tensor([0, 1])
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        skip = inverse_tanh(images)
+        out = generator(images, cameras)
+    assert skip.dtype == torch.float32 and torch.isfinite(skip).all()
+    assert skip.abs().max().item() == pytest.approx(math.atanh(0.999), rel=1e-5)  # ±1 clamped to ±0.999
+    assert torch.isfinite(out).all()
+    assert out.abs().max().item() < 1.0  # fp32 output: near-saturated pixels stay where training can move them
+    out.float().sum().backward()
+    assert torch.isfinite(images.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in generator.parameters() if p.grad is not None)
+
+
+def test_stargan_trains_in_fp32_unless_amp(tmp_path, monkeypatch):
+    assert StarGANConfig().amp is False  # published StarGAN trains in fp32
+    records = _tree(tmp_path, cameras=2, per_camera=2)
+    seen = []
+    real = trainer_module.autocast_for
+
+    def record(device, enabled=True):
+        seen.append(enabled)
+        return real(device, enabled)
+
+    monkeypatch.setattr(trainer_module, "autocast_for", record)
+    train_stargan(records, 2, _tiny(iters=1, sample_every=1), tmp_path / "run")
+    assert len(seen) >= 4 and not any(seen)  # critic, penalty, generator steps and the sample grid
+
+    # The context each call gets: nothing on the CPU, bf16 autocast on CUDA only when amp is on.
+    cuda = torch.device("cuda")
+    assert isinstance(real(cuda, False), contextlib.nullcontext)
+    assert isinstance(real(torch.device("cpu"), True), contextlib.nullcontext)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # CUDA absent on this machine: torch warns that it would be disabled
+        on = real(cuda, True)
+    assert isinstance(on, torch.autocast) and on.fast_dtype == torch.bfloat16 and on.device == "cuda"

@@ -20,7 +20,7 @@ def attach_dg_modules(backbone: Backbone, dg: DGConfig) -> None:
     for stage in dg.snr_stages:
         if stage not in backbone.stage_channels:
             raise EcnreidError(f"--snr {stage}: unknown stage; valid stages: {', '.join(backbone.stage_channels)}")
-        backbone.insert_after(stage, SNR(backbone.stage_channels[stage]))
+        backbone.insert_after(stage, SNR(backbone.stage_channels[stage], loss_weight=dg.snr_loss_weight(stage)))
 
 
 def attach_snr_probes(model: nn.Module, num_classes: int) -> None:
@@ -37,11 +37,12 @@ def build_rsc(dg: DGConfig) -> RSC | None:
 
 
 def dg_source_loss(model: nn.Module, labels: torch.Tensor, dg: DGConfig) -> torch.Tensor | float:
-    """Extra source loss of the DG modules: SNR's dual causality loss (weighted) plus its probes' CE.
+    """Extra source loss of the DG modules: SNR's dual causality losses (each weighted by its stage's λ_b,
+    ``DGConfig.snr_loss_weight``) plus its probes' CE.
 
     Call it right after the source batch's forward pass (SNR keeps that pass's pooled vectors).
     """
     if not dg.snr_stages:
         return 0.0
     losses = collect_snr_losses(model, labels)
-    return dg.snr_weight * losses.causality + losses.classification
+    return losses.causality + losses.classification

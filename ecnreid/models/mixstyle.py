@@ -52,7 +52,7 @@ class MixStyle(nn.Module):
     """Re-style each sample with statistics mixed between it and a partner sample.
 
     With probability ``p`` per forward call (training mode, activation status on): per-sample, per-channel
-    mean μ and std σ over H, W are taken (detached, population variance so a 1×1 map is fine),
+    mean μ and std σ over H, W are taken (detached; the unbiased variance, as the authors' code, so H·W > 1),
     ``x̂ = (x − μ)/σ``, ``λ ~ Beta(α, α)`` per sample, and the output is
     ``x̂·(λσ + (1−λ)σ_partner) + (λμ + (1−λ)μ_partner)``. Shape [B, C, H, W] in and out.
 
@@ -103,9 +103,17 @@ class MixStyle(nn.Module):
         return beta.sample((batch_size,)).to(device=device, dtype=dtype)
 
     def _statistics(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Detached per-sample, per-channel mean and std over H, W: [B, C, 1, 1] each."""
+        """Detached per-sample, per-channel mean and std over H, W: [B, C, 1, 1] each.
+
+        σ = sqrt(unbiased variance + eps), the authors' ``x.var(dim=[2, 3])`` (torch's default correction=1).
+        """
+        if x.shape[2] * x.shape[3] < 2:
+            raise EcnreidError(
+                f"MixStyle needs feature maps of at least 2 positions for the unbiased variance, got "
+                f"{tuple(x.shape[2:])}; insert it after an earlier stage"
+            )
         mean = x.mean(dim=(2, 3), keepdim=True).detach()
-        std = (x.var(dim=(2, 3), keepdim=True, correction=0) + self.eps).sqrt().detach()
+        std = (x.var(dim=(2, 3), keepdim=True, correction=1) + self.eps).sqrt().detach()
         return mean, std
 
     def _restyle(self, x: Tensor, mean: Tensor, std: Tensor, partner_mean: Tensor, partner_std: Tensor) -> Tensor:

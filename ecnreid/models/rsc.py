@@ -1,15 +1,17 @@
 """RSC: Representation Self-Challenging (Huang et al., "Self-Challenging Improves Cross-Domain
 Generalization", ECCV 2020).
 
-On the labelled source batch, RSC zeroes the most label-predictive part of the last feature map (ranked by
-the gradient of the true-class logit) for the samples where that hurts most, so the head has to learn from
-the remaining evidence. The caller runs its head again on the masked map::
+On the labelled source batch, RSC zeroes the most label-predictive part of the last feature map for the
+samples where that hurts most, so the head has to learn from the remaining evidence. Positions are ranked by
+their Grad-CAM score ``Σ_c F[c, h, w] · mean_hw(∂y/∂F)[c]`` (y the true-class logit), channels by their
+spatial-mean gradient ``mean_hw(∂y/∂F)[c]``. The caller runs its head again on the masked map::
 
     feature_map = rsc(feature_map, labels, lambda fm: model.forward_head(fm)["source_logits"])
     logits = model.forward_head(feature_map)["source_logits"]
 
-Counts are exact: ``ceil(fraction × size)`` positions, channels and samples are masked (at least one),
-as the official code rounds the position and channel counts up.
+Counts are exact: ``ceil(fraction × size)`` positions and channels are masked (at least one), as the official
+code rounds them up; of the ``ceil(batch_fraction × B)`` samples whose confidence drops most, only those whose
+drop exceeds ``MIN_CONFIDENCE_DROP`` are challenged.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ from torch import Tensor, nn
 from ecnreid.errors import EcnreidError
 
 Head = Callable[[Tensor], Tensor]
+
+# The official code challenges a sample only if its true-class confidence fell by more than this under its mask:
+# a sample the mask does not hurt has nothing to be challenged on.
+MIN_CONFIDENCE_DROP = 1e-4
 
 
 def masked_count(fraction: float, size: int) -> int:
@@ -58,12 +64,13 @@ def _eval_mode(module: nn.Module | None) -> Iterator[None]:
 
 
 class RSC(nn.Module):
-    """Mask the top-gradient spatial positions or channels of a feature map [B, C, H, W].
+    """Mask the top-scoring spatial positions or channels of a feature map [B, C, H, W].
 
     In training (and while ``enabled``): with probability ``spatial_prob`` the positions with the largest
-    channel-mean gradient are masked (``spatial_fraction`` of H·W), otherwise the channels with the largest
+    Grad-CAM score are masked (``spatial_fraction`` of H·W), otherwise the channels with the largest
     spatial-mean gradient (``channel_fraction`` of C); only the ``batch_fraction`` of samples whose
-    true-class softmax confidence drops most under their mask keep it. Eval: the input comes back as is.
+    true-class softmax confidence drops most under their mask keep it, and only if it dropped by more than
+    ``MIN_CONFIDENCE_DROP``. Eval: the input comes back as is.
     """
 
     def __init__(
@@ -116,23 +123,26 @@ class RSC(nn.Module):
                 (grad,) = torch.autograd.grad(logits.gather(1, labels[:, None]).sum(), probe)
 
             with torch.no_grad():
+                channel_grad = grad.mean(dim=(2, 3))  # [B, C]
                 if torch.rand(()).item() < self.spatial_prob:
-                    scores = grad.mean(dim=1).flatten(1)  # [B, H*W]
+                    # Grad-CAM: a head that starts with global pooling gets the same gradient at every
+                    # position, so positions are told apart by the activation each channel's gradient weighs.
+                    scores = (probe.detach() * channel_grad[:, :, None, None]).sum(dim=1).flatten(1)  # [B, H*W]
                     count = masked_count(self.spatial_fraction, height * width)
                     mask = _zero_top(scores, count).view(batch, 1, height, width)
                 else:
-                    scores = grad.mean(dim=(2, 3))  # [B, C]
                     count = masked_count(self.channel_fraction, channels)
-                    mask = _zero_top(scores, count).view(batch, channels, 1, 1)
+                    mask = _zero_top(channel_grad, count).view(batch, channels, 1, 1)
                 mask = mask.to(feature_map.dtype)
 
                 before = _true_class_confidence(logits.detach(), labels)
                 after = _true_class_confidence(head(feature_map.detach() * mask), labels)
                 drop = before - after
                 chosen = drop.topk(masked_count(self.batch_fraction, batch)).indices
-                keep_mask = torch.zeros(batch, dtype=torch.bool, device=feature_map.device)
-                keep_mask[chosen] = True
-                return torch.where(keep_mask.view(batch, 1, 1, 1), mask, torch.ones_like(mask))
+                challenged = torch.zeros(batch, dtype=torch.bool, device=feature_map.device)
+                challenged[chosen] = True
+                challenged &= drop > MIN_CONFIDENCE_DROP
+                return torch.where(challenged.view(batch, 1, 1, 1), mask, torch.ones_like(mask))
 
     def forward(self, feature_map: Tensor, labels: Tensor, head: Head, eval_module: nn.Module | None = None) -> Tensor:
         """``feature_map * mask`` in training; ``feature_map`` itself in eval or when disabled."""

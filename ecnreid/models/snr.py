@@ -3,21 +3,13 @@ Generalizable Person Re-identification", CVPR 2020).
 
 After a stage output F: ``F̃ = IN(F)`` removes style, ``R = F − F̃`` is what IN threw away, a channel gate
 ``a = σ(W₂ δ(W₁ GAP(R)))`` picks its identity-relevant part ``R⁺ = a⊙R`` (the rest is ``R⁻ = (1−a)⊙R``),
-and the stage output becomes ``F̃ + R⁺``. The dual causality loss asks that adding ``R⁺`` makes the
-identity prediction more certain (lower entropy) and adding ``R⁻`` makes it less certain.
+and the stage output becomes ``F̃ + R⁺``. The dual causality loss
+``softplus(H(F̃+R⁺) − H(F̃)) + softplus(H(F̃) − H(F̃+R⁻))`` (batch mean, entropies of a per-stage classifier on
+pooled features) asks that adding ``R⁺`` makes the identity prediction more certain and adding ``R⁻`` less.
+Each SNR weighs its loss by its own ``loss_weight`` (the paper's λ_b).
 
-Auxiliary classifier (a choice of this implementation). The loss needs class predictions from pooled
-C-channel vectors, but an SNR after layer2 has C₂ channels, not the head's width, so each SNR module owns a
-``Linear(C, num_classes)`` made by ``SNR.attach_classifier``. It is trained as a *probe*:
-- a cross-entropy on pooled ``F̃ + R⁺`` against the source labels, on detached features, trains the
-  classifier only, so that its entropy measures how well a vector identifies the person;
-- the causality loss sees the classifier with frozen (detached) weights, so it trains the SNR gate,
-  InstanceNorm affine and the backbone only.
-Why: if the causality loss could move the classifier too, the classifier alone could lower ``H(F̃+R⁺)`` and
-raise ``H(F̃+R⁻)`` (e.g. by scaling its weights along the two inputs' differences) without the features
-changing, which is the shortcut the loss must not have; and a CE that reached the backbone would add deep
-supervision at every SNR stage, which the spec's formula does not contain. The causality value itself is
-exactly the spec's ``softplus(H(F̃+R⁺) − H(F̃)) + softplus(H(F̃) − H(F̃+R⁻))``, batch-averaged.
+Per-stage classifiers are probes: a CE on detached features trains them, and the causality loss sees them frozen,
+because a classifier trained by that loss (as in the authors' code) can order the entropies by itself.
 
 Usage: run the labelled source batch through the model, then call ``collect_snr_losses(model, labels)``
 *before* the target batch's forward pass, which overwrites each module's ``last``.
@@ -45,7 +37,8 @@ class SNRPooled(NamedTuple):
 
 
 class SNRLosses(NamedTuple):
-    """Summed over the SNR modules of a model: the dual causality loss and the probe classifiers' CE."""
+    """Summed over the SNR modules of a model: the dual causality losses, each times its module's
+    ``loss_weight``, and the probe classifiers' CE."""
 
     causality: Tensor
     classification: Tensor
@@ -55,14 +48,18 @@ class SNR(nn.Module):
     """Style normalisation (affine InstanceNorm) and gated restitution of the removed residual.
 
     [B, C, H, W] in and out. In training the pooled vectors of ``F̃``, ``F̃+R⁺``, ``F̃+R⁻`` are kept in
-    ``self.last`` (overwritten by every training forward, cleared by an eval forward).
+    ``self.last`` (overwritten by every training forward, cleared by an eval forward). ``loss_weight`` is the
+    weight λ_b of this module's dual causality loss in ``collect_snr_losses``.
     """
 
-    def __init__(self, channels: int, reduction: int = 16) -> None:
+    def __init__(self, channels: int, reduction: int = 16, loss_weight: float = 1.0) -> None:
         super().__init__()
         if channels < 1 or reduction < 1:
             raise EcnreidError(f"SNR channels={channels} and reduction={reduction} must be positive")
+        if loss_weight < 0:
+            raise EcnreidError(f"SNR loss_weight={loss_weight} must not be negative")
         self.channels = channels
+        self.loss_weight = loss_weight
         self.instance_norm = nn.InstanceNorm2d(channels, affine=True)
         hidden = max(channels // reduction, 1)
         self.gate = nn.Sequential(
@@ -75,7 +72,7 @@ class SNR(nn.Module):
         self.last: SNRPooled | None = None
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}"
+        return f"channels={self.channels}, loss_weight={self.loss_weight}"
 
     def attach_classifier(self, num_classes: int) -> nn.Linear:
         """Give this module its own probe classifier ``Linear(channels, num_classes)`` and return it."""
@@ -149,7 +146,7 @@ def snr_causality_loss(module: SNR, classifier: nn.Module | None = None) -> Tens
     """Dual causality loss of one SNR module's last training forward, averaged over the batch (scalar).
 
     ``classifier`` maps [B, C] to logits; by default the module's attached probe. Its weights are used
-    frozen (see the module docstring).
+    frozen (see the module docstring). Unweighted: ``collect_snr_losses`` applies ``loss_weight``.
     """
     pooled = _last_pooled(module)
     head = _classifier_of(module, classifier)
@@ -183,11 +180,11 @@ def attach_snr_classifiers(model: nn.Module, num_classes: int) -> list[nn.Linear
 
 
 def collect_snr_losses(model: nn.Module, labels: Tensor) -> SNRLosses:
-    """Sum of causality losses and of probe CE losses over every SNR in ``model``, for the source batch
-    that ran through it last."""
+    """Σ_b λ_b·(causality loss of SNR b) and the sum of probe CE losses over every SNR in ``model``, for the
+    source batch that ran through it last."""
     modules = snr_modules(model)
     if not modules:
         raise EcnreidError("SNR loss: the model has no SNR module; insert one or leave the SNR loss off")
-    causality = torch.stack([snr_causality_loss(m) for m in modules]).sum()
+    causality = torch.stack([m.loss_weight * snr_causality_loss(m) for m in modules]).sum()
     classification = torch.stack([snr_classifier_loss(m, labels) for m in modules]).sum()
     return SNRLosses(causality=causality, classification=classification)
