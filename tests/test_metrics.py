@@ -219,3 +219,45 @@ def test_as_dict_reports_fractions_counts_and_cmc() -> None:
     assert (out["mAP"], out["mINP"], out["num_valid_queries"], out["num_queries"]) == (0.4, 0.2, 9, 10)
     assert out["cmc"] == result.cmc
     assert "rank10" not in RankingResult([1.0] * 5, 1.0, 1.0, 1, 1).as_dict()
+
+
+@pytest.mark.parametrize("cells_per_row", [1, 3, 1 << 16, None])
+@pytest.mark.parametrize(("seed", "rounding"), [(20, 0.0), (21, 0.25), (22, 1.0)])
+def test_histogram_cells_do_not_change_the_result(
+    monkeypatch: pytest.MonkeyPatch, seed: int, rounding: float, cells_per_row: int | None
+) -> None:
+    # Few cells send most entries to the exact step, many cells almost none: the positions must not move.
+    if cells_per_row is not None:
+        monkeypatch.setattr(metrics, "_cells_per_row", lambda num_gallery: cells_per_row)
+    problem = random_problem(seed, 40, 150, 4, rounding)
+    fast = evaluate_ranking(*problem, max_rank=20)
+    reference = evaluate_ranking_reference(*problem, max_rank=20)
+    assert fast.num_valid_queries == reference.num_valid_queries > 0
+    assert fast.cmc == pytest.approx(reference.cmc, abs=1e-12)
+    assert fast.mAP == pytest.approx(reference.mAP, abs=1e-12)
+    assert fast.mINP == pytest.approx(reference.mINP, abs=1e-12)
+
+
+@pytest.mark.parametrize("evaluate", BOTH)
+def test_infinite_extreme_and_equal_match_distances(evaluate) -> None:
+    inf, nan, tiny = float("inf"), float("nan"), 2.0**-149  # tiny: the smallest float32 subnormal
+    # The query is pid 1, camera 0; its matches are gallery indices 1, 3 and 5 (pid 1, camera 1).
+    g_pids, g_cams = [2, 1, 3, 1, 2, 1, 3], [1] * 7
+    cases = [
+        # Last match infinite: 4(-inf) 3* 5* 0 1*(inf) 2(inf) 6(NaN) -> positions 2, 3, 5.
+        ([0.5, inf, inf, 0.2, -inf, 0.3, nan], [2, 3, 5]),
+        # First match -inf, tied by a negative after it in index order: 1* 2 6 3* 5* -> 1, 4, 5.
+        ([0.5, -inf, -inf, 0.2, inf, 0.3, 0.1], [1, 4, 5]),
+        # The matches' span overflows float32: 1*(-3e38) 4 5*(0) 2 0(3e38) 3*(3e38) -> 1, 3, 6.
+        ([3e38, -3e38, 1e38, 3e38, -3e38, 0.0, nan], [1, 3, 6]),
+        # Subnormal distances: 2(0) 4(-0) 3*(1t) 6(1t) 1*(2t) 5*(3t) 0(7t) -> 3, 5, 6.
+        ([7 * tiny, 2 * tiny, 0.0, tiny, -0.0, 3 * tiny, tiny], [3, 5, 6]),
+        # All matches tie with each other and with negatives: 6 1* 2 3* 4 5* 0 -> 2, 4, 6.
+        ([0.7, 0.4, 0.4, 0.4, 0.4, 0.4, 0.1], [2, 4, 6]),
+    ]
+    for row, positions in cases:
+        result = evaluate(torch.tensor([row]), [1], g_pids, [0], g_cams)
+        ap = sum(Fraction(m + 1, p) for m, p in enumerate(positions)) / len(positions)
+        assert close(result.mAP, ap), row
+        assert close(result.mINP, Fraction(len(positions), positions[-1])), row
+        assert result.cmc[0] == float(positions[0] == 1), row

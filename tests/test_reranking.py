@@ -6,8 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from ecnreid.data.records import ImageRecord
 from ecnreid.errors import EcnreidError
-from ecnreid.evaluation.reranking import k_reciprocal_rerank
+from ecnreid.evaluation import reranking
+from ecnreid.evaluation.metrics import evaluate_blocks, evaluate_ranking
+from ecnreid.evaluation.reranking import iter_rerank_blocks, k_reciprocal_rerank
+from ecnreid.evaluation.runner import score_features
 
 
 def reference_rerank(query: np.ndarray, gallery: np.ndarray, k1: int, k2: int, lambda_value: float) -> np.ndarray:
@@ -146,3 +150,94 @@ def test_bad_inputs_raise_one_line_errors() -> None:
         k_reciprocal_rerank(x, x, k1=0)
     with pytest.raises(EcnreidError, match="at least one"):
         k_reciprocal_rerank(x[:0], x)
+
+
+def _blocks(query: torch.Tensor, gallery: torch.Tensor, **kwargs) -> list[tuple[int, torch.Tensor]]:
+    return list(iter_rerank_blocks(query, gallery, **kwargs))
+
+
+@pytest.mark.parametrize(("seed", "num_query", "k1", "k2"), [(10, 9, 20, 6), (11, 13, 6, 3), (12, 5, 8, 1)])
+def test_query_blocks_equal_the_whole_problem_and_the_reference(seed: int, num_query: int, k1: int, k2: int) -> None:
+    features = clustered(seed, num_ids=6, per_id=6, dim=8, noise=0.7)  # N = 36
+    query, gallery = features[:num_query], features[num_query:]
+    # block_size >= N: one neighbour block and one query block, i.e. the computation done whole.
+    whole = k_reciprocal_rerank(query, gallery, k1=k1, k2=k2, block_size=64)
+    expected = reference_rerank(query.double().numpy(), gallery.double().numpy(), k1, k2, 0.3)
+    np.testing.assert_allclose(whole.numpy(), expected, atol=1e-5, rtol=0)
+    for block_size in (1, 3, 7, num_query, num_query + 5):
+        blocks = _blocks(query, gallery, k1=k1, k2=k2, block_size=block_size)
+        starts = list(range(0, num_query, block_size))
+        assert [start for start, _ in blocks] == starts
+        assert [tuple(block.shape) for _, block in blocks] == [
+            (min(block_size, num_query - start), 36 - num_query) for start in starts
+        ]
+        assert all(block.dtype == torch.float32 for _, block in blocks)
+        torch.testing.assert_close(torch.cat([block for _, block in blocks]), whole, atol=1e-6, rtol=0)
+
+
+def test_internal_chunks_do_not_change_the_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    features = clustered(13, num_ids=5, per_id=6, dim=8, noise=0.6)
+    query, gallery = features[:8], features[8:]
+    expected = k_reciprocal_rerank(query, gallery, k1=6, k2=3)
+    # Tiny chunks: many Jaccard, expansion, pair-distance and combination chunks, and 2-row query blocks.
+    for name, value in [
+        ("_JACCARD_CHUNK", 5),
+        ("_EXPANSION_CHUNK", 7),
+        ("_PAIR_CHUNK", 3),
+        ("_COMBINE_CHUNK", 1),
+        ("_QUERY_BLOCK_ELEMENTS", 2 * 22 + 1),
+    ]:
+        monkeypatch.setattr(reranking, name, value)
+    blocks = _blocks(query, gallery, k1=6, k2=3)
+    assert [tuple(block.shape) for _, block in blocks] == [(2, 22)] * 4
+    torch.testing.assert_close(torch.cat([block for _, block in blocks]), expected, atol=1e-6, rtol=0)
+
+
+def _ids(seed: int, num_query: int, num_gallery: int) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(seed)
+    return (
+        torch.randint(1, 6, (num_query,), generator=gen),
+        torch.randint(1, 6, (num_gallery,), generator=gen),
+        torch.randint(0, 3, (num_query,), generator=gen),
+        torch.randint(0, 3, (num_gallery,), generator=gen),
+    )
+
+
+@pytest.mark.parametrize("block_size", [1, 3, 7, 11, 64])
+def test_metrics_of_query_blocks_equal_metrics_of_the_full_matrix(block_size: int) -> None:
+    features = clustered(14, num_ids=6, per_id=8, dim=8, noise=0.8)
+    query, gallery = features[:11], features[11:]
+    ids = _ids(14, 11, 37)
+    # The same block_size on both sides: the full matrix is exactly the blocks stacked, so the metrics agree
+    # exactly; across block sizes the distances agree to 1e-6 (test above), and a near tie could move a rank.
+    full = evaluate_ranking(k_reciprocal_rerank(query, gallery, block_size=block_size), *ids)
+    blocked = evaluate_blocks(iter_rerank_blocks(query, gallery, block_size=block_size), *ids)
+    assert full.num_valid_queries == blocked.num_valid_queries > 5
+    assert blocked.cmc == full.cmc
+    assert blocked.mAP == pytest.approx(full.mAP, abs=1e-12)
+    assert blocked.mINP == pytest.approx(full.mINP, abs=1e-12)
+
+
+def test_score_features_reranks_block_by_block() -> None:
+    features = clustered(15, num_ids=6, per_id=8, dim=8, noise=0.8)
+    query, gallery = features[:11], features[11:]
+    q_pids, g_pids, q_cams, g_cams = _ids(15, 11, 37)
+
+    def records(pids: torch.Tensor, cams: torch.Tensor) -> list[ImageRecord]:
+        return [ImageRecord(f"{i}.jpg", int(p), int(c)) for i, (p, c) in enumerate(zip(pids, cams, strict=True))]
+
+    got = score_features(query, gallery, records(q_pids, q_cams), records(g_pids, g_cams), rerank=True)
+    expected = evaluate_ranking(k_reciprocal_rerank(query, gallery), q_pids, g_pids, q_cams, g_cams)
+    assert got.cmc == expected.cmc
+    assert got.mAP == pytest.approx(expected.mAP, abs=1e-12)
+
+
+def test_blocks_are_validated_and_leave_the_inputs_alone() -> None:
+    x = torch.randn(4, 3)
+    kept = x.clone()
+    with pytest.raises(EcnreidError, match="dimension"):
+        next(iter_rerank_blocks(x, torch.randn(4, 5)))
+    with pytest.raises(EcnreidError, match="block_size"):
+        next(iter_rerank_blocks(x, x, block_size=0))
+    list(iter_rerank_blocks(x, x))  # normalises a copy, never the caller's tensors
+    assert torch.equal(x, kept)
