@@ -209,7 +209,7 @@ EOF
 # The CPU benches last (the device figures matter more if the budget runs short): faiss and top-k on the host,
 # and the metrics with their reference check at Market size (re-ranking was timed above, from device features).
 run_part knn 90 "$PY" bench/knn_speed.py --repeats "$KNN_REPEATS"
-run_part eval 120 "$PY" bench/eval_speed.py --queries "$EVAL_QUERIES" --gallery "$EVAL_GALLERY" --dim "$EVAL_DIM" --skip-rerank
+run_part eval 120 "$PY" bench/eval_speed.py --queries "$EVAL_QUERIES" --gallery "$EVAL_GALLERY" --dim "$EVAL_DIM" --skip-rerank --problem ecn
 
 # One JSON line from the parts' logs (each bench's last JSON line, or the part's error).
 GPU_CHECK_TOTAL_S=$SECONDS "$PY" - "$LOGS" "$RUN" "$ECN_ARCH" "$ECN_HEIGHT" "$ECN_WIDTH" "$ECN_EPOCHS" "$ECN_ITERS" "$CAMERA" <<'EOF' || echo '{"bench":"gpu_check","error":"assembling the JSON failed"}'
