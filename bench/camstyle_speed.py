@@ -29,7 +29,8 @@ from PIL import Image
 from camstyle.colour import generate_colour_camstyle
 from camstyle.generate import ImageWriter, generate_camstyle
 from camstyle.stargan import ModelSpec
-from camstyle.trainer import StarGANConfig, TrainState, critic_step, generator_step
+from camstyle.trainer import build_train_state, critic_step, generator_step, model_spec
+from ecnreid.config import StarGANConfig
 from ecnreid.data.records import ImageRecord
 
 
@@ -54,15 +55,7 @@ def _sync(device: torch.device) -> None:
 def train_speed(image_size: tuple[int, int], iters: int, device: torch.device, cameras: int = 6) -> dict:
     """Seconds per critic step and per generator step; it/s with one generator step per n_critic."""
     config = StarGANConfig(image_size=image_size, amp=device.type == "cuda")
-    spec = config.model_spec(cameras)
-    generator, discriminator = spec.build_generator().to(device), spec.build_discriminator().to(device)
-    state = TrainState(
-        generator=generator,
-        discriminator=discriminator,
-        opt_g=torch.optim.Adam(generator.parameters(), config.g_lr, (config.beta1, config.beta2)),
-        opt_d=torch.optim.Adam(discriminator.parameters(), config.d_lr, (config.beta1, config.beta2)),
-        rng=torch.Generator().manual_seed(0),
-    )
+    state = build_train_state(model_spec(config, cameras), config, seed=0, device=device)
     x = torch.rand(config.batch_size, 3, *image_size, device=device) * 2 - 1
     c_org = torch.randint(cameras, (config.batch_size,), device=device)
     c_trg = (c_org + 1) % cameras

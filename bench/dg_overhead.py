@@ -33,7 +33,14 @@ from torch import nn
 from ecnreid.models.backbones import build_backbone
 from ecnreid.models.mixstyle import MixStyle
 from ecnreid.models.rsc import RSC
-from ecnreid.models.snr import SNR, attach_snr_classifiers, collect_snr_losses
+from ecnreid.models.snr import (
+    SNR,
+    attach_snr_classifiers,
+    collect_snr_losses,
+    probe_of,
+    snr_causality_loss,
+    snr_classifier_loss,
+)
 
 VARIANTS = ("plain", "mixstyle", "snr", "rsc", "all")
 ARCHS = ("resnet18", "mobilenet_v2")
@@ -70,12 +77,12 @@ def make_step(arch: str, variant: str, device: torch.device) -> Callable[[torch.
 
     def step(images: torch.Tensor, labels: torch.Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)
-        feature_map = backbone(images)
+        feature_map, aux = backbone.forward_with_aux(images)
         if rsc is not None:
             feature_map = rsc(feature_map, labels, classifier, eval_module=classifier)
         loss = F.cross_entropy(classifier(feature_map), labels)
         if variant in ("snr", "all"):
-            snr_losses = collect_snr_losses(model, labels)
+            snr_losses = collect_snr_losses(backbone.aux_modules("snr"), aux["snr"], labels)
             loss = loss + SNR_WEIGHT * snr_losses.causality + snr_losses.classification
         loss.backward()
         optimizer.step()
@@ -124,9 +131,9 @@ def op_costs(
     def snr_op() -> None:
         for stage, module in snrs.items():
             x = torch.randn(shapes[stage], device=device, requires_grad=True)
-            out = module(x)
-            loss = out.sum() + SNR_WEIGHT * collect_snr_losses(module, labels).causality
-            (loss + collect_snr_losses(module, labels).classification).backward()
+            out, pooled = module.forward_with_aux(x)
+            loss = out.sum() + SNR_WEIGHT * snr_causality_loss(pooled, probe_of(module))
+            (loss + snr_classifier_loss(pooled, labels, probe_of(module))).backward()
 
     classifier = Classifier(shapes["layer4"][1], NUM_CLASSES).to(device)
     rsc = RSC().train()

@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ecnreid.errors import EcnreidError  # noqa: E402
 from ecnreid.evaluation.distances import iter_distance_blocks  # noqa: E402
+from ecnreid.evaluation.evaluator import block_rows  # noqa: E402
 from ecnreid.evaluation.metrics import (  # noqa: E402
     RankingAccumulator,
     RankingResult,
@@ -59,7 +60,6 @@ from ecnreid.evaluation.metrics import (  # noqa: E402
     evaluate_ranking_reference,
 )
 from ecnreid.evaluation.reranking import iter_rerank_blocks  # noqa: E402
-from ecnreid.evaluation.runner import block_rows  # noqa: E402
 
 MARKET_DISTRACTOR_FRACTION = 2793 / 15913
 PRESETS: dict[str, dict] = {

@@ -1,5 +1,5 @@
-"""Training step throughput of ECN: ``ECNTrainer.train_step``, the step `ecnreid train` runs (source + target
-forward, source and target losses with any DG loss, backward, SGD with weight decay, the memory update).
+"""Training step throughput of ECN: ``TwoDomainLoop.train_step``, the step `ecnreid train` runs (the ECN method's
+source + target forward and losses with any DG loss, backward, SGD with weight decay, then its memory update).
 
 Images per second and peak memory per step for mobilenet_v2 at 128x64 and resnet50 at 256x128 (CUDA with
 AMP on and off when a GPU is present), plus the kNN comparison of bench/knn_speed.py. Inputs are random
@@ -11,7 +11,6 @@ tensors fed to the step, so this measures the model and the losses, not JPEG dec
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import resource
 import statistics
@@ -24,56 +23,55 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ecnreid.config import ModelConfig, TrainConfig  # noqa: E402
+from ecnreid.config import DomainsConfig, ModelConfig, TrainConfig, override  # noqa: E402
+from ecnreid.data.batches import LabelledBatch, UnlabelledBatch  # noqa: E402
 from ecnreid.data.records import ImageRecord, ReidDataset  # noqa: E402
-from ecnreid.engine.trainer import ECNTrainer, TrainingData  # noqa: E402
+from ecnreid.engine.data import TwoDomainData  # noqa: E402
+from ecnreid.engine.loop import TwoDomainLoop  # noqa: E402
 
 MARKET_SLOTS, MARKET_CAMERAS, DUKE_IDS = 12_936, 6, 702
 
 
-def duke_to_market_records() -> TrainingData:
+def duke_to_market_records() -> TwoDomainData:
     """Records of Duke→Market's shape (702 source ids, 12,936 target slots); the step never opens them."""
     source = [ImageRecord(f"duke/{i}.jpg", i % DUKE_IDS, i % 8) for i in range(16_522)]
     target = [ImageRecord(f"market/{i}.jpg", -1, i % MARKET_CAMERAS) for i in range(MARKET_SLOTS)]
-    return TrainingData(
-        source_train=source,
-        num_source_classes=DUKE_IDS,
-        target=ReidDataset("market1501", Path("market"), target),
-        target_train=target,
-        num_target_cameras=MARKET_CAMERAS,
-        camstyle=None,
+    return TwoDomainData(
+        source_train=source, target=ReidDataset("market1501", Path("market"), target), target_train=target
     )
 
 
 def measure(arch: str, height: int, width: int, batch: int, steps: int, device: torch.device, amp: bool) -> dict:
     with tempfile.TemporaryDirectory() as out:
         config = TrainConfig(
-            source="dukemtmc",
-            source_root=Path("duke"),
-            target="market1501",
-            target_root=Path("market"),
+            domains=DomainsConfig("dukemtmc", Path("duke"), "market1501", Path("market")),
             model=ModelConfig(arch=arch, pretrained=False),  # speed does not depend on the weights' values
             out=Path(out),
-            batch_size=batch,
-            height=height,
-            width=width,
-            device=device.type,
-            amp=amp,
-            use_camera=False,
         )
-        trainer = ECNTrainer(dataclasses.replace(config), data=duke_to_market_records())
-        trainer.forward.train()
+        config = override(
+            config, batch_size=batch, height=height, width=width, device=device.type, amp=amp, use_camera=False
+        )
+        loop = TwoDomainLoop(config, data=duke_to_market_records(), hooks=[])
+        loop.network.train()
         generator = torch.Generator().manual_seed(0)
-        images_x = torch.randn(batch, 3, height, width, generator=generator)
-        images_u = torch.randn(batch, 3, height, width, generator=generator)
-        labels = torch.randint(0, DUKE_IDS, (batch,), generator=generator)
-        indices = torch.randperm(MARKET_SLOTS, generator=generator)[:batch]
+        cameras = torch.zeros(batch, dtype=torch.long)
+        x = LabelledBatch(
+            torch.randn(batch, 3, height, width, generator=generator),
+            torch.randint(0, DUKE_IDS, (batch,), generator=generator),
+            cameras,
+            torch.arange(batch),
+        )
+        u = UnlabelledBatch(
+            torch.randn(batch, 3, height, width, generator=generator),
+            cameras,
+            torch.randperm(MARKET_SLOTS, generator=generator)[:batch],
+        )
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
 
         def step() -> None:
             # Epoch 5: neighbourhood invariance on, as for most of a published run.
-            trainer.train_step(5, images_x, labels, images_u, indices)
+            loop.train_step(x, u, epoch=5)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
 

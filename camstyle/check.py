@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
 from rich.table import Table
 
 from ecnreid.data.camstyle_dataset import (
@@ -24,6 +23,7 @@ from ecnreid.data.camstyle_dataset import (
 )
 from ecnreid.data.camstyle_names import Scheme, camstyle_name, count_schemes
 from ecnreid.data.datasets import TRAIN_DIR, read_dataset
+from ecnreid.data.image_dataset import decodes_fully
 from ecnreid.data.records import ImageRecord
 from ecnreid.errors import EcnreidError
 from ecnreid.progress import make_progress
@@ -89,16 +89,6 @@ def _train_records(camstyle_dir: Path, dataset_root: Path) -> tuple[str, list[Im
         except EcnreidError as exc:
             errors.append(f"{name}: {exc}")
     raise EcnreidError(f"{dataset_root}: training images not readable as any dataset ({errors[0]})")
-
-
-def decodes_fully(path: str | os.PathLike) -> bool:
-    """Whether the image decodes completely (a truncated JPEG raises while its pixels load)."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-        return True
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return False
 
 
 def run_check(path: str | os.PathLike, workers: int = 8, progress: bool = True) -> CheckReport:

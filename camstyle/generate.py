@@ -31,6 +31,7 @@ from ecnreid.data.records import ImageRecord
 from ecnreid.errors import EcnreidError
 from ecnreid.io import atomic_save_image
 from ecnreid.progress import make_progress
+from ecnreid.runstate import load_torch_file
 
 JPEG_QUALITY = 95
 
@@ -65,16 +66,7 @@ def autocast_for(device: torch.device, enabled: bool = True):
 def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Generator, ModelSpec]:
     """The generator of a StarGAN checkpoint written by ``train_stargan`` (full or generator-only)."""
     path = Path(path)
-    if path.is_dir():
-        raise EcnreidError(f"{path}: is a folder; expected a generator checkpoint file")
-    if not path.is_file():
-        raise EcnreidError(f"{path}: generator checkpoint not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for truncated or foreign files
-        raise EcnreidError(f"{path}: cannot read generator checkpoint ({type(exc).__name__})") from exc
-    if not isinstance(state, dict) or "generator" not in state or "model" not in state:
-        raise EcnreidError(f"{path}: not a StarGAN checkpoint (expected 'generator' and 'model' entries)")
+    state = load_torch_file(path, "StarGAN generator checkpoint", weights_only=False, keys=("generator", "model"))
     try:
         spec = ModelSpec.from_dict(state["model"])
         generator = spec.build_generator()
@@ -185,10 +177,8 @@ def generate_camstyle(
     """
     out_dir = Path(out_dir)
     device = torch.device(device)
-    if generator.num_cameras != num_cameras:
-        raise EcnreidError(
-            f"generator was trained for {generator.num_cameras} cameras but the dataset has {num_cameras}"
-        )
+    if generator.num_cameras != num_cameras:  # callers check this against the user's files first
+        raise ValueError(f"generator was trained for {generator.num_cameras} cameras but the dataset has {num_cameras}")
     out_dir.mkdir(parents=True, exist_ok=True)
     todo, skipped = missing_outputs(records, num_cameras, out_dir)
     total = int(todo.sum())

@@ -129,8 +129,8 @@ def assign_pseudo_cameras(
     records: Sequence[ImageRecord], k: int, seed: int = 0, workers: int = 2, progress: bool = True
 ) -> list[int]:
     """A 0-based pseudo camera for every record: k-means on standardised style features."""
-    if k < 2:
-        raise EcnreidError(f"--pseudo-cameras {k}: needs at least 2 style clusters")
+    if k < 2:  # PrepareConfig refuses --pseudo-cameras below 2
+        raise ValueError(f"pseudo cameras need at least 2 style clusters, got k={k}")
     if k > len(records):
         raise EcnreidError(f"--pseudo-cameras {k}: more clusters than the {len(records)} training images")
     features = style_features(records, workers=workers, progress=progress)

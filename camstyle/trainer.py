@@ -7,6 +7,7 @@ classification, cycle reconstruction. The learning rates decay linearly to 0 ove
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,74 +21,42 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from camstyle.generate import autocast_for, to_model_input, to_uint8
 from camstyle.stargan import Discriminator, Generator, ModelSpec, gradient_penalty
-from ecnreid.config import config_to_dict
+from ecnreid.config import StarGANConfig, config_to_dict
 from ecnreid.data.image_dataset import load_image
 from ecnreid.data.records import ImageRecord
 from ecnreid.errors import EcnreidError
 from ecnreid.io import append_jsonl, atomic_save_image, atomic_torch_save
 from ecnreid.progress import console, make_progress
-from ecnreid.runtime import is_interruption, seed_everything
+from ecnreid.runstate import check_resume_compatible, interruption_guard, load_torch_file
+from ecnreid.runtime import seed_everything
 
 CHECKPOINT_NAME = "checkpoint.pt"
 GENERATOR_NAME = "generator.pt"
 
 
-@dataclass(frozen=True)
-class StarGANConfig:
-    """StarGAN hyper-parameters; defaults are ECN's setting (ECN-SPEC, "CamStyle")."""
+# The model settings a resumed run must share with its checkpoint: every field of the spec.
+STARGAN_RESUME_KEYS = tuple(f.name for f in dataclasses.fields(ModelSpec))
 
-    iters: int = 200_000
-    batch_size: int = 16
-    image_size: tuple[int, int] = (256, 128)
-    load_scale: float = 1.125  # resize to 288x144 before the random 256x128 crop
-    g_conv_dim: int = 64
-    g_repeat_num: int = 6
-    d_conv_dim: int = 64
-    d_repeat_num: int = 6
-    g_residual: bool = False  # generator starts as the identity (see ``Generator``); off in StarGAN
-    g_camera_norm: bool = False  # camera-conditioned InstanceNorm (see ``CameraInstanceNorm``); off in StarGAN
-    g_lr: float = 1e-4
-    d_lr: float = 1e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    n_critic: int = 5
-    lambda_cls: float = 1.0
-    lambda_rec: float = 10.0
-    lambda_gp: float = 10.0
-    decay_from: float = 0.5  # fraction of ``iters`` after which the learning rates fall linearly to 0
-    seed: int = 0
-    workers: int = 4
-    amp: bool = False  # bf16 autocast on CUDA; off as in published StarGAN (fp32)
-    sample_every: int = 1000
-    checkpoint_every: int = 1000
-    log_every: int = 10
-    sample_rows: int = 4
-    progress: bool = True
 
-    def model_spec(self, num_cameras: int) -> ModelSpec:
-        return ModelSpec(
-            num_cameras=num_cameras,
-            image_size=self.image_size,
-            g_conv_dim=self.g_conv_dim,
-            g_repeat_num=self.g_repeat_num,
-            d_conv_dim=self.d_conv_dim,
-            d_repeat_num=self.d_repeat_num,
-            g_residual=self.g_residual,
-            g_camera_norm=self.g_camera_norm,
-        )
-
-    @property
-    def load_size(self) -> tuple[int, int]:
-        h, w = self.image_size
-        return round(h * self.load_scale), round(w * self.load_scale)
+def model_spec(config: StarGANConfig, num_cameras: int) -> ModelSpec:
+    """The networks ``config`` describes for ``num_cameras`` cameras (one width for both networks)."""
+    return ModelSpec(
+        num_cameras=num_cameras,
+        image_size=config.image_size,
+        g_conv_dim=config.conv_dim,
+        g_repeat_num=config.g_repeat_num,
+        d_conv_dim=config.conv_dim,
+        d_repeat_num=config.d_repeat_num,
+        g_residual=config.residual_generator,
+        g_camera_norm=config.camera_norm,
+    )
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """Where training stopped and what it left on disk."""
+    """Where a finished training run stopped and what it left on disk."""
 
     iteration: int
-    interrupted: bool
     checkpoint: Path
     generator: Path
     samples: list[Path] = field(default_factory=list)
@@ -189,7 +158,28 @@ class TrainState:
     iteration: int = 0
 
 
-def _save_checkpoint(path: Path, state: TrainState, spec: ModelSpec, config: StarGANConfig) -> None:
+def build_train_state(
+    spec: ModelSpec, config: StarGANConfig, seed: int, device: str | torch.device = "cpu"
+) -> TrainState:
+    """Fresh networks on ``device`` in train mode, their Adam optimisers at ``config.lr`` and the trainer's RNG
+    seeded with ``seed``: the start of a run, and what a resume loads its checkpoint into.
+
+    The weights are drawn from torch's global RNG (generator first): seed it before for reproducible weights.
+    """
+    generator, discriminator = spec.build_generator(), spec.build_discriminator()
+    generator.to(device).train()
+    discriminator.to(device).train()
+    betas = (config.beta1, config.beta2)
+    return TrainState(
+        generator=generator,
+        discriminator=discriminator,
+        opt_g=torch.optim.Adam(generator.parameters(), config.lr, betas),
+        opt_d=torch.optim.Adam(discriminator.parameters(), config.lr, betas),
+        rng=torch.Generator().manual_seed(seed),
+    )
+
+
+def _save_checkpoint(path: Path, state: TrainState, spec: ModelSpec, config: StarGANConfig, seed: int) -> None:
     atomic_torch_save(
         {
             "generator": state.generator.state_dict(),
@@ -204,6 +194,7 @@ def _save_checkpoint(path: Path, state: TrainState, spec: ModelSpec, config: Sta
             },
             "model": spec.to_dict(),
             "config": config_to_dict(config),
+            "seed": seed,
         },
         path,
     )
@@ -216,18 +207,9 @@ def _save_generator(path: Path, state: TrainState, spec: ModelSpec) -> None:
 
 
 def _restore(path: Path, state: TrainState, spec: ModelSpec) -> None:
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for truncated or foreign files
-        raise EcnreidError(f"{path}: cannot read StarGAN checkpoint ({type(exc).__name__})") from exc
-    if not isinstance(saved, dict) or not {"generator", "discriminator", "model", "iteration"} <= saved.keys():
-        raise EcnreidError(f"{path}: not a StarGAN training checkpoint")
-    saved_spec = saved["model"]
-    for key, value in spec.to_dict().items():
-        if saved_spec.get(key) != value:
-            raise EcnreidError(
-                f"{path}: cannot resume: checkpoint has {key}={saved_spec.get(key)!r} but this run has {key}={value!r}"
-            )
+    keys = ("generator", "discriminator", "opt_g", "opt_d", "model", "iteration", "rng")
+    saved = load_torch_file(path, "StarGAN training checkpoint", weights_only=False, keys=keys)
+    check_resume_compatible(saved["model"], spec.to_dict(), path, STARGAN_RESUME_KEYS)
     state.generator.load_state_dict(saved["generator"])
     state.discriminator.load_state_dict(saved["discriminator"])
     state.opt_g.load_state_dict(saved["opt_g"])
@@ -299,13 +281,20 @@ def train_stargan(
     out_dir: str | Path,
     device: str | torch.device = "cpu",
     resume: bool = False,
+    *,
+    seed: int = 0,
+    workers: int = 4,
+    progress: bool = True,
 ) -> TrainResult:
     """Train StarGAN on ``records`` (camera = domain) into ``out_dir``.
 
     ``out_dir`` receives ``checkpoint.pt`` (G, D, optimisers, iteration, RNG states, config; every
     ``checkpoint_every`` iterations, atomically), ``generator.pt`` (G only) at the end, sample grids in
-    ``samples/`` and ``log.jsonl``. ``resume`` continues from ``checkpoint.pt``. Ctrl-C saves a checkpoint
-    and returns with ``interrupted=True``.
+    ``samples/`` and ``log.jsonl``. ``resume`` continues from ``checkpoint.pt``. ``seed`` fixes the initial
+    weights, the batches and the trainer's draws; ``workers`` loader processes read the images.
+
+    A stop (Ctrl-C, SIGTERM under the CLI) saves ``checkpoint.pt``, says so and re-raises
+    (``ecnreid.runstate.interruption_guard``); only a finished run writes ``generator.pt``.
     """
     out_dir = Path(out_dir)
     device = torch.device(device)
@@ -313,24 +302,13 @@ def train_stargan(
         raise EcnreidError(f"StarGAN needs at least 2 cameras, the training images have {num_cameras}")
     if len(records) < config.batch_size:
         raise EcnreidError(f"{len(records)} training images, fewer than one batch of {config.batch_size}")
-    spec = config.model_spec(num_cameras)
-    seed_everything(config.seed)  # before building, so the initial weights follow the seed
-    try:
-        generator, discriminator = spec.build_generator(), spec.build_discriminator()
-    except ValueError as exc:
-        raise EcnreidError(f"--image-size {spec.image_size[0]}x{spec.image_size[1]}: {exc}") from None
     checkpoint_path, generator_path = out_dir / CHECKPOINT_NAME, out_dir / GENERATOR_NAME
     if checkpoint_path.exists() and not resume:
         raise EcnreidError(f"{checkpoint_path}: a StarGAN run is already here; pass --resume or another folder")
-    generator.to(device).train()
-    discriminator.to(device).train()
-    state = TrainState(
-        generator=generator,
-        discriminator=discriminator,
-        opt_g=torch.optim.Adam(generator.parameters(), config.g_lr, (config.beta1, config.beta2)),
-        opt_d=torch.optim.Adam(discriminator.parameters(), config.d_lr, (config.beta1, config.beta2)),
-        rng=torch.Generator().manual_seed(config.seed),
-    )
+    spec = model_spec(config, num_cameras)
+    seed_everything(seed)  # before building, so the initial weights follow the seed
+    state = build_train_state(spec, config, seed, device)
+    generator = state.generator
     if resume and checkpoint_path.exists():
         _restore(checkpoint_path, state, spec)
         console.print(f"resuming StarGAN from iteration {state.iteration} ({checkpoint_path})")
@@ -341,20 +319,25 @@ def train_stargan(
     loader = DataLoader(
         _TrainImages(records, config),
         batch_size=config.batch_size,
-        sampler=_ResumableShuffle(len(records), config.seed, start=state.iteration * config.batch_size),
-        num_workers=config.workers,
+        sampler=_ResumableShuffle(len(records), seed, start=state.iteration * config.batch_size),
+        num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
-        generator=torch.Generator().manual_seed(config.seed + state.iteration),
+        generator=torch.Generator().manual_seed(seed + state.iteration),
     )
     fixed = sample_images(records, config.sample_rows, config.image_size)
     samples: list[Path] = []
-    interrupted = False
     started = time.perf_counter()
     last: dict[str, float] = {}
-    with make_progress() as bar:
+
+    def save_on_interrupt() -> Path:
+        _save_checkpoint(checkpoint_path, state, spec, config, seed)
+        return checkpoint_path
+
+    guard = interruption_guard(save_on_interrupt, what=f"StarGAN training in {out_dir}", resume_hint="--resume")
+    with guard, make_progress() as bar:
         task = bar.add_task(
-            "StarGAN", total=config.iters, completed=state.iteration, unit="it", info="", visible=config.progress
+            "StarGAN", total=config.iters, completed=state.iteration, unit="it", info="", visible=progress
         )
         batches = iter(loader)
         try:
@@ -365,10 +348,9 @@ def train_stargan(
                 # A different camera for every sample: a same-camera target would waste the step.
                 shift = torch.randint(1, num_cameras, (x_real.shape[0],), generator=state.rng).to(device)
                 c_trg = (c_org + shift) % num_cameras
-                for group in state.opt_g.param_groups:
-                    group["lr"] = learning_rate(config.g_lr, state.iteration, config)
-                for group in state.opt_d.param_groups:
-                    group["lr"] = learning_rate(config.d_lr, state.iteration, config)
+                rate = learning_rate(config.lr, state.iteration, config)
+                for group in (*state.opt_g.param_groups, *state.opt_d.param_groups):
+                    group["lr"] = rate
                 losses = critic_step(state, x_real, c_org, c_trg, config)
                 if (state.iteration + 1) % config.n_critic == 0:
                     losses |= generator_step(state, x_real, c_org, c_trg, config)
@@ -379,28 +361,17 @@ def train_stargan(
                     append_jsonl({"iteration": state.iteration, **last}, out_dir / "log.jsonl")
                 bar.update(task, completed=state.iteration)
                 if config.checkpoint_every and state.iteration % config.checkpoint_every == 0:
-                    _save_checkpoint(checkpoint_path, state, spec, config)
+                    _save_checkpoint(checkpoint_path, state, spec, config, seed)
                 if config.sample_every and state.iteration % config.sample_every == 0:
                     path = out_dir / "samples" / f"iter_{state.iteration:07d}.png"
                     atomic_save_image(render_sample_grid(generator, fixed, num_cameras, device, config.amp), path)
                     samples.append(path)
-        except (KeyboardInterrupt, RuntimeError) as exc:
-            if not is_interruption(exc):
-                raise
-            interrupted = True
         finally:
-            del batches  # shut down loader workers before the final save
-    _save_checkpoint(checkpoint_path, state, spec, config)
-    if interrupted:
-        console.print(
-            f"[yellow]interrupted at iteration {state.iteration}; checkpoint saved to {checkpoint_path}. "
-            "Rerun with --resume to continue."
-        )
-    else:
-        _save_generator(generator_path, state, spec)
+            del batches  # shut down loader workers before a save
+    _save_checkpoint(checkpoint_path, state, spec, config, seed)
+    _save_generator(generator_path, state, spec)
     return TrainResult(
         iteration=state.iteration,
-        interrupted=interrupted,
         checkpoint=checkpoint_path,
         generator=generator_path,
         samples=samples,

@@ -1,18 +1,37 @@
-"""The `ecnreid` command line: each command builds one frozen config and makes one library call."""
+"""The `ecnreid` command line: each command builds one config of the tree in ``ecnreid.config`` and makes one
+library call.
+
+The options are generated from the config dataclasses (help, defaults and flags are written there once) and
+grouped into help panels by section. ``--config FILE`` (TOML or JSON, a run's own ``config.json`` included)
+gives the settings; options given on the command line override it.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import inspect
 import signal
 import threading
+import typing
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
-from ecnreid.config import DGConfig, EvalConfig, ModelConfig, TrainConfig
+from ecnreid.config import (
+    DemoConfig,
+    EvalConfig,
+    PrepareConfig,
+    TrainConfig,
+    config_from_dict,
+    load_config_file,
+    merge_settings,
+    strip_optional,
+)
 from ecnreid.errors import EcnreidError
 from ecnreid.progress import console
 from ecnreid.runtime import is_interruption
@@ -26,6 +45,7 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+EXPLICIT_SOURCES = ("COMMANDLINE", "ENVIRONMENT", "PROMPT")
 
 
 @contextlib.contextmanager
@@ -92,254 +112,208 @@ def parse_stages(value: str | None) -> tuple[str, ...]:
 
 
 # ---------------------------------------------------------------------------------------------- options
-Arch = Annotated[str, typer.Option(help="Backbone: resnet18, resnet34, resnet50, resnet101, mobilenet_v2.")]
-Weights = Annotated[
+@dataclass(frozen=True)
+class ConfigOption:
+    """One command-line option and the config field it sets."""
+
+    path: tuple[str, ...]  # field names from the command's config class down to the field
+    flag: str  # "--lr", or "--camera/--no-camera"
+    annotation: Any
+    default: Any
+    help: str
+    panel: str
+    required: bool
+    parse: Callable[[Any, str], Any] | None = None
+
+    @property
+    def param(self) -> str:
+        return "__".join(self.path)
+
+    @property
+    def first_flag(self) -> str:
+        return self.flag.split("/")[0]
+
+
+def _option_type(annotation: Any, default: Any) -> tuple[Any, Any, Callable[[Any, str], Any] | None]:
+    """The type typer shows and parses, the default it shows, and how to turn the parsed value into the
+    field's value (tuples are typed as comma-separated or HEIGHTxWIDTH strings)."""
+    base = annotation
+    args = typing.get_args(annotation)
+    optional = type(None) in args
+    if optional:
+        base = next(a for a in args if a is not type(None))
+    if typing.get_origin(base) is tuple:
+        if typing.get_args(base) == (int, int):
+            shown = f"{default[0]}x{default[1]}" if default else None
+            return str | None, shown, lambda value, flag: parse_size(value, flag)
+        return str | None, ",".join(default) if default else None, lambda value, flag: parse_stages(value)
+    return annotation, default, None
+
+
+def config_options(
+    cls: type,
+    *,
+    rename: dict[str, str] | None = None,
+    exclude: frozenset[str] = frozenset(),
+    panel: str = "Run",
+    prefix: tuple[str, ...] = (),
+    defaults: Any = None,
+) -> list[ConfigOption]:
+    """The options of ``cls``'s fields (sections recursively), keyed by dotted path for ``rename``/``exclude``."""
+    rename = rename or {}
+    hints = typing.get_type_hints(cls)
+    options: list[ConfigOption] = []
+    for f in dataclasses.fields(cls):
+        path = (*prefix, f.name)
+        dotted = ".".join(path)
+        if dotted in exclude or "help" not in f.metadata:
+            continue
+        if defaults is not None:
+            default = getattr(defaults, f.name)
+        elif f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        if f.metadata.get("section") or dataclasses.is_dataclass(hints[f.name]):
+            sub_panel = f.metadata["help"] if f.metadata.get("section") else panel
+            sub_defaults = None if default is dataclasses.MISSING else default
+            options += config_options(hints[f.name], rename=rename, exclude=exclude, panel=sub_panel, prefix=path,
+                                      defaults=sub_defaults)
+            continue
+        required = default is dataclasses.MISSING
+        annotation, shown, parse = _option_type(hints[f.name], None if required else default)
+        if required:
+            annotation = annotation | None
+        flag = rename.get(dotted) or f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        if strip_optional(hints[f.name]) is bool and "/" not in flag:
+            flag = f"{flag}/--no-{flag[2:]}"
+        help_text = f.metadata["help"] + (" Required (here or in --config)." if required else "")
+        options.append(ConfigOption(path, flag, annotation, shown, help_text, panel, required, parse))
+    return options
+
+
+def settings_from_options(ctx: typer.Context, options: list[ConfigOption], values: dict[str, Any]) -> dict:
+    """The nested settings given explicitly on the command line (defaults stay with the dataclasses)."""
+    settings: dict[str, Any] = {}
+    for option in options:
+        source = ctx.get_parameter_source(option.param)
+        if source is None or source.name not in EXPLICIT_SOURCES:
+            continue
+        value = values[option.param]
+        if option.parse is not None and value is not None:
+            value = option.parse(value, option.first_flag)
+        node = settings
+        for key in option.path[:-1]:
+            node = node.setdefault(key, {})
+        node[option.path[-1]] = value
+    return settings
+
+
+def build_config(cls: type, options: list[ConfigOption], file_settings: dict[str, Any], cli_settings: dict) -> Any:
+    """``cls`` from the dataclass defaults, then the --config file, then the command line."""
+    settings = merge_settings(file_settings, cli_settings)
+    for option in options:
+        node: Any = settings
+        for key in option.path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if option.required and node is None:
+            raise EcnreidError(f"{option.first_flag}: required (on the command line or in --config)")
+    return config_from_dict(cls, settings, where="settings")
+
+
+ConfigFile = Annotated[
     Path | None,
-    typer.Option(help="A local torchvision state_dict for the backbone (e.g. ImageNet weights), used instead of"
-                 " the download."),
+    typer.Option("--config", help="TOML or JSON settings (a run's config.json too); command-line options win."),
 ]
-Pretrained = Annotated[
-    bool,
-    typer.Option(
-        "--pretrained/--no-pretrained",
-        help="Start from torchvision's ImageNet weights (downloaded once into torch's cache), as published;"
-        " --no-pretrained starts from random weights.",
-    ),
-]
-LastStride = Annotated[int, typer.Option(help="Stride of the last stage (1 doubles the final map).")]
-Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
-Height = Annotated[int, typer.Option(help="Input height.")]
-Width = Annotated[int, typer.Option(help="Input width.")]
-Workers = Annotated[int, typer.Option(help="DataLoader worker processes.")]
 
 
-@app.command("eval")
-@user_errors
-def eval_command(
-    dataset: Annotated[str, typer.Option(help="market1501, dukemtmc, msmt17, custom or synthetic.")],
-    root: Annotated[Path, typer.Option(help="Dataset folder (or its parent).")],
-    arch: Arch = "resnet50",
-    weights: Weights = None,
-    pretrained: Pretrained = True,
-    checkpoint: Annotated[Path | None, typer.Option(help="An ecnreid training checkpoint (last.pt/best.pt).")] = None,
-    rerank: Annotated[bool, typer.Option(help="Also score with k-reciprocal re-ranking (k1 20, k2 6, λ 0.3).")] = False,
-    flip: Annotated[bool, typer.Option(help="Average features of the image and its mirror.")] = False,
-    metric: Annotated[str, typer.Option(help="cosine or euclidean.")] = "cosine",
-    device: Device = "auto",
-    out: Annotated[Path, typer.Option(help="Folder for metrics.json and pictures.")] = Path("runs/eval"),
-    height: Height = 256,
-    width: Width = 128,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 128,
-    workers: Workers = 2,
-    last_stride: LastStride = 2,
-    save_ranks: Annotated[int, typer.Option(help="Write rank-list PNGs for this many queries.")] = 0,
-    skip_bad_images: Annotated[bool, typer.Option(help="Skip and count undecodable images.")] = False,
-) -> None:
-    """Extract features and score query against gallery: CMC, mAP, mINP (optionally re-ranked)."""
-    if checkpoint is not None and weights is not None:
-        raise EcnreidError("--checkpoint already holds the weights; leave out --weights")
-    config = EvalConfig(
-        dataset=dataset,
-        root=root,
-        model=ModelConfig(arch=arch, weights=weights, pretrained=pretrained, last_stride=last_stride),
-        checkpoint=checkpoint,
-        rerank=rerank,
-        flip=flip,
-        metric=metric,
-        device=device,
-        out=out,
-        height=height,
-        width=width,
-        batch_size=batch_size,
-        workers=workers,
-        save_ranks=save_ranks,
-        skip_bad_images=skip_bad_images,
-    )
+def config_command(
+    name: str,
+    cls: type,
+    *,
+    help: str,
+    rename: dict[str, str] | None = None,
+    exclude: frozenset[str] = frozenset(),
+    accepts_file: bool = True,
+) -> Callable[[Callable[[Any], None]], Callable[[Any], None]]:
+    """Register ``run(config)`` as command ``name`` with one option per field of ``cls``."""
+    options = config_options(cls, rename=rename, exclude=exclude)
+
+    def register(run: Callable[[Any], None]) -> Callable[[Any], None]:
+        @user_errors
+        def command(ctx: typer.Context, **values: Any) -> None:
+            config_file = values.pop("config", None)
+            file_settings = load_config_file(config_file) if config_file is not None else {}
+            run(build_config(cls, options, file_settings, settings_from_options(ctx, options, values)))
+
+        parameters = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
+        if accepts_file:
+            parameters.append(
+                inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=ConfigFile, default=None)
+            )
+        for option in options:
+            info = typer.Option(option.flag, help=option.help, rich_help_panel=option.panel,
+                                show_default=not option.required)
+            parameters.append(
+                inspect.Parameter(
+                    option.param,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    annotation=Annotated[option.annotation, info],
+                    default=None if option.required else option.default,
+                )
+            )
+        command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+        command.__annotations__ = {}
+        command.__doc__ = help
+        command.__name__ = f"{name}_command"
+        app.command(name, help=help)(command)
+        return run
+
+    return register
+
+
+# ---------------------------------------------------------------------------------------------- commands
+@config_command(
+    "train",
+    TrainConfig,
+    help="Train ECN: source cross-entropy + exemplar, camera and neighbourhood invariance on the target.",
+    rename={"evaluation.flip": "--flip-eval"},
+    exclude=frozenset({"evaluation.rerank", "evaluation.metric", "evaluation.save_ranks"}),
+)
+def train_command(config: TrainConfig) -> None:
+    from ecnreid.engine.loop import train
+    from ecnreid.evaluation.runner import render_train_summary
+
+    console.print(render_train_summary(train(config)))
+
+
+@config_command(
+    "eval",
+    EvalConfig,
+    help="Extract features and score query against gallery: CMC, mAP, mINP (optionally re-ranked).",
+    exclude=frozenset({"evaluation.every", "runtime.seed", "runtime.resume", "model.frozen_stages",
+                       "model.embedding_dim", "model.dropout"}),
+)
+def eval_command(config: EvalConfig) -> None:
     from ecnreid.evaluation.runner import run_eval
 
     run_eval(config)
 
 
-@app.command("train")
-@user_errors
-def train_command(
-    source: Annotated[str, typer.Option(help="Labelled source dataset name.")],
-    source_root: Annotated[Path, typer.Option(help="Source dataset folder.")],
-    target: Annotated[str, typer.Option(help="Unlabelled target dataset name.")],
-    target_root: Annotated[Path, typer.Option(help="Target dataset folder.")],
-    out: Annotated[Path, typer.Option(help="Run folder: checkpoints, log.jsonl, curves.png, metrics.json.")] = Path(
-        "runs/train"
-    ),
-    arch: Arch = "resnet50",
-    weights: Weights = None,
-    pretrained: Pretrained = True,
-    last_stride: LastStride = 2,
-    frozen_stages: Annotated[int, typer.Option(help="Stages frozen from the input (3 = conv1..layer2).")] = 3,
-    epochs: Annotated[int, typer.Option(help="Epochs (one pass over the source loader each).")] = 60,
-    iters_per_epoch: Annotated[int | None, typer.Option(help="Cap iterations per epoch (budget runs).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Source batch (the target batch is the same unless set).")] = 128,
-    target_batch_size: Annotated[int | None, typer.Option(help="Target batch size.")] = None,
-    lr: Annotated[float, typer.Option(help="Learning rate of new layers (backbone gets 0.1x).")] = 0.1,
-    backbone_lr_mult: Annotated[
-        float, typer.Option(help="Learning rate of the trainable backbone stages as a multiple of --lr.")
-    ] = 0.1,
-    lr_step: Annotated[int, typer.Option(help="Epoch at which the learning rate drops 10x.")] = 40,
-    lam: Annotated[float, typer.Option("--lambda", help="Target loss weight λ: (1-λ) source + λ target.")] = 0.3,
-    beta: Annotated[float, typer.Option(help="Memory softmax temperature β.")] = 0.05,
-    k: Annotated[int, typer.Option(help="Neighbours for neighbourhood invariance.")] = 6,
-    alpha: Annotated[float, typer.Option(help="Memory momentum per epoch: α = alpha × epoch.")] = 0.01,
-    neighbour_start: Annotated[int, typer.Option(help="0-based epoch from which neighbourhood invariance runs.")] = 5,
-    memory_dtype: Annotated[str, typer.Option(help="fp32 or fp16 exemplar memory.")] = "fp32",
-    memory_init: Annotated[
-        str, typer.Option(help="zeros (published) or features: fill the memory from one pass over the target.")
-    ] = "zeros",
-    knn: Annotated[str, typer.Option(help="Nearest memory slots by topk (of the logits) or faiss.")] = "topk",
-    camera: Annotated[bool, typer.Option(help="Camera invariance (needs a CamStyle set).")] = True,
-    neighbour: Annotated[bool, typer.Option(help="Neighbourhood invariance.")] = True,
-    source_only: Annotated[bool, typer.Option(help="Train on the source only (the ablation baseline).")] = False,
-    no_target: Annotated[bool, typer.Option(help="Domain generalisation: never read target train images.")] = False,
-    camstyle_dir: Annotated[Path | None, typer.Option(help="CamStyle folder (default: beside the target).")] = None,
-    height: Height = 256,
-    width: Width = 128,
-    workers: Workers = 4,
-    eval_every: Annotated[int, typer.Option(help="Evaluate on the target every N epochs (0: only at the end).")] = 5,
-    flip_eval: Annotated[bool, typer.Option(help="Flip-averaged features in evaluation.")] = False,
-    seed: Annotated[int, typer.Option(help="Random seed (runs are deterministic on CPU).")] = 0,
-    device: Device = "auto",
-    amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA.")] = True,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out from last.pt.")] = False,
-    skip_bad_images: Annotated[bool, typer.Option(help="Skip and count undecodable images.")] = False,
-    mixstyle: Annotated[str | None, typer.Option(help="MixStyle after these stages, e.g. layer1,layer2.")] = None,
-    mixstyle_p: Annotated[float, typer.Option(help="MixStyle probability.")] = 0.5,
-    mixstyle_alpha: Annotated[float, typer.Option(help="MixStyle Beta(α, α).")] = 0.1,
-    mixstyle_mix: Annotated[str, typer.Option(help="random or crossdomain.")] = "random",
-    snr: Annotated[
-        str | None,
-        typer.Option(help="SNR after these stages; the paper's re-ID placement is layer1,layer2,layer3,layer4."),
-    ] = None,
-    snr_weight: Annotated[
-        float | None,
-        typer.Option(
-            help="One weight for every SNR's dual causality loss (default: the paper's, 0.1 after layer1 and"
-            " layer2, 0.5 after layer3 and layer4)."
-        ),
-    ] = None,
-    rsc: Annotated[bool, typer.Option(help="Representation Self-Challenging on the source branch.")] = False,
-    rsc_spatial: Annotated[float, typer.Option(help="RSC fraction of spatial positions masked.")] = 1 / 3,
-    rsc_channel: Annotated[float, typer.Option(help="RSC fraction of channels masked.")] = 1 / 3.2,
-    rsc_batch: Annotated[float, typer.Option(help="RSC fraction of the batch challenged.")] = 1 / 3,
-) -> None:
-    """Train ECN: source cross-entropy + exemplar, camera and neighbourhood invariance on the target."""
-    if source_only and no_target:
-        raise EcnreidError("--source-only and --no-target: choose one")
-    config = TrainConfig(
-        source=source,
-        source_root=source_root,
-        target=target,
-        target_root=target_root,
-        model=ModelConfig(
-            arch=arch, weights=weights, pretrained=pretrained, last_stride=last_stride, frozen_stages=frozen_stages
-        ),
-        dg=DGConfig(
-            mixstyle_stages=parse_stages(mixstyle),
-            mixstyle_p=mixstyle_p,
-            mixstyle_alpha=mixstyle_alpha,
-            mixstyle_mix=mixstyle_mix,
-            snr_stages=parse_stages(snr),
-            snr_weight=snr_weight,
-            rsc=rsc,
-            rsc_spatial=rsc_spatial,
-            rsc_channel=rsc_channel,
-            rsc_batch=rsc_batch,
-        ),
-        out=out,
-        epochs=epochs,
-        iters_per_epoch=iters_per_epoch,
-        batch_size=batch_size,
-        target_batch_size=target_batch_size,
-        lr=lr,
-        backbone_lr_mult=backbone_lr_mult,
-        lr_step=lr_step,
-        lam=lam,
-        beta=beta,
-        k=k,
-        alpha=alpha,
-        neighbour_start_epoch=neighbour_start,
-        memory_dtype=memory_dtype,
-        memory_init=memory_init,
-        knn=knn,
-        use_camera=camera,
-        use_neighbour=neighbour,
-        source_only=source_only,
-        no_target=no_target,
-        camstyle_dir=camstyle_dir,
-        height=height,
-        width=width,
-        workers=workers,
-        eval_every=eval_every,
-        flip_eval=flip_eval,
-        seed=seed,
-        device=device,
-        amp=amp,
-        resume=resume,
-        skip_bad_images=skip_bad_images,
-    )
-    from ecnreid.engine.trainer import train
-    from ecnreid.evaluation.runner import render_train_summary
-
-    summary = train(config)
-    console.print(render_train_summary(summary))
+PREPARE_OPTIONS = config_options(PrepareConfig)
 
 
-@app.command("prepare")
+@app.command("prepare", help="Make the CamStyle set of a target (StarGAN or colour), or check one with --check.")
 @user_errors
 def prepare_command(
-    dataset: Annotated[str | None, typer.Option(help="Target dataset name.")] = None,
-    root: Annotated[Path | None, typer.Option(help="Target dataset folder.")] = None,
+    ctx: typer.Context,
     check: Annotated[Path | None, typer.Option(help="Only validate an existing CamStyle set in this folder.")] = None,
-    method: Annotated[str, typer.Option(help="stargan (GAN) or colour (fast colour-statistics transfer).")] = "stargan",
-    iters: Annotated[int, typer.Option(help="StarGAN training iterations.")] = 200_000,
-    image_size: Annotated[str, typer.Option(help="StarGAN input HEIGHTxWIDTH.")] = "256x128",
-    generator: Annotated[Path | None, typer.Option(help="Reuse a trained StarGAN checkpoint.")] = None,
-    out: Annotated[Path | None, typer.Option(help="CamStyle output folder (default: beside the dataset).")] = None,
-    work_dir: Annotated[Path | None, typer.Option(help="Folder for StarGAN checkpoints and samples.")] = None,
-    batch_size: Annotated[int, typer.Option(help="StarGAN batch size.")] = 16,
-    conv_dim: Annotated[
-        int, typer.Option(help="StarGAN width (published 64; 32 is about 3x faster on a CPU budget).")
-    ] = 64,
-    residual_generator: Annotated[
-        bool,
-        typer.Option(help="Generator starts as the identity and learns the change (not in StarGAN; short budgets)."),
-    ] = False,
-    camera_norm: Annotated[
-        bool,
-        typer.Option(help="Camera-conditioned InstanceNorm in the generator (not in StarGAN; learns a style sooner)."),
-    ] = False,
-    n_critic: Annotated[
-        int,
-        typer.Option(help="Critic steps per generator step (published 5; 1 gives the generator 5x the updates)."),
-    ] = 5,
-    lr: Annotated[float, typer.Option(help="StarGAN Adam learning rate (published 1e-4; both networks).")] = 1e-4,
-    lambda_rec: Annotated[
-        float,
-        typer.Option(
-            help="Weight of the cycle reconstruction (published 10; a residual generator keeps the person"
-            " by construction, and at 10 stayed the identity for 751 CPU iterations)."
-        ),
-    ] = 10.0,
-    pseudo_cameras: Annotated[int | None, typer.Option(help="Group images into K style clusters as cameras.")] = None,
-    sample_every: Annotated[int, typer.Option(help="Write a sample grid PNG every N iterations.")] = 1000,
-    checkpoint_every: Annotated[int, typer.Option(help="Save a checkpoint every N iterations.")] = 1000,
-    resume: Annotated[bool, typer.Option(help="Continue StarGAN training from its last checkpoint.")] = False,
-    amp: Annotated[
-        bool, typer.Option(help="bf16 autocast for StarGAN training on CUDA (published StarGAN trains in fp32).")
-    ] = False,
-    device: Device = "auto",
-    workers: Workers = 4,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    config: ConfigFile = None,
+    **values: Any,
 ) -> None:
-    """Make the CamStyle set of a target (StarGAN or colour), or check an existing one with --check."""
-    from camstyle.prepare import PrepareConfig, render_check_table, run_check, run_prepare
+    from camstyle.prepare import render_check_table, run_check, run_prepare
 
     if check is not None:
         report = run_check(check)
@@ -347,50 +321,42 @@ def prepare_command(
         if not report.complete:
             raise typer.Exit(1)
         return
-    if dataset is None or root is None:
-        raise EcnreidError("prepare needs --dataset and --root (or --check DIR)")
-    config = PrepareConfig(
-        dataset=dataset,
-        root=root,
-        method=method,
-        iters=iters,
-        image_size=parse_size(image_size, "--image-size"),
-        generator=generator,
-        out=out,
-        work_dir=work_dir,
-        device=device,
-        batch_size=batch_size,
-        conv_dim=conv_dim,
-        residual_generator=residual_generator,
-        camera_norm=camera_norm,
-        n_critic=n_critic,
-        lr=lr,
-        lambda_rec=lambda_rec,
-        amp=amp,
-        seed=seed,
-        pseudo_cameras=pseudo_cameras,
-        sample_every=sample_every,
-        checkpoint_every=checkpoint_every,
-        resume=resume,
-        workers=workers,
-    )
-    summary = run_prepare(config)
-    console.print(summary)
+    file_settings = load_config_file(config) if config is not None else {}
+    settings = settings_from_options(ctx, PREPARE_OPTIONS, values)
+    console.print(run_prepare(build_config(PrepareConfig, PREPARE_OPTIONS, file_settings, settings)))
 
 
-@app.command("demo")
-@user_errors
-def demo_command(
-    out: Annotated[Path, typer.Option(help="Folder for the synthetic data and the runs.")] = Path("runs/demo"),
-    seed: Annotated[int, typer.Option(help="Seed for the data and the runs.")] = 0,
-    epochs: Annotated[int, typer.Option(help="Training epochs per setting.")] = 10,
-    device: Device = "auto",
-    weights: Weights = None,
-) -> None:
-    """Generate the built-in synthetic two-domain dataset and run prepare → train → eval on it."""
-    from ecnreid.demo import DemoConfig, run_demo
+def _attach_options(command: Callable[..., Any], options: list[ConfigOption]) -> None:
+    """Give a hand-written command (``prepare``, whose --check needs no config) the generated options."""
+    signature = inspect.signature(command, eval_str=True)
+    fixed = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    extra = [
+        inspect.Parameter(
+            o.param,
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=Annotated[o.annotation, typer.Option(o.flag, help=o.help, rich_help_panel=o.panel,
+                                                            show_default=not o.required)],
+            default=None if o.required else o.default,
+        )
+        for o in options
+    ]
+    command.__signature__ = signature.replace(parameters=[*fixed, *extra])  # type: ignore[attr-defined]
+    command.__annotations__ = {}  # typer reads the signature; stripped annotations would drop the options' help
 
-    run_demo(DemoConfig(out=out, seed=seed, epochs=epochs, device=device, weights=weights))
+
+_attach_options(prepare_command, PREPARE_OPTIONS)
+
+
+@config_command(
+    "demo",
+    DemoConfig,
+    help="Generate the built-in synthetic two-domain dataset and run prepare → train → eval on it.",
+    accepts_file=False,
+)
+def demo_command(config: DemoConfig) -> None:
+    from ecnreid.demo import run_demo
+
+    run_demo(config)
 
 
 def main() -> None:

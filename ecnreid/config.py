@@ -1,13 +1,546 @@
-"""Run configurations: plain frozen dataclasses built from the CLI options and written as JSON into each run."""
+"""The configuration tree: plain frozen dataclasses, one per section, reused by every command.
+
+Each default is written once, here. A field's ``metadata`` carries its help text and, where it differs from
+the field name, its command-line flag; ``ecnreid.cli`` builds its options from these, and a run's own
+``config.json`` loads back through :func:`config_from_dict`. Validation lives in ``__post_init__``, so a
+library user gets the same checks as the command line.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import json
+import types
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import tomllib
+
+from ecnreid.errors import EcnreidError
+
+C = TypeVar("C")
 
 
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None) -> Any:
+    """A config field with its help text and (when it is not ``--field-name``) its command-line flag."""
+    metadata = {"help": help, "flag": flag}
+    return field(default=default, metadata=metadata)
+
+
+def section(factory: Any, help: str = "") -> Any:
+    """A nested section of the tree."""
+    return field(default_factory=factory, metadata={"help": help, "section": True})
+
+
+def _require(condition: bool, flag: str, value: Any, message: str) -> None:
+    if not condition:
+        raise EcnreidError(f"{flag} {value}: {message}")
+
+
+def _one_of(value: Any, choices: tuple[Any, ...], flag: str) -> None:
+    _require(value in choices, flag, value, f"expected one of {', '.join(map(str, choices))}")
+
+
+# ---------------------------------------------------------------------------------------------- model
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Backbone and head, shared by training and evaluation."""
+
+    arch: str = setting("resnet50", "Backbone: " + ", ".join(ARCHS) + ".")
+    weights: Path | None = setting(
+        None, "A local torchvision state_dict for the backbone (e.g. ImageNet weights), used instead of the download."
+    )
+    pretrained: bool = setting(
+        True,
+        "Start from torchvision's ImageNet weights (downloaded once into torch's cache), as published;"
+        " --no-pretrained starts from random weights.",
+    )
+    last_stride: int = setting(2, "Stride of the last stage (1 doubles the final map).")
+    frozen_stages: int = setting(3, "Stages frozen from the input (3 = conv1..layer2).")
+    embedding_dim: int = setting(4096, "Width of the embedding of the target branch.")
+    dropout: float = setting(0.5, "Dropout before the source classifier.")
+
+    def __post_init__(self) -> None:
+        _one_of(self.arch, ARCHS, "--arch")
+        _require(self.last_stride in (1, 2), "--last-stride", self.last_stride, "expected 1 or 2")
+        _require(self.frozen_stages >= 0, "--frozen-stages", self.frozen_stages, "must not be negative")
+        _require(self.embedding_dim > 0, "--embedding-dim", self.embedding_dim, "must be positive")
+        _require(0 <= self.dropout < 1, "--dropout", self.dropout, "must lie in [0, 1)")
+        if self.weights is not None and not self.pretrained:
+            raise EcnreidError("--weights PATH and --no-pretrained contradict each other: give one of them")
+
+
+# SNR's re-ID setting (Jin et al., CVPR 2020, Sec. 3.3): an SNR after each of the four ResNet-50 stages, with
+# dual causality loss weights λ_b = 0.1 for stages 1-2 and 0.5 for stages 3-4 (closer to the identity task).
+SNR_PAPER_STAGES: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4")
+SNR_PAPER_WEIGHTS: dict[str, float] = {"layer1": 0.1, "layer2": 0.1, "layer3": 0.5, "layer4": 0.5}
+MIXSTYLE_MIXES = ("random", "crossdomain")
+
+
+@dataclass(frozen=True)
+class DGConfig:
+    """Domain-generalisation modules (MixStyle, SNR, RSC); all off by default."""
+
+    mixstyle_stages: tuple[str, ...] = setting(
+        (), "MixStyle after these stages, e.g. layer1,layer2.", flag="--mixstyle"
+    )
+    mixstyle_p: float = setting(0.5, "MixStyle probability.")
+    mixstyle_alpha: float = setting(0.1, "MixStyle Beta(α, α).")
+    mixstyle_mix: str = setting("random", "random or crossdomain (source with target statistics).")
+    snr_stages: tuple[str, ...] = setting(
+        (), "SNR after these stages; the paper's re-ID placement is layer1,layer2,layer3,layer4.", flag="--snr"
+    )
+    snr_weight: float | None = setting(
+        None,
+        "One weight for every SNR's dual causality loss (default: the paper's, 0.1 after layer1 and layer2,"
+        " 0.5 after layer3 and layer4).",
+    )
+    rsc: bool = setting(False, "Representation Self-Challenging on the source branch.")
+    rsc_spatial: float = setting(1 / 3, "RSC fraction of spatial positions masked.")
+    rsc_channel: float = setting(1 / 3.2, "RSC fraction of channels masked.")
+    rsc_batch: float = setting(1 / 3, "RSC fraction of the batch challenged.")
+
+    def __post_init__(self) -> None:
+        _one_of(self.mixstyle_mix, MIXSTYLE_MIXES, "--mixstyle-mix")
+        _require(0 <= self.mixstyle_p <= 1, "--mixstyle-p", self.mixstyle_p, "must lie in [0, 1]")
+        _require(self.mixstyle_alpha > 0, "--mixstyle-alpha", self.mixstyle_alpha, "must be positive")
+        if self.snr_weight is not None:
+            _require(self.snr_weight >= 0, "--snr-weight", self.snr_weight, "must not be negative")
+        for flag, value in (
+            ("--rsc-spatial", self.rsc_spatial),
+            ("--rsc-channel", self.rsc_channel),
+            ("--rsc-batch", self.rsc_batch),
+        ):
+            _require(0 < value <= 1, flag, value, "must lie in (0, 1]")
+
+    @property
+    def any(self) -> bool:
+        return bool(self.mixstyle_stages or self.snr_stages or self.rsc)
+
+    def snr_loss_weight(self, stage: str) -> float:
+        """λ of the dual causality loss of the SNR after ``stage``: ``snr_weight``, else the paper's value
+        (the paper has no SNR after the stem; it gets the early stages' 0.1)."""
+        if self.snr_weight is not None:
+            return self.snr_weight
+        return SNR_PAPER_WEIGHTS.get(stage, SNR_PAPER_WEIGHTS["layer1"])
+
+
+# ---------------------------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class InputConfig:
+    """How images enter the network."""
+
+    height: int = setting(256, "Input height.")
+    width: int = setting(128, "Input width.")
+    batch_size: int = setting(
+        128, "Images per batch (training: the source batch; the target's is the same unless --target-batch-size)."
+    )
+    workers: int = setting(4, "DataLoader worker processes.")
+    skip_bad_images: bool = setting(False, "Skip and count undecodable images.")
+
+    def __post_init__(self) -> None:
+        _require(
+            self.height > 0 and self.width > 0,
+            "--height/--width",
+            f"{self.height}x{self.width}",
+            "sizes must be positive",
+        )
+        _require(self.batch_size >= 1, "--batch-size", self.batch_size, "must be at least 1")
+        _require(self.workers >= 0, "--workers", self.workers, "must not be negative")
+
+
+@dataclass(frozen=True)
+class DomainsConfig:
+    """The labelled source (x) and the unlabelled target (u) of a training run."""
+
+    source: str = setting(help="Labelled source dataset name.")
+    source_root: Path = setting(help="Source dataset folder.")
+    target: str = setting(help="Unlabelled target dataset name (its query/gallery split is evaluated).")
+    target_root: Path = setting(help="Target dataset folder.")
+    target_batch_size: int | None = setting(None, "Target batch size.")
+    camstyle_dir: Path | None = setting(None, "CamStyle folder of the target (default: beside the target).")
+
+    def __post_init__(self) -> None:
+        if self.target_batch_size is not None:
+            _require(self.target_batch_size >= 1, "--target-batch-size", self.target_batch_size, "must be at least 1")
+
+
+# ---------------------------------------------------------------------------------------------- training
+@dataclass(frozen=True)
+class OptimConfig:
+    """SGD with Nesterov momentum and one 10x learning-rate step, as published."""
+
+    epochs: int = setting(60, "Epochs (one pass over the source loader each).")
+    iters_per_epoch: int | None = setting(None, "Cap iterations per epoch (budget runs).")
+    lr: float = setting(0.1, "Learning rate of new layers (backbone gets --backbone-lr-mult of it).")
+    backbone_lr_mult: float = setting(0.1, "Learning rate of the trainable backbone stages as a multiple of --lr.")
+    lr_step: int = setting(40, "Epoch at which the learning rate drops 10x.")
+    momentum: float = setting(0.9, "SGD momentum.")
+    weight_decay: float = setting(5e-4, "SGD weight decay.")
+    amp: bool = setting(True, "Mixed precision on CUDA.")
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, "--epochs", self.epochs, "must be at least 1")
+        if self.iters_per_epoch is not None:
+            _require(self.iters_per_epoch >= 1, "--iters-per-epoch", self.iters_per_epoch, "must be at least 1")
+        _require(self.lr > 0, "--lr", self.lr, "must be positive")
+        _require(self.backbone_lr_mult >= 0, "--backbone-lr-mult", self.backbone_lr_mult, "must not be negative")
+        _require(self.lr_step >= 1, "--lr-step", self.lr_step, "must be at least 1")
+
+
+MEMORY_DTYPES = ("fp32", "fp16")
+MEMORY_INITS = ("zeros", "features")
+KNN_METHODS = ("topk", "faiss")  # topk of the logits is ~100x faster on CPU (bench/knn_speed.py)
+
+
+@dataclass(frozen=True)
+class ECNConfig:
+    """ECN's terms on the exemplar memory (Zhong et al., CVPR 2019); defaults are the published setting.
+
+    Source only, DG only (``no_target``) and the ablations are the same method with terms switched off."""
+
+    lam: float = setting(0.3, "Target loss weight λ: (1-λ) source + λ target.", flag="--lambda")
+    beta: float = setting(0.05, "Memory softmax temperature β.")
+    k: int = setting(6, "Neighbours for neighbourhood invariance.")
+    alpha: float = setting(0.01, "Memory momentum per epoch: α = alpha × epoch.")
+    neighbour_start_epoch: int = setting(
+        5, "0-based epoch from which neighbourhood invariance runs.", flag="--neighbour-start"
+    )
+    memory_dtype: str = setting("fp32", "fp32 or fp16 exemplar memory.")
+    memory_init: str = setting("zeros", "zeros (published) or features: fill the memory from one pass over the target.")
+    knn: str = setting("topk", "Nearest memory slots by topk (of the logits) or faiss.")
+    use_camera: bool = setting(True, "Camera invariance (needs a CamStyle set).", flag="--camera/--no-camera")
+    use_neighbour: bool = setting(True, "Neighbourhood invariance.", flag="--neighbour/--no-neighbour")
+    source_only: bool = setting(False, "Train on the source only (the ablation baseline).")
+    no_target: bool = setting(False, "Domain generalisation: never read target train images.")
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.lam <= 1, "--lambda", self.lam, "must lie in [0, 1]")
+        _require(self.beta > 0, "--beta", self.beta, "must be positive")
+        _require(self.k >= 1, "--k", self.k, "must be at least 1")
+        _require(self.alpha >= 0, "--alpha", self.alpha, "must not be negative")
+        _require(
+            self.neighbour_start_epoch >= 0, "--neighbour-start", self.neighbour_start_epoch, "must not be negative"
+        )
+        _one_of(self.memory_dtype, MEMORY_DTYPES, "--memory-dtype")
+        _one_of(self.memory_init, MEMORY_INITS, "--memory-init")
+        _one_of(self.knn, KNN_METHODS, "--knn")
+        if self.source_only and self.no_target:
+            raise EcnreidError("--source-only and --no-target: choose one")
+
+    @property
+    def uses_target(self) -> bool:
+        """Whether the unlabelled target train split takes part in training (false for source-only / DG)."""
+        return not (self.source_only or self.no_target)
+
+    @property
+    def setting_name(self) -> str:
+        """The ablation row this run reproduces (ECN-SPEC ablation table)."""
+        if not self.uses_target:
+            return "source only"
+        parts = ["E"] + (["C"] if self.use_camera else []) + (["N"] if self.use_neighbour else [])
+        return "+" + "+".join(parts)
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and how a job runs."""
+
+    seed: int = setting(0, "Random seed (runs are deterministic on CPU).")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
+    resume: bool = setting(False, "Continue the job in --out from its last checkpoint.")
+
+    def __post_init__(self) -> None:
+        ok = self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit())
+        _require(ok, "--device", self.device, "expected auto, cpu, cuda or cuda:N")
+
+
+METRICS = ("cosine", "euclidean")
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Scoring a query/gallery split: by `ecnreid eval`, and by the training run's evaluation hook."""
+
+    every: int = setting(5, "Evaluate on the target every N epochs (0: only at the end).", flag="--eval-every")
+    flip: bool = setting(False, "Average features of the image and its mirror.")
+    rerank: bool = setting(False, "Also score with k-reciprocal re-ranking (k1 20, k2 6, λ 0.3).")
+    metric: str = setting("cosine", "cosine or euclidean.")
+    save_ranks: int = setting(0, "Write rank-list PNGs for this many queries.")
+
+    def __post_init__(self) -> None:
+        _require(self.every >= 0, "--eval-every", self.every, "must not be negative")
+        _one_of(self.metric, METRICS, "--metric")
+        _require(self.save_ranks >= 0, "--save-ranks", self.save_ranks, "must not be negative")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """`ecnreid train`: a two-domain training run of ``method`` (ECN by default, the published setting)."""
+
+    domains: DomainsConfig = setting(help="Source and target.")
+    out: Path = setting(Path("runs/train"), "Run folder: checkpoints, log.jsonl, curves.png, metrics.json.")
+    method: str = setting("ecn", "Training method (a name in ecnreid.methods.METHODS).")
+    input: InputConfig = section(InputConfig, "Input")
+    model: ModelConfig = section(ModelConfig, "Model")
+    optim: OptimConfig = section(OptimConfig, "Optimisation")
+    ecn: ECNConfig = section(ECNConfig, "ECN")
+    dg: DGConfig = section(DGConfig, "Domain generalisation")
+    evaluation: EvaluationConfig = section(EvaluationConfig, "Evaluation")
+    runtime: RuntimeConfig = section(RuntimeConfig, "Runtime")
+
+    def __post_init__(self) -> None:
+        if self.dg.mixstyle_stages and self.dg.mixstyle_mix == "crossdomain" and not self.ecn.uses_target:
+            raise EcnreidError(
+                "--mixstyle-mix crossdomain mixes source with target statistics: it needs target images "
+                "(not --source-only or --no-target); use --mixstyle-mix random"
+            )
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """`ecnreid eval`: extract features of a query/gallery split and score the ranking."""
+
+    dataset: str = setting(help="market1501, dukemtmc, msmt17, custom or synthetic.")
+    root: Path = setting(help="Dataset folder (or its parent).")
+    checkpoint: Path | None = setting(None, "An ecnreid training checkpoint (last.pt).")
+    out: Path = setting(Path("runs/eval"), "Folder for metrics.json and pictures.")
+    input: InputConfig = section(lambda: InputConfig(workers=2), "Input")
+    model: ModelConfig = section(ModelConfig, "Model")
+    evaluation: EvaluationConfig = section(EvaluationConfig, "Evaluation")
+    runtime: RuntimeConfig = section(RuntimeConfig, "Runtime")
+
+    def __post_init__(self) -> None:
+        if self.checkpoint is not None and self.model.weights is not None:
+            raise EcnreidError("--checkpoint already holds the weights; leave out --weights")
+
+
+# ---------------------------------------------------------------------------------------------- CamStyle
+@dataclass(frozen=True)
+class StarGANConfig:
+    """StarGAN (Choi et al., CVPR 2018) with the camera as the domain; defaults are ECN's setting."""
+
+    iters: int = setting(200_000, "StarGAN training iterations.")
+    batch_size: int = setting(16, "StarGAN batch size.")
+    image_size: tuple[int, int] = setting((256, 128), "StarGAN input HEIGHTxWIDTH.")
+    load_scale: float = setting(1.125, "Resize to this multiple of --image-size before the random crop.")
+    conv_dim: int = setting(64, "StarGAN width of both networks (published 64; 32 is about 3x faster on a CPU).")
+    g_repeat_num: int = setting(6, "Residual blocks of the generator.")
+    d_repeat_num: int = setting(6, "Down-sampling layers of the discriminator.")
+    residual_generator: bool = setting(
+        False, "Generator starts as the identity and learns the change (not in StarGAN; short budgets)."
+    )
+    camera_norm: bool = setting(
+        False, "Camera-conditioned InstanceNorm in the generator (not in StarGAN; learns a style sooner)."
+    )
+    lr: float = setting(1e-4, "StarGAN Adam learning rate of both networks (published 1e-4).")
+    beta1: float = setting(0.5, "Adam β1.")
+    beta2: float = setting(0.999, "Adam β2.")
+    n_critic: int = setting(5, "Critic steps per generator step (published 5; 1 gives the generator 5x the updates).")
+    lambda_cls: float = setting(1.0, "Weight of the camera classification loss.")
+    lambda_rec: float = setting(
+        10.0,
+        "Weight of the cycle reconstruction (published 10; a residual generator keeps the person by construction,"
+        " and at 10 stayed the identity for 751 CPU iterations).",
+    )
+    lambda_gp: float = setting(10.0, "Weight of the gradient penalty.")
+    decay_from: float = setting(0.5, "Fraction of --iters after which the learning rates fall linearly to 0.")
+    amp: bool = setting(False, "bf16 autocast for StarGAN training on CUDA (published StarGAN trains in fp32).")
+    sample_every: int = setting(1000, "Write a sample grid PNG every N iterations.")
+    checkpoint_every: int = setting(1000, "Save a checkpoint every N iterations.")
+    log_every: int = setting(10, "Log the losses every N iterations.")
+    sample_rows: int = setting(4, "Images per sample grid.")
+    generate_batch_size: int = setting(64, "Images per batch when rendering the CamStyle set.")
+
+    def __post_init__(self) -> None:
+        _require(self.iters >= 1, "--iters", self.iters, "must be at least 1")
+        _require(self.batch_size >= 1, "--batch-size", self.batch_size, "must be at least 1")
+        _require(self.lambda_rec >= 0, "--lambda-rec", self.lambda_rec, "must not be negative")
+        _require(self.lr > 0, "--lr", self.lr, "must be positive")
+        _require(self.n_critic >= 1, "--n-critic", self.n_critic, "must be at least 1")
+        h, w = self.image_size
+        scale = 2**self.d_repeat_num
+        _require(
+            h > 0 and w > 0 and not h % scale and not w % scale,
+            "--image-size",
+            f"{h}x{w}",
+            f"height and width must be positive multiples of {scale} (the discriminator halves them "
+            f"{self.d_repeat_num} times)",
+        )
+
+    @property
+    def load_size(self) -> tuple[int, int]:
+        h, w = self.image_size
+        return round(h * self.load_scale), round(w * self.load_scale)
+
+
+CAMSTYLE_METHODS = ("stargan", "colour")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """`ecnreid prepare`: the CamStyle set of ``dataset`` at ``root`` (defaults are ECN's StarGAN setting)."""
+
+    dataset: str = setting(help="Target dataset name.")
+    root: Path = setting(help="Target dataset folder.")
+    method: str = setting("stargan", "stargan (GAN) or colour (fast colour-statistics transfer).")
+    out: Path | None = setting(None, "CamStyle output folder (default: beside the dataset).")
+    generator: Path | None = setting(None, "Reuse a trained StarGAN checkpoint.")
+    work_dir: Path | None = setting(None, "Folder for StarGAN checkpoints and samples.")
+    pseudo_cameras: int | None = setting(None, "Group images into K style clusters as cameras.")
+    workers: int = setting(4, "DataLoader worker processes.")
+    stargan: StarGANConfig = section(StarGANConfig, "StarGAN")
+    runtime: RuntimeConfig = section(RuntimeConfig, "Runtime")
+
+    def __post_init__(self) -> None:
+        _one_of(self.method, CAMSTYLE_METHODS, "--method")
+        if self.pseudo_cameras is not None:
+            _require(
+                self.pseudo_cameras >= 2, "--pseudo-cameras", self.pseudo_cameras, "needs at least 2 style clusters"
+            )
+        _require(self.workers >= 0, "--workers", self.workers, "must not be negative")
+
+
+# ---------------------------------------------------------------------------------------------- synthetic data
+# What one domain of the built-in synthetic dataset looks like (``ecnreid.data.synthetic``): who is in it, how
+# its cameras see, how many images. A spec's defaults are the *source* domain's; the named pairs follow.
+MAX_IDS = 4999  # person ids are written with 4 digits; the target's start at 5001
+
+
+def _require_synthetic(condition: bool, where: str, value: Any, message: str) -> None:
+    if not condition:
+        raise EcnreidError(f"synthetic {where} {value!r}: {message}")
+
+
+@dataclass(frozen=True)
+class PersonSpec:
+    """How the domain's people dress: its fashion."""
+
+    # Share of black, white and grey garments (tops, bottoms, patterns, bags, hats); other garments get any hue.
+    achromatic: float = 0.3
+
+    def __post_init__(self) -> None:
+        _require_synthetic(0.0 <= self.achromatic <= 1.0, "person.achromatic", self.achromatic, "must lie in [0, 1]")
+
+
+@dataclass(frozen=True)
+class CameraStyleSpec:
+    """How the domain's cameras render a scene. Each camera draws its own style within these bounds."""
+
+    # Scales every departure from a neutral camera other than the cast: saturation, hue, exposure, contrast,
+    # gamma, vertical shade, blur, sensor noise (0 = neutral).
+    strength: float = 0.3
+    # Amplitude of each camera's colour cast (white-balance gains up to 1 ± cast, every camera in its own
+    # direction of the colour wheel); 0 = no cast.
+    cast: float = 0.12
+    # Textured scenes (bricks, tiles, stripes, foliage) instead of plain ones (solid, gradient, floor).
+    textured: bool = False
+
+    def __post_init__(self) -> None:
+        # Beyond 2 a camera's exposure or contrast factor could reach 0 or below.
+        _require_synthetic(0.0 <= self.strength <= 2.0, "camera.strength", self.strength, "must lie in [0, 2]")
+        # A cast of 1 or more could zero a colour channel.
+        _require_synthetic(0.0 <= self.cast < 1.0, "camera.cast", self.cast, "must lie in [0, 1)")
+
+
+@dataclass(frozen=True)
+class LayoutSpec:
+    """How many people, cameras and images the domain has.
+
+    Each person is seen by 2..``cameras`` cameras. The first ``train_ids`` people are the training ids, with
+    1..``train_images_per_camera`` images per camera that sees them; the next ``test_ids`` are the test ids, with
+    one query and ``gallery_per_camera`` gallery images per camera that sees them.
+    """
+
+    cameras: int = 4
+    train_ids: int = 60
+    test_ids: int = 40
+    train_images_per_camera: int = 2
+    gallery_per_camera: int = 2
+    # A person's training images in one camera are frames of one track: same view and pose, as the
+    # near-duplicates of real re-ID training sets (background crop, exposure flicker and noise still vary).
+    tracks: bool = False
+
+    def __post_init__(self) -> None:
+        _require_synthetic(self.cameras >= 2, "layout.cameras", self.cameras, "a domain needs at least 2 cameras")
+        for name in ("train_ids", "test_ids", "train_images_per_camera", "gallery_per_camera"):
+            value = getattr(self, name)
+            _require_synthetic(value >= 1, f"layout.{name}", value, "must be at least 1")
+        total = self.train_ids + self.test_ids
+        _require_synthetic(total <= MAX_IDS, "layout.train_ids + test_ids", total, f"at most {MAX_IDS} ids per domain")
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """One domain of the synthetic dataset."""
+
+    person: PersonSpec = field(default_factory=PersonSpec)
+    camera: CameraStyleSpec = field(default_factory=CameraStyleSpec)
+    layout: LayoutSpec = field(default_factory=LayoutSpec)
+
+    def __post_init__(self) -> None:
+        for name, kind in (("person", PersonSpec), ("camera", CameraStyleSpec), ("layout", LayoutSpec)):
+            value = getattr(self, name)
+            _require_synthetic(isinstance(value, kind), name, value, f"expected a {kind.__name__}")
+
+
+# The generator's default pair: mild, neutral-ish source cameras over plain scenes; a target with one more
+# camera, strong and distinct colour casts, lighting, blur and noise, and textured scenes. Appearance identifies
+# a person within a target camera; matching across them needs camera invariance.
+DEFAULT_SOURCE = DomainSpec()
+DEFAULT_TARGET = DomainSpec(
+    camera=CameraStyleSpec(strength=0.8, cast=0.35, textured=True),
+    layout=LayoutSpec(cameras=5),
+)
+
+# The demo's pair. The domain gap is fashion, as from winter DukeMTMC to summer Market-1501: source people wear
+# black, white and grey, target people colours, which a source-trained model never learned to tell apart. The
+# target's cameras differ in lighting, contrast, blur and noise but not in colour cast, over plain scenes: with
+# camera casts (0.2) and textured scenes, exemplar invariance from random weights learns the camera instead of
+# the person (trained alone on the target, λ = 1: rank-1 0.7, against 28.7 with neutral cameras). A target
+# person's training images in one camera are 1-4 frames of one track (Market-1501: 4.0 per person and camera on
+# average): the near-duplicates that exemplar invariance pushes apart and neighbourhood invariance finds again.
+DEMO_SOURCE = DomainSpec(person=PersonSpec(achromatic=1.0))
+DEMO_TARGET = DomainSpec(
+    person=PersonSpec(achromatic=0.0),
+    camera=CameraStyleSpec(strength=0.4, cast=0.0, textured=False),
+    layout=LayoutSpec(cameras=5, train_images_per_camera=4, tracks=True),
+)
+
+
+# ---------------------------------------------------------------------------------------------- demo
+@dataclass(frozen=True)
+class DemoConfig:
+    """`ecnreid demo`; the training knobs are scaled down from the published ones for CPU minutes."""
+
+    out: Path = setting(Path("runs/demo"), "Folder for the synthetic data and the runs.")
+    seed: int = setting(0, "Seed for the data and the runs.")
+    epochs: int = setting(10, "Training epochs per setting.")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
+    weights: Path | None = setting(
+        None, "A local torchvision state_dict for the backbone (e.g. ImageNet weights), used instead of the download."
+    )
+    arch: str = "resnet18"
+    height: int = 64
+    width: int = 32
+    batch_size: int = 32
+    # From random weights with batch 32, the published 0.1 makes the 4096-d classifier's logits explode.
+    lr: float = 0.01
+    # 80 steps move a backbone trained at the published 0.1 x lr too little for the target terms to matter.
+    backbone_lr_mult: float = 1.0
+    # The spec's k = 6 is for Market-1501, where a person has about 16 other training images; here about 8.
+    k: int = 3
+    workers: int = 0  # tiny images: worker processes cost more than they save
+    source: DomainSpec = DEMO_SOURCE
+    target: DomainSpec = DEMO_TARGET
+
+
+# ---------------------------------------------------------------------------------------------- (de)serialising
 def config_to_dict(config: Any) -> dict[str, Any]:
     """A JSON-safe dict of a config dataclass (paths become strings, tuples lists)."""
 
@@ -23,126 +556,118 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return {f.name: convert(getattr(config, f.name)) for f in dataclasses.fields(config)}
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    """Backbone and head choices shared by training and evaluation."""
-
-    arch: str = "resnet50"
-    weights: Path | None = None  # a local state_dict; takes the place of torchvision's download
-    pretrained: bool = True  # ImageNet initialisation, as published; False starts from random weights
-    last_stride: int = 2
-    frozen_stages: int = 3
-    embedding_dim: int = 4096
-    dropout: float = 0.5
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
-# SNR's re-ID setting (Jin et al., CVPR 2020, Sec. 3.3): an SNR after each of the four ResNet-50 stages, with
-# dual causality loss weights λ_b = 0.1 for stages 1-2 and 0.5 for stages 3-4 (closer to the identity task).
-SNR_PAPER_STAGES: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4")
-SNR_PAPER_WEIGHTS: dict[str, float] = {"layer1": 0.1, "layer2": 0.1, "layer3": 0.5, "layer4": 0.5}
+def strip_optional(annotation: Any) -> Any:
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0] if len(args) == 1 else annotation
+    return annotation
 
 
-@dataclass(frozen=True)
-class DGConfig:
-    """Domain-generalisation modules (MixStyle, SNR, RSC); all off by default."""
-
-    mixstyle_stages: tuple[str, ...] = ()
-    mixstyle_p: float = 0.5
-    mixstyle_alpha: float = 0.1
-    mixstyle_mix: str = "random"
-    snr_stages: tuple[str, ...] = ()
-    snr_weight: float | None = None  # one λ for every SNR; None: the paper's per-stage SNR_PAPER_WEIGHTS
-    rsc: bool = False
-    rsc_spatial: float = 1 / 3
-    rsc_channel: float = 1 / 3.2
-    rsc_batch: float = 1 / 3
-
-    @property
-    def any(self) -> bool:
-        return bool(self.mixstyle_stages or self.snr_stages or self.rsc)
-
-    def snr_loss_weight(self, stage: str) -> float:
-        """λ of the dual causality loss of the SNR after ``stage``: ``snr_weight``, else the paper's value
-        (the paper has no SNR after the stem; it gets the early stages' 0.1)."""
-        if self.snr_weight is not None:
-            return self.snr_weight
-        return SNR_PAPER_WEIGHTS.get(stage, SNR_PAPER_WEIGHTS["layer1"])
+def _coerce(annotation: Any, value: Any, where: str) -> Any:
+    if value is None:
+        return None
+    target = strip_optional(annotation)
+    if dataclasses.is_dataclass(target):
+        if not isinstance(value, dict):
+            raise EcnreidError(f"{where}: expected a table of settings, got {value!r}")
+        return config_from_dict(target, value, where=where)
+    if target is Path:
+        return Path(value)
+    if typing.get_origin(target) is tuple:
+        return tuple(value)
+    if target is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
-@dataclass(frozen=True)
-class EvalConfig:
-    """`ecnreid eval`: extract features of a query/gallery split and score the ranking."""
-
-    dataset: str
-    root: Path
-    model: ModelConfig = ModelConfig()
-    checkpoint: Path | None = None
-    rerank: bool = False
-    flip: bool = False
-    metric: str = "cosine"
-    device: str = "auto"
-    out: Path = Path("runs/eval")
-    height: int = 256
-    width: int = 128
-    batch_size: int = 128
-    workers: int = 2
-    save_ranks: int = 0
-    skip_bad_images: bool = False
+def config_from_dict(cls: type[C], data: dict[str, Any], *, where: str = "config") -> C:
+    """Build ``cls`` from a (possibly partial) nested dict; missing fields keep their defaults, unknown
+    keys are an error naming the key."""
+    hints = _field_types(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise EcnreidError(f"{where}: unknown setting {unknown[0]!r}; valid: {', '.join(sorted(names))}")
+    kwargs = {name: _coerce(hints[name], value, f"{where}.{name}") for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise EcnreidError(f"{where}: {exc}") from None
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """`ecnreid train`: ECN (Zhong et al., CVPR 2019); defaults are the published setting."""
+# Keys a run folder's config.json carries beside the configuration itself.
+RUN_RECORD_KEYS = ("provenance", "signature")
 
-    source: str
-    source_root: Path
-    target: str
-    target_root: Path
-    model: ModelConfig = ModelConfig()
-    dg: DGConfig = DGConfig()
-    out: Path = Path("runs/train")
-    epochs: int = 60
-    lr: float = 0.1
-    backbone_lr_mult: float = 0.1
-    lr_step: int = 40
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 128
-    target_batch_size: int | None = None
-    iters_per_epoch: int | None = None
-    height: int = 256
-    width: int = 128
-    workers: int = 4
-    lam: float = 0.3
-    beta: float = 0.05
-    k: int = 6
-    alpha: float = 0.01
-    neighbour_start_epoch: int = 5
-    memory_dtype: str = "fp32"
-    memory_init: str = "zeros"
-    knn: str = "topk"
-    use_camera: bool = True
-    use_neighbour: bool = True
-    source_only: bool = False
-    no_target: bool = False
-    camstyle_dir: Path | None = None
-    eval_every: int = 5
-    flip_eval: bool = False
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    resume: bool = False
-    skip_bad_images: bool = False
 
-    @property
-    def uses_target_training(self) -> bool:
-        """Whether the unlabelled target train split takes part in training (false for source-only / DG)."""
-        return not (self.source_only or self.no_target)
+def load_config_file(path: Path) -> dict[str, Any]:
+    """The nested settings of a TOML or JSON file (a run's own ``config.json`` included)."""
+    path = Path(path)
+    if not path.is_file():
+        raise EcnreidError(f"{path}: --config file not found")
+    try:
+        if path.suffix.lower() == ".toml":
+            data = tomllib.loads(path.read_text())
+        elif path.suffix.lower() == ".json":
+            data = json.loads(path.read_text())
+        else:
+            raise EcnreidError(f"{path}: --config must be a .toml or .json file")
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EcnreidError(f"{path}: not a valid {path.suffix[1:].upper()} file ({exc})") from None
+    if not isinstance(data, dict):
+        raise EcnreidError(f"{path}: expected a table of settings at the top level")
+    return {k: v for k, v in data.items() if k not in RUN_RECORD_KEYS}
 
-    @property
-    def setting_name(self) -> str:
-        """The ablation row this run reproduces (ECN-SPEC ablation table)."""
-        if not self.uses_target_training:
-            return "source only"
-        parts = ["E"] + (["C"] if self.use_camera else []) + (["N"] if self.use_neighbour else [])
-        return "+" + "+".join(parts)
+
+def _leaf_paths(cls: type, prefix: tuple[str, ...] = ()) -> dict[str, list[tuple[str, ...]]]:
+    paths: dict[str, list[tuple[str, ...]]] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        kind = strip_optional(hints[f.name])
+        if dataclasses.is_dataclass(kind):
+            for name, found in _leaf_paths(kind, (*prefix, f.name)).items():
+                paths.setdefault(name, []).extend(found)
+        else:
+            paths.setdefault(f.name, []).append((*prefix, f.name))
+    return paths
+
+
+def override(config: C, **settings: Any) -> C:
+    """``config`` with settings replaced by field name wherever they sit in the tree
+    (``override(train_config, lr=0.01, use_camera=False)``), or whole top-level sections (``model=...``);
+    a name found in two sections is an error."""
+    paths = _leaf_paths(type(config))
+    top = {f.name for f in dataclasses.fields(config)}  # type: ignore[arg-type]
+    nested: dict[str, Any] = {}
+    for name, value in settings.items():
+        found = [(name,)] if name in top else paths.get(name, [])
+        if len(found) != 1:
+            where = "no section" if not found else "sections " + ", ".join(".".join(p[:-1]) for p in found)
+            raise ValueError(f"override {name}: found in {where}; replace the section with dataclasses.replace")
+        node = nested
+        for key in found[0][:-1]:
+            node = node.setdefault(key, {})
+        node[found[0][-1]] = value
+    return _replace_nested(config, nested)
+
+
+def _replace_nested(config: C, nested: dict[str, Any]) -> C:
+    changes = {
+        key: _replace_nested(getattr(config, key), value) if isinstance(value, dict) else value
+        for key, value in nested.items()
+    }
+    return dataclasses.replace(config, **changes)  # type: ignore[type-var]
+
+
+def merge_settings(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` laid over it, section by section."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_settings(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

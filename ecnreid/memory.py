@@ -11,11 +11,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def alpha_for_epoch(epoch: int, step: float = 0.01) -> float:
-    """Memory momentum of the official code, ``0.01 * epoch`` (0-based: epoch 0 overwrites each slot)."""
-    return step * epoch
-
-
 class ExemplarMemory(nn.Module):
     """Memory ``M`` [num_slots, dim], zero at the start; ``dtype=torch.float16`` halves its size."""
 

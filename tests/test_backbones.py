@@ -141,6 +141,105 @@ def test_insert_after_unknown_stage() -> None:
         backbone.insert_after("layer5", nn.Identity())
 
 
+class _Tagged(nn.Module):
+    """An aux module: adds ``shift`` and hands out (tag, input batch size, input mean); None in eval."""
+
+    aux_name = "tagged"
+
+    def __init__(self, tag: str, shift: float = 1.0) -> None:
+        super().__init__()
+        self.tag = tag
+        self.shift = shift
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.shift
+
+    def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[str, int, torch.Tensor] | None]:
+        return self(x), ((self.tag, x.shape[0], x.mean()) if self.training else None)
+
+
+class _Across(nn.Module):
+    """A cross-domain module: swaps the means of two batches (one batch passes unchanged)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def forward_domains(self, batches: list[torch.Tensor]) -> list[torch.Tensor]:
+        if len(batches) != 2:
+            return list(batches)
+        first, second = batches
+        return [first - first.mean() + second.mean(), second - second.mean() + first.mean()]
+
+
+def test_aux_outputs_come_back_per_stage_and_forward_stays_a_tensor() -> None:
+    torch.manual_seed(2)
+    backbone = build_backbone("resnet18", pretrained=False).train()
+    backbone.insert_after("layer3", _Tagged("c"))
+    backbone.insert_after("layer1", _Tagged("a"))
+    backbone.insert_after("layer1", nn.Identity())
+    assert backbone.aux_modules("tagged") == {
+        "layer1": backbone.inserted["layer1"][0],
+        "layer3": backbone.inserted["layer3"][0],
+    }
+    assert backbone.aux_modules("other") == {}
+    x = torch.randn(2, 3, 64, 32)
+
+    feature_map, aux = backbone.forward_with_aux(x)
+    assert list(aux) == ["tagged"]
+    assert list(aux["tagged"]) == ["layer1", "layer3"]  # network order, not insertion order
+    assert [v[:2] for v in aux["tagged"].values()] == [("a", 2), ("c", 2)]
+    plain = backbone(x)
+    assert torch.is_tensor(plain)
+    torch.testing.assert_close(plain, feature_map)
+
+    backbone.eval()
+    with torch.no_grad():
+        assert backbone.forward_with_aux(x)[1] == {}  # aux None: nothing collected
+        torch.testing.assert_close(backbone(x), backbone.forward_with_aux(x)[0])
+
+
+def test_forward_domains_returns_each_batchs_aux_with_its_map() -> None:
+    torch.manual_seed(3)
+    backbone = build_backbone("resnet18", pretrained=False).train()
+    backbone.insert_after("stem", _Across())
+    backbone.insert_after("layer2", _Tagged("b"))
+    first, second = torch.randn(2, 3, 64, 32), torch.randn(3, 3, 64, 32) * 2 + 1
+    maps, auxes = backbone.forward_domains([first, second])
+    assert [m.shape[0] for m in maps] == [2, 3]
+    assert [a["tagged"]["layer2"][1] for a in auxes] == [2, 3]
+    # The cross-domain module saw both batches at once, then every later stage ran per batch.
+    stages = backbone.stages
+    mixed = backbone.inserted["stem"][0].forward_domains([stages["stem"](first), stages["stem"](second)])
+    for x, aux in zip(mixed, auxes, strict=True):
+        torch.testing.assert_close(aux["tagged"]["layer2"][2], stages["layer2"](stages["layer1"](x)).mean())
+    maps_alone, (aux_alone,) = backbone.forward_domains([second])
+    assert list(aux_alone["tagged"]) == ["layer2"]
+
+
+def test_insert_after_checks_the_aux_protocol() -> None:
+    backbone = build_backbone("resnet18", pretrained=False)
+    backbone.insert_after("layer1", _Tagged("a"))
+    backbone.insert_after("layer2", _Tagged("b"))
+    with pytest.raises(EcnreidError, match="'layer1' already has a module with 'tagged' outputs"):
+        backbone.insert_after("layer1", _Tagged("again"))
+
+    class Nameless(nn.Module):
+        def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+            return x, None
+
+    class Both(_Across):
+        aux_name = "both"
+
+        def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+            return x, None
+
+    with pytest.raises(EcnreidError, match="no aux_name"):
+        backbone.insert_after("layer3", Nameless())
+    with pytest.raises(EcnreidError, match="not both"):
+        backbone.insert_after("layer3", Both())
+    assert [len(backbone.inserted[s]) for s in STAGE_NAMES] == [0, 1, 1, 0, 0]
+
+
 def _resnet18_state(without_fc: bool = True) -> dict[str, torch.Tensor]:
     torch.manual_seed(1)
     state = torchvision.models.resnet18().state_dict()

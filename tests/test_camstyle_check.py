@@ -7,7 +7,8 @@ from PIL import Image
 from rich.console import Console
 
 from camstyle.check import render_check_table, run_check
-from camstyle.prepare import PrepareConfig, run_prepare
+from camstyle.prepare import run_prepare
+from ecnreid.config import PrepareConfig, RuntimeConfig
 from ecnreid.data.camstyle_names import cyclegan_name, stargan_name
 from ecnreid.errors import EcnreidError
 
@@ -136,10 +137,9 @@ def test_prepare_then_check(tmp_path):
     for path in (tmp_path / "bounding_box_train_camstyle").iterdir():
         path.unlink()
     out = tmp_path / "elsewhere"  # a custom --out: check finds the dataset through prepare.json
-    run_prepare(
-        PrepareConfig(
-            dataset="market1501", root=tmp_path, method="colour", out=out, device="cpu", workers=0, progress=False
-        )
+    config = PrepareConfig(
+        dataset="market1501", root=tmp_path, method="colour", out=out, workers=0, runtime=RuntimeConfig(device="cpu")
     )
+    run_prepare(config, progress=False)
     report = run_check(out, progress=False)
     assert report.complete and report.present == 8 and report.unexpected == []

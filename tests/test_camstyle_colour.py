@@ -14,7 +14,8 @@ from camstyle.colour import (
     to_float_rgb,
     transfer_lab,
 )
-from camstyle.prepare import PrepareConfig, run_prepare
+from camstyle.prepare import run_prepare
+from ecnreid.config import PrepareConfig, RuntimeConfig
 from ecnreid.data.records import ImageRecord
 
 
@@ -130,11 +131,10 @@ def test_saved_images_carry_the_camera_statistics(tmp_path):
 
 def test_prepare_colour_method(tmp_path):
     records = _textured_tree(tmp_path / "data", per_camera=2)
-    summary = run_prepare(
-        PrepareConfig(
-            dataset="custom", root=tmp_path / "data", method="colour", device="cpu", workers=0, progress=False
-        )
+    config = PrepareConfig(
+        dataset="custom", root=tmp_path / "data", method="colour", workers=0, runtime=RuntimeConfig(device="cpu")
     )
+    summary = run_prepare(config, progress=False)
     assert (summary["method"], summary["images"], summary["cameras"]) == ("colour", 6, 3)
     assert (summary["written"], summary["skipped"]) == (12, 0)
     assert len(summary["colour_styles"]["mean"]) == 3
@@ -143,7 +143,7 @@ def test_prepare_colour_method(tmp_path):
     assert len(records) == 6
 
 
-def test_prepare_interrupted_returns_a_summary_without_a_manifest(tmp_path, monkeypatch):
+def test_prepare_interrupted_re_raises_without_a_manifest(tmp_path, monkeypatch, capsys):
     import camstyle.prepare
 
     _textured_tree(tmp_path, per_camera=1)
@@ -152,7 +152,10 @@ def test_prepare_interrupted_returns_a_summary_without_a_manifest(tmp_path, monk
         raise KeyboardInterrupt
 
     monkeypatch.setattr(camstyle.prepare, "generate_colour_camstyle", interrupted)
-    config = PrepareConfig(dataset="custom", root=tmp_path, method="colour", device="cpu", workers=0, progress=False)
-    summary = run_prepare(config)
-    assert summary["interrupted"] is True
+    config = PrepareConfig(
+        dataset="custom", root=tmp_path, method="colour", workers=0, runtime=RuntimeConfig(device="cpu")
+    )
+    with pytest.raises(KeyboardInterrupt):
+        run_prepare(config, progress=False)
+    assert "interrupted prepare" in capsys.readouterr().err
     assert not (tmp_path / "bounding_box_train_camstyle" / "prepare.json").exists()

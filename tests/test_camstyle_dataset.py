@@ -134,9 +134,9 @@ def test_undecodable_file_is_a_one_line_error_not_the_original(tmp_path):
     assert "\n" not in str(error.value)
 
 
-def test_camera_outside_the_target_is_an_error(tmp_path):
+def test_camera_outside_the_target_is_a_programming_error(tmp_path):
     records = _make_set(tmp_path, "stargan")
-    with pytest.raises(EcnreidError, match="outside"):
+    with pytest.raises(ValueError, match="outside"):  # callers count the cameras of the same records
         CamStyleTargetDataset(records, None, 2, None)
 
 

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from pathlib import Path
 
@@ -6,9 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
+import camstyle.trainer
 from camstyle.generate import generate_camstyle, load_generator, to_uint8
-from camstyle.prepare import PrepareConfig, interrupted_message, run_prepare
+from camstyle.prepare import run_prepare
 from camstyle.stargan import Generator, ModelSpec
+from ecnreid.config import PrepareConfig, RuntimeConfig, StarGANConfig
 from ecnreid.data.camstyle_dataset import CamStyleTargetDataset, camstyle_coverage
 from ecnreid.data.records import ImageRecord
 from ecnreid.errors import EcnreidError
@@ -112,7 +115,7 @@ def test_real_generator_and_camera_mismatch(tmp_path):
     assert counts.written == 2
     with Image.open(tmp_path / "cs" / f"{Path(records[0].path).stem}_fake_2.jpg") as image:
         assert image.size == (24, 48)
-    with pytest.raises(EcnreidError, match="2 cameras"):
+    with pytest.raises(ValueError, match="2 cameras"):  # callers check the user's generator first
         generate_camstyle(generator, records, 3, tmp_path / "cs", image_size=(32, 16), workers=0)
 
 
@@ -130,38 +133,48 @@ def test_load_generator(tmp_path):
     wrong = {"generator": generator.state_dict(), "model": {**spec.to_dict(), "g_conv_dim": 4}}
     atomic_torch_save(wrong, tmp_path / "wrong.pt")
     for name, message in [
-        ("absent.pt", "not found"),
-        ("bad.pt", "cannot read"),
-        ("foreign.pt", "not a StarGAN"),
+        ("absent.pt", "StarGAN generator checkpoint not found"),
+        ("bad.pt", "cannot read StarGAN generator checkpoint"),
+        ("foreign.pt", "not a StarGAN generator checkpoint"),
         ("wrong.pt", "do not match"),
+        (".", "is a folder"),
     ]:
         with pytest.raises(EcnreidError, match=message) as error:
             load_generator(tmp_path / name)
         assert "\n" not in str(error.value)
 
 
-def _tiny_prepare(data_root: Path, **overrides) -> PrepareConfig:
-    base = dict(
-        dataset="market1501",
-        root=data_root,
-        iters=2,
-        image_size=(32, 16),
-        device="cpu",
-        batch_size=2,
-        sample_every=0,
-        checkpoint_every=0,
-        workers=0,
-        conv_dim=8,
-        g_repeat_num=1,
-        d_repeat_num=2,
-        progress=False,
+TINY_STARGAN = dict(
+    iters=2,
+    image_size=(32, 16),
+    batch_size=2,
+    sample_every=0,
+    checkpoint_every=0,
+    conv_dim=8,
+    g_repeat_num=1,
+    d_repeat_num=2,
+)
+STARGAN_FIELDS = {f.name for f in dataclasses.fields(StarGANConfig)}
+
+
+def _tiny_prepare(data_root: Path, *, resume: bool = False, **overrides) -> PrepareConfig:
+    """A StarGAN prepare of tiny networks on the CPU; ``overrides`` go to the StarGAN section or the top."""
+    stargan = {**TINY_STARGAN, **{k: v for k, v in overrides.items() if k in STARGAN_FIELDS}}
+    top = {k: v for k, v in overrides.items() if k not in STARGAN_FIELDS}
+    return PrepareConfig(
+        **{"dataset": "market1501", "root": data_root, "workers": 0, **top},
+        stargan=StarGANConfig(**stargan),
+        runtime=RuntimeConfig(device="cpu", resume=resume),
     )
-    return PrepareConfig(**{**base, **overrides})
+
+
+def _prepare(data_root: Path, **overrides) -> dict:
+    return run_prepare(_tiny_prepare(data_root, **overrides), progress=False)
 
 
 def test_prepare_trains_then_generates_and_reuses_the_generator(tmp_path):
     records = _market_tree(tmp_path / "data", [0, 1, 2, 1])
-    summary = run_prepare(_tiny_prepare(tmp_path / "data"))
+    summary = _prepare(tmp_path / "data")
     out = tmp_path / "data" / "bounding_box_train_camstyle"
     assert (summary["images"], summary["cameras"], summary["written"], summary["skipped"]) == (4, 3, 8, 0)
     assert summary["iterations"] == 2
@@ -171,17 +184,21 @@ def test_prepare_trains_then_generates_and_reuses_the_generator(tmp_path):
     # Rerunning the same command (say after an interrupted generation) reuses the finished generator.
     for path in sorted(out.glob("*.jpg"))[:3]:
         path.unlink()
-    rerun = run_prepare(_tiny_prepare(tmp_path / "data"))
+    rerun = _prepare(tmp_path / "data")
     assert (rerun["written"], rerun["skipped"]) == (3, 5) and "iterations" not in rerun
     # Reusing the trained generator for a fresh folder writes the whole set again, skipping nothing.
-    again = run_prepare(_tiny_prepare(tmp_path / "data", generator=generator_path, out=tmp_path / "again"))
+    again = _prepare(tmp_path / "data", generator=generator_path, out=tmp_path / "again")
     assert (again["written"], again["skipped"]) == (8, 0)
     assert {p.name for p in (tmp_path / "again").glob("*.jpg")} == {p.name for p in out.glob("*.jpg")}
     # A 2-camera dataset cannot use a 3-camera generator.
     _market_tree(tmp_path / "two", [0, 1])
     with pytest.raises(EcnreidError, match="trained for 3 cameras") as error:
-        run_prepare(_tiny_prepare(tmp_path / "two", generator=generator_path))
+        _prepare(tmp_path / "two", generator=generator_path)
     assert "\n" not in str(error.value)
+    # Nor reuse a work folder whose finished generator has 3 cameras.
+    with pytest.raises(EcnreidError, match="trained for 3 cameras.*choose another --work-dir") as error:
+        _prepare(tmp_path / "two", work_dir=generator_path.parent)
+    assert str(error.value).startswith(str(generator_path)) and "\n" not in str(error.value)
     assert len(records) == 4
 
 
@@ -190,7 +207,7 @@ def test_prepare_trains_then_generates_and_reuses_the_generator(tmp_path):
     [
         ({"root": Path("/nonexistent/dataset")}, "does not exist"),
         ({"generator": Path("/nonexistent/g.pt")}, "not found"),
-        ({"method": "cyclegan"}, "valid methods: stargan, colour"),
+        ({"method": "cyclegan"}, "--method cyclegan: expected one of stargan, colour"),
         ({"image_size": (30, 16)}, "multiples of 4"),
         ({"pseudo_cameras": 1}, "at least 2"),
         ({"lr": 0.0}, "--lr 0.0: must be positive"),
@@ -201,7 +218,7 @@ def test_prepare_trains_then_generates_and_reuses_the_generator(tmp_path):
 def test_prepare_bad_input_is_a_one_line_error(tmp_path, overrides, message):
     _market_tree(tmp_path, [0, 1])
     with pytest.raises(EcnreidError, match=message) as error:
-        run_prepare(_tiny_prepare(tmp_path, **overrides))
+        _prepare(tmp_path, **overrides)
     assert "\n" not in str(error.value)
 
 
@@ -209,29 +226,51 @@ def test_prepare_unreadable_generator_and_single_camera(tmp_path):
     _market_tree(tmp_path, [0, 0, 0])
     (tmp_path / "g.pt").write_bytes(b"\x00" * 10)
     with pytest.raises(EcnreidError, match="one camera"):
-        run_prepare(_tiny_prepare(tmp_path))
+        _prepare(tmp_path)
     _market_tree(tmp_path / "ok", [0, 1])
-    with pytest.raises(EcnreidError, match="cannot read generator"):
-        run_prepare(_tiny_prepare(tmp_path / "ok", generator=tmp_path / "g.pt"))
+    with pytest.raises(EcnreidError, match="cannot read StarGAN generator checkpoint"):
+        _prepare(tmp_path / "ok", generator=tmp_path / "g.pt")
 
 
-def test_interrupted_message_suggests_resume_only_for_cut_training(tmp_path):
-    config = _tiny_prepare(tmp_path, iters=10)
-    assert "--resume" in interrupted_message(config, {"iterations": 4})
-    # Training was already finished, or never ran (--generator / colour): only generation was cut.
-    for summary in ({"iterations": 10}, {}):
-        assert interrupted_message(config, summary) == "prepare interrupted; rerun the same command to continue"
-    assert "--resume" not in interrupted_message(_tiny_prepare(tmp_path, iters=10, resume=True), {"iterations": 4})
+def _interrupted_lines(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if "interrupted" in line]
 
 
-def test_prepare_interrupted_during_generation_keeps_what_was_written(tmp_path, monkeypatch):
+def test_prepare_interrupted_in_training_suggests_resume_and_re_raises(tmp_path, monkeypatch, capsys):
     _market_tree(tmp_path / "data", [0, 1, 2, 1])
-    generator_path = Path(run_prepare(_tiny_prepare(tmp_path / "data"))["paths"]["generator"])
+    real_step, calls = camstyle.trainer.critic_step, []
+
+    def stop_on_the_second_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(camstyle.trainer, "critic_step", stop_on_the_second_step)
+    with pytest.raises(KeyboardInterrupt):
+        _prepare(tmp_path / "data", iters=10)
+    work = tmp_path / "data" / "bounding_box_train_camstyle_stargan"
+    # One line (the trainer's, not prepare's too): where the checkpoint is, and --resume.
+    (line,) = _interrupted_lines(capsys)
+    assert f"state saved to {work / 'checkpoint.pt'}" in line and "rerun with --resume" in line
+    assert torch.load(work / "checkpoint.pt", weights_only=False)["iteration"] == 1
+    monkeypatch.setattr(camstyle.trainer, "critic_step", real_step)
+    summary = _prepare(tmp_path / "data", iters=3, resume=True)
+    assert summary["iterations"] == 3 and summary["written"] == 8
+
+
+def test_prepare_interrupted_during_generation_keeps_what_was_written(tmp_path, monkeypatch, capsys):
+    _market_tree(tmp_path / "data", [0, 1, 2, 1])
+    generator_path = Path(_prepare(tmp_path / "data")["paths"]["generator"])
+    capsys.readouterr()
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr("camstyle.prepare.generate_camstyle", interrupted)
-    summary = run_prepare(_tiny_prepare(tmp_path / "data", generator=generator_path, out=tmp_path / "cut"))
-    assert summary["interrupted"] is True and "iterations" not in summary
+    with pytest.raises(KeyboardInterrupt):
+        _prepare(tmp_path / "data", generator=generator_path, out=tmp_path / "cut")
     assert not (tmp_path / "cut" / "prepare.json").exists()
+    # Training was not cut (here it never ran): rerunning the same options continues; --resume has no part.
+    (line,) = _interrupted_lines(capsys)
+    assert "rerun with the same options" in line and "--resume" not in line and "state saved" not in line

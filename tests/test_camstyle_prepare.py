@@ -122,9 +122,8 @@ def test_prepare_trains_stargan_in_fp32_unless_amp(
     import camstyle.prepare
 
     built = []
-    monkeypatch.setattr(camstyle.prepare, "run_prepare", lambda config: built.append(config) or {})
+    monkeypatch.setattr(camstyle.prepare, "run_prepare", lambda config, **kwargs: built.append(config) or {})
     result = runner.invoke(app, _prepare(target, *flags))
     assert result.exit_code == 0, result.output
     (config,) = built
-    assert config.amp is amp
-    assert config.stargan_config().amp is amp  # what train_stargan's autocast_for receives
+    assert config.stargan.amp is amp  # the section run_prepare hands to train_stargan (its autocast_for)

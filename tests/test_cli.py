@@ -85,8 +85,9 @@ def test_eval_of_a_training_checkpoint(two_domains, tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     config = json.loads((out / "config.json").read_text())
-    assert config["use_camera"] is False and config["setting"] == "+E+N" and config["lam"] == 0.3
-    assert config["backbone_lr_mult"] == 0.5 and config["memory_init"] == "features"
+    ecn = config["ecn"]
+    assert ecn["use_camera"] is False and config["provenance"]["setting"] == "+E+N" and ecn["lam"] == 0.3
+    assert config["optim"]["backbone_lr_mult"] == 0.5 and ecn["memory_init"] == "features"
     optimizer = torch.load(out / "last.pt", map_location="cpu", weights_only=False)["optimizer"]
     assert [group["lr"] for group in optimizer["param_groups"]] == pytest.approx([0.1, 0.05])
     trained = json.loads((out / "metrics.json").read_text())["final"]
@@ -173,7 +174,7 @@ def test_prepare_stargan_takes_its_network_options_from_the_command_line(two_dom
     options += ["--sample-every", "0", "--checkpoint-every", "0"]
     result = runner.invoke(app, [*args, *tiny, *options])
     assert result.exit_code == 0, result.output
-    config = json.loads((out / "prepare.json").read_text())["config"]
+    config = json.loads((out / "prepare.json").read_text())["config"]["stargan"]
     assert config["conv_dim"] == 8 and config["n_critic"] == 1 and config["lr"] == 2e-4
     assert config["lambda_rec"] == 0.5
     assert len(list(out.glob("*_fake_*.jpg"))) == 48
@@ -286,8 +287,9 @@ def test_random_weights_are_explicit_recorded_and_frozen_stages_are_announced(tw
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())  # rich wraps lines at the runner's terminal width
     assert "random initial weights" in said and "stem, layer1, layer2 stay frozen" in said
-    for name in ("config.json", "metrics.json"):
-        assert json.loads((out / name).read_text())["backbone_weights"] == {"kind": "random"}, name
+    recorded = json.loads((out / "config.json").read_text())["provenance"]
+    assert recorded["backbone_weights"] == {"kind": "random"}
+    assert json.loads((out / "metrics.json").read_text())["backbone_weights"] == {"kind": "random"}
     # The result is the final epoch; nothing is picked on the target's test labels.
     assert not (out / "best.pt").exists() and "(final)" in result.output
 
@@ -373,3 +375,59 @@ def test_train_path_options_naming_a_file_are_one_line(two_domains, tmp_path: Pa
     extra = ["--camstyle-dir", str(a_file)] if option == "--camstyle-dir" else ["--no-camera"]
     result = runner.invoke(app, tiny_train_args(source, target, out, "--no-pretrained", *extra))
     assert_one_line_error(result, option, str(a_file))
+
+
+def captured_train_config(monkeypatch, args: list[str]):
+    """Run `ecnreid train` with ``args`` and return the TrainConfig it would train, without training."""
+    import ecnreid.engine.loop
+
+    seen = []
+    monkeypatch.setattr(ecnreid.engine.loop, "train", lambda config: seen.append(config) or {})
+    monkeypatch.setattr("ecnreid.evaluation.runner.render_train_summary", lambda summary: "")
+    result = runner.invoke(app, ["train", *args])
+    assert result.exit_code == 0, result.output
+    return seen[0]
+
+
+REQUIRED = ["--source", "dukemtmc", "--source-root", "d", "--target", "market1501", "--target-root", "m"]
+
+
+def test_command_line_defaults_are_the_dataclass_defaults(monkeypatch) -> None:
+    from ecnreid.config import DomainsConfig, TrainConfig
+
+    config = captured_train_config(monkeypatch, REQUIRED)
+    assert config == TrainConfig(domains=DomainsConfig("dukemtmc", Path("d"), "market1501", Path("m")))
+
+
+def test_a_config_file_gives_settings_and_the_command_line_overrides_it(monkeypatch, tmp_path: Path) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text(
+        '[domains]\nsource = "dukemtmc"\nsource_root = "d"\ntarget = "market1501"\ntarget_root = "m"\n'
+        "[optim]\nlr = 0.01\nepochs = 10\n[ecn]\nuse_camera = false\n"
+    )
+    config = captured_train_config(monkeypatch, ["--config", str(path), "--epochs", "3", "--mixstyle", "layer1"])
+    assert config.optim.lr == 0.01 and not config.ecn.use_camera  # from the file
+    assert config.optim.epochs == 3 and config.dg.mixstyle_stages == ("layer1",)  # the command line wins
+
+
+def test_a_runs_own_config_json_reproduces_it(monkeypatch, tmp_path: Path) -> None:
+    from ecnreid.config import config_to_dict
+
+    first = captured_train_config(monkeypatch, [*REQUIRED, "--lr", "0.02", "--snr", "layer1,layer2", "--k", "3"])
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**config_to_dict(first), "provenance": {}, "signature": {}}))
+    assert captured_train_config(monkeypatch, ["--config", str(path)]) == first
+
+
+def test_missing_and_invalid_settings_are_one_line_errors(tmp_path: Path) -> None:
+    assert_one_line_error(runner.invoke(app, ["train", "--source", "dukemtmc"]), "--source-root", "required")
+    assert_one_line_error(runner.invoke(app, ["train", *REQUIRED, "--knn", "annoy"]), "--knn annoy")
+    assert_one_line_error(runner.invoke(app, ["train", "--config", str(tmp_path / "none.toml")]), "none.toml")
+
+
+def test_train_help_is_grouped_by_section() -> None:
+    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "160"})
+    assert result.exit_code == 0
+    for panel in ("Input", "Model", "Optimisation", "ECN", "Domain generalisation", "Evaluation", "Runtime"):
+        assert f"─ {panel} ─" in result.output, panel
+    assert "--no-pretrained" in result.output and "--no-camera" in result.output

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ecnreid.data.datasets import READERS, read_dataset
+from ecnreid.data.camstyle_dataset import find_camstyle_dir
+from ecnreid.data.datasets import IMAGE_SUFFIXES, READERS, is_image_name, read_dataset
 from ecnreid.data.records import ImageRecord
 from ecnreid.errors import EcnreidError
 
@@ -224,3 +225,13 @@ def test_real_market_and_duke_counts() -> None:
     assert sum(r.pid == 0 for r in market.gallery) == 2_798
     duke = read_dataset("dukemtmc", SHARED_DATA, require_test=False)
     assert (len(duke.train), duke.num_train_pids, duke.num_train_cameras) == (16_522, 702, 8)
+
+
+def test_one_set_of_image_suffixes_for_readers_and_camstyle_folders(tmp_path: Path) -> None:
+    assert set(IMAGE_SUFFIXES) == {".jpg", ".jpeg", ".png", ".bmp"}
+    assert is_image_name("0001_c1_a.JPG") and is_image_name("x.bmp") and is_image_name("x.jpeg")
+    assert not is_image_name("prepare.json") and not is_image_name("jpg") and not is_image_name("x.jpg.tmp")
+    _touch_images(tmp_path / "bounding_box_train", ["0001_c1_a.bmp", "0001_c2_b.PNG"])
+    assert len(read_dataset("synthetic", tmp_path, require_test=False).train) == 2
+    _touch_images(tmp_path / "bounding_box_train_camstyle", ["0001_c1_a_fake_2.bmp"])
+    assert find_camstyle_dir(tmp_path) == tmp_path / "bounding_box_train_camstyle"

@@ -40,7 +40,6 @@ def test_train_and_eval_outputs(arch: str, channels: int) -> None:
     assert feature.shape == (3, channels)
     assert torch.allclose(feature.norm(dim=1), torch.ones(3), atol=1e-5)
     assert torch.allclose(feature, F.normalize(feature_map.mean(dim=(2, 3)), dim=1), atol=1e-6)
-    assert model.feature_dim == channels
 
 
 def test_default_embedding_dim() -> None:
@@ -148,6 +147,60 @@ def test_forward_head_reruns_head_on_a_map() -> None:
     assert torch.allclose(again["source_logits"], out["source_logits"], atol=1e-6)
     masked = model.forward_head(torch.zeros_like(out["feature_map"]))
     assert torch.count_nonzero(masked["pool5"]) == 0
+
+
+def test_forward_domains_without_dg_modules_gives_the_plain_outputs() -> None:
+    model = _model()
+    model.head.source_dropout.p = 0.0
+    model.head.target_dropout.p = 0.0
+    source, target = torch.randn(3, 3, 64, 32), torch.randn(2, 3, 64, 32)
+    out_x, out_u = model.forward_domains(source, target)
+    assert set(out_x) == KEYS and set(out_u) == KEYS
+    assert out_x["source_logits"].shape == (3, 5) and out_u["target_embedding"].shape == (2, 64)
+    # Training-mode BatchNorm uses each batch's own statistics: side by side equals one batch at a time.
+    for out, x in ((out_x, source), (out_u, target)):
+        alone = model(x)
+        assert set(alone) == KEYS
+        for key in KEYS:
+            torch.testing.assert_close(out[key], alone[key])
+    only_source, none = model.forward_domains(source, None)
+    assert none is None and set(only_source) == KEYS
+    torch.testing.assert_close(only_source["source_logits"], out_x["source_logits"])
+
+
+def test_forward_domains_puts_each_batchs_snr_vectors_in_its_own_dict() -> None:
+    from ecnreid.models.snr import SNR, SNRPooled
+
+    model = _model()
+    for stage in ("layer2", "layer4"):
+        model.backbone.insert_after(stage, SNR(model.backbone.stage_channels[stage]))
+    source, target = torch.randn(3, 3, 64, 32), torch.randn(2, 3, 64, 32) * 2 + 1
+    out_x, out_u = model.forward_domains(source, target)
+    assert set(out_x) == KEYS | {"snr"} and set(out_u) == KEYS | {"snr"}
+    for out, x in ((out_x, source), (out_u, target)):
+        assert list(out["snr"]) == ["layer2", "layer4"]
+        assert all(isinstance(p, SNRPooled) for p in out["snr"].values())
+        alone = model(x)["snr"]  # the batch alone, in a separate call: the same vectors
+        for stage in ("layer2", "layer4"):
+            for got, expected in zip(out["snr"][stage], alone[stage], strict=True):
+                assert got.shape == (x.shape[0], model.backbone.stage_channels[stage])
+                torch.testing.assert_close(got, expected)
+    model.eval()
+    with torch.no_grad():
+        assert model(source).shape == (3, 512)  # eval: the test feature alone
+
+
+def test_auxiliary_outputs_may_not_shadow_the_head_outputs() -> None:
+    class Shadow(nn.Module):
+        aux_name = "pool5"
+
+        def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return x, x.mean()
+
+    model = _model()
+    model.backbone.insert_after("layer3", Shadow())
+    with pytest.raises(EcnreidError, match="pool5"):
+        model(torch.randn(2, 3, 64, 32))
 
 
 def test_parameter_groups_cover_trainable_parameters_once() -> None:

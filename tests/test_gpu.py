@@ -18,16 +18,24 @@ import torch.nn.functional as F
 from PIL import Image
 
 from camstyle.generate import generate_camstyle, load_generator
-from camstyle.prepare import PrepareConfig, run_prepare
-from camstyle.trainer import StarGANConfig, TrainState, critic_step, generator_step, train_stargan
-from ecnreid.config import ModelConfig, TrainConfig
+from camstyle.prepare import run_prepare
+from camstyle.trainer import build_train_state, critic_step, generator_step, model_spec, train_stargan
+from ecnreid.config import (
+    DomainsConfig,
+    ModelConfig,
+    PrepareConfig,
+    RuntimeConfig,
+    StarGANConfig,
+    TrainConfig,
+    override,
+)
 from ecnreid.data.records import ImageRecord
-from ecnreid.engine.checkpoint import load_checkpoint
-from ecnreid.engine.trainer import train
+from ecnreid.engine.loop import train
+from ecnreid.evaluation.evaluator import score_features
 from ecnreid.evaluation.reranking import k_reciprocal_rerank
-from ecnreid.evaluation.runner import score_features
 from ecnreid.losses import faiss_gpu_count, nearest_slots, nearest_slots_faiss
 from ecnreid.memory import ExemplarMemory
+from ecnreid.runstate import load_checkpoint
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -46,23 +54,25 @@ def test_amp_training_epoch_keeps_a_unit_norm_memory(
 ) -> None:
     source, target = two_domains
     # A colour CamStyle set (seconds) so that camera invariance runs too: the full +E+C+N setting.
-    run_prepare(PrepareConfig(dataset="synthetic", root=target, method="colour", device="cpu", workers=0))
+    run_prepare(
+        PrepareConfig(dataset="synthetic", root=target, method="colour", workers=0, runtime=RuntimeConfig(device="cpu"))
+    )
     out = tmp_path / "run"
     config = TrainConfig(
-        source="synthetic",
-        source_root=source,
-        target="synthetic",
-        target_root=target,
+        domains=DomainsConfig("synthetic", source, "synthetic", target),
         # Random weights: nothing may be downloaded on the GPU machine.
         model=ModelConfig(arch="resnet18", pretrained=False, weights=None, frozen_stages=1),
         out=out,
+    )
+    config = override(
+        config,
         epochs=1,
         iters_per_epoch=4,
         batch_size=8,
         height=64,
         width=32,
         workers=workers,
-        eval_every=0,
+        every=0,
         neighbour_start_epoch=0,  # the neighbourhood loss (and its kNN) runs from the first step
         knn=knn,
         memory_dtype=memory_dtype,
@@ -85,7 +95,7 @@ def test_amp_training_epoch_keeps_a_unit_norm_memory(
     # An empty scaler state would mean AMP and the GradScaler were silently off.
     assert state["scaler"].get("scale") is not None
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
-    memory = state["memory"]["features"]
+    memory = state["method"]["memory"]["features"]
     expected_dtype = torch.float32 if memory_dtype == "fp32" else torch.float16
     assert memory.dtype == expected_dtype
     assert memory.shape == (24, 4096)
@@ -162,7 +172,7 @@ def test_faiss_gpu_knn_equals_torch_topk() -> None:
 
 # ----------------------------------------------------------------------------- StarGAN
 
-SMALL_GAN = {"g_conv_dim": 16, "g_repeat_num": 2, "d_conv_dim": 16, "d_repeat_num": 5}  # 64x32: 2^5 divides both
+SMALL_GAN = {"conv_dim": 16, "g_repeat_num": 2, "d_repeat_num": 5}  # 64x32: 2^5 divides both
 
 
 def _write_people(folder: Path, cameras: list[int], sizes: list[tuple[int, int]]) -> list[ImageRecord]:
@@ -193,16 +203,9 @@ def _check_generated(out: Path, records: list[ImageRecord], num_cameras: int) ->
 def test_stargan_step_and_generation_on_the_device(tmp_path: Path) -> None:
     torch.manual_seed(0)
     config = StarGANConfig(image_size=(64, 32), batch_size=4, amp=True, **SMALL_GAN)
-    spec = config.model_spec(3)
-    generator = spec.build_generator().to(DEVICE)
-    discriminator = spec.build_discriminator().to(DEVICE)
-    state = TrainState(
-        generator=generator,
-        discriminator=discriminator,
-        opt_g=torch.optim.Adam(generator.parameters(), config.g_lr, (config.beta1, config.beta2)),
-        opt_d=torch.optim.Adam(discriminator.parameters(), config.d_lr, (config.beta1, config.beta2)),
-        rng=torch.Generator().manual_seed(0),
-    )
+    spec = model_spec(config, 3)
+    state = build_train_state(spec, config, seed=0, device=DEVICE)
+    generator, discriminator = state.generator, state.discriminator
     before_g = [p.detach().clone() for p in generator.parameters()]
     before_d = [p.detach().clone() for p in discriminator.parameters()]
     x_real = (torch.rand(4, 3, 64, 32) * 2 - 1).to(DEVICE)
@@ -245,16 +248,14 @@ def test_train_stargan_few_iterations_on_the_device(tmp_path: Path) -> None:
         batch_size=4,
         image_size=(64, 32),
         n_critic=2,
-        workers=0,
         sample_every=2,
         checkpoint_every=2,
         log_every=1,
         sample_rows=3,
-        progress=False,
         **SMALL_GAN,
     )
-    result = train_stargan(records, 3, config, tmp_path / "gan", device=DEVICE)
-    assert result.iteration == 4 and not result.interrupted
+    result = train_stargan(records, 3, config, tmp_path / "gan", device=DEVICE, workers=0, progress=False)
+    assert result.iteration == 4
     assert result.generator.is_file() and result.checkpoint.is_file()
     assert len(result.samples) == 2 and all(p.is_file() for p in result.samples)
     rows = [json.loads(line) for line in (tmp_path / "gan" / "log.jsonl").read_text().splitlines()]

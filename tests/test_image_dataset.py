@@ -1,4 +1,5 @@
-"""ImageDataset, the bad-image pre-scan, and the deterministic / endless loaders of ``samplers``."""
+"""ImageDataset, the bad-image pre-scan (``decodes_fully``) and the DataLoader worker seeding of ``samplers``
+(the epoch loaders themselves: tests/test_samplers.py)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from ecnreid.data.image_dataset import ImageDataset, load_image, verify_images
+from ecnreid.data.image_dataset import ImageDataset, decodes_fully, load_image, verify_images
 from ecnreid.data.records import ImageRecord
-from ecnreid.data.samplers import InfiniteLoader, build_loader, cycle, seed_worker
+from ecnreid.data.samplers import seed_worker
 from ecnreid.errors import EcnreidError
 
 
@@ -81,59 +81,21 @@ def test_verify_images_finds_truncated_corrupt_and_missing(tmp_path: Path, recor
     assert (good, bad) == (records[:2], [])
 
 
-def _order(loader: DataLoader) -> list[int]:
-    return [int(i) for (batch,) in loader for i in batch]
-
-
-def test_build_loader_is_deterministic_in_its_seed() -> None:
-    data = TensorDataset(torch.arange(20))
-    first = _order(build_loader(data, 4, shuffle=True, drop_last=True, workers=0, seed=7))
-    again = _order(build_loader(data, 4, shuffle=True, drop_last=True, workers=0, seed=7))
-    other = _order(build_loader(data, 4, shuffle=True, drop_last=True, workers=0, seed=8))
-    assert first == again and first != other
-    assert sorted(first) == list(range(20))
-    plain = _order(build_loader(data, 6, shuffle=False, drop_last=True, workers=0, seed=0))
-    assert plain == list(range(18))  # drop_last: 3 full batches of 6
-
-
-def test_build_loader_rejects_a_batch_larger_than_the_dataset() -> None:
-    with pytest.raises(EcnreidError, match="--batch-size"):
-        build_loader(TensorDataset(torch.arange(5)), 8, shuffle=True, drop_last=True, workers=0, seed=0)
-    loader = build_loader(TensorDataset(torch.arange(5)), 8, shuffle=False, drop_last=False, workers=0, seed=0)
-    assert _order(loader) == [0, 1, 2, 3, 4]
-
-
-def test_infinite_loader_restarts_and_reshuffles() -> None:
-    loader = build_loader(TensorDataset(torch.arange(6)), 3, shuffle=True, drop_last=True, workers=0, seed=1)
-    endless = InfiniteLoader(loader)
-    batches = [next(endless)[0].tolist() for _ in range(7)]  # 2 batches per pass: passes 1..4
-    assert endless.passes == 4
-    passes = [batches[i] + batches[i + 1] for i in (0, 2, 4)]
-    assert all(sorted(p) == list(range(6)) for p in passes)
-    assert len({tuple(p) for p in passes}) > 1  # each pass is a new permutation
-    from_cycle = [
-        b[0].tolist()
-        for b, _ in zip(
-            cycle(build_loader(TensorDataset(torch.arange(6)), 3, True, True, 0, seed=1)), range(7), strict=False
-        )
-    ]
-    assert from_cycle == batches
-
-
-def test_infinite_loader_sets_the_sampler_epoch_per_pass() -> None:
-    data = TensorDataset(torch.arange(4))
-    sampler = DistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=0)
-    endless = InfiniteLoader(DataLoader(data, batch_size=4, sampler=sampler))
-    seen = []
-    for _ in range(3):
-        next(endless)
-        seen.append(sampler.epoch)
-    assert seen == [0, 1, 2]
-
-
-def test_infinite_loader_on_an_empty_loader_is_an_error() -> None:
-    with pytest.raises(EcnreidError, match="no batches"):
-        next(InfiniteLoader(DataLoader(TensorDataset(torch.arange(2)), batch_size=4, drop_last=True)))
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+@pytest.mark.parametrize("keep", [0.25, 0.5, 0.9, 0.99])
+def test_decodes_fully_catches_any_truncation(tmp_path: Path, suffix: str, keep: float) -> None:
+    """JPEGs are checked by a reduced-scale draft decode, which still reads the whole scan: a file cut
+    anywhere fails, as with a full decode (what ``prepare --check`` relies on for downloaded sets)."""
+    path = tmp_path / f"noise{suffix}"
+    noise = np.random.default_rng(1).integers(0, 256, size=(256, 128, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(path, quality=95)
+    assert decodes_fully(path) and decodes_fully(str(path))
+    _truncate(str(path), keep=keep)
+    assert not decodes_fully(path)
+    with pytest.raises(EcnreidError, match="cannot decode"):  # a full decode agrees
+        load_image(str(path))
+    path.write_bytes(b"")
+    assert not decodes_fully(path) and not decodes_fully(tmp_path / "absent.jpg")
 
 
 def test_seed_worker_seeds_numpy_and_random_from_torch() -> None:

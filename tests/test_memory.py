@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ecnreid.memory import ExemplarMemory, alpha_for_epoch
+from ecnreid.config import ECNConfig
+from ecnreid.memory import ExemplarMemory
 
 
 def test_starts_at_zero_and_is_a_saved_buffer() -> None:
@@ -115,10 +116,17 @@ def test_float16_memory() -> None:
     assert torch.allclose(half.features[[1, 4]].float().norm(dim=1), torch.ones(2), atol=1e-3)
 
 
-def test_alpha_for_epoch() -> None:
-    assert alpha_for_epoch(0) == 0.0
-    assert alpha_for_epoch(5) == pytest.approx(0.05)
-    assert alpha_for_epoch(59) == pytest.approx(0.59)
+def test_update_with_the_published_momentum_schedule() -> None:
+    """α = alpha × epoch (0-based; ECNConfig's alpha 0.01, as the official code): epoch 0 overwrites each slot,
+    epoch 5 keeps 5% of it, epoch 59 keeps 59%."""
+    old, new = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    for epoch, kept in ((0, 0.0), (5, 0.05), (59, 0.59)):
+        alpha = ECNConfig().alpha * epoch
+        assert alpha == pytest.approx(kept)
+        memory = ExemplarMemory(2, dim=2)
+        memory.features[1] = old
+        memory.update(new.unsqueeze(0), torch.tensor([1]), alpha=alpha)
+        assert torch.allclose(memory.features[1], F.normalize(kept * old + (1 - kept) * new, dim=0))
 
 
 def test_logits_and_update_stay_float32_under_autocast() -> None:

@@ -238,6 +238,36 @@ def test_crossdomain_reaches_the_source_branch_of_the_ecn_model():
     assert torch.cdist(target_means, plain_target).min(dim=1).values.max() > 1e-3
 
 
+def test_crossdomain_then_snr_at_one_stage_gives_each_domain_the_vectors_of_its_mixed_map():
+    """MixStyle (inserted first) mixes the two domains, then SNR runs on each mixed batch and its pooled vectors
+    come back in that domain's output dict; batch sizes may differ."""
+    from ecnreid.config import DGConfig, ModelConfig
+    from ecnreid.models.factory import build_ecn_model
+    from ecnreid.models.snr import SNR
+
+    dg = DGConfig(mixstyle_stages=("layer1",), mixstyle_p=1.0, mixstyle_mix="crossdomain", snr_stages=("layer1",))
+    model = build_ecn_model(ModelConfig(arch="resnet18", pretrained=False, embedding_dim=16), dg, 4).train()
+    mixstyle, snr = model.backbone.inserted["layer1"]
+    assert isinstance(mixstyle, MixStyle) and isinstance(snr, SNR)
+    source, target = torch.randn(4, 3, 32, 16), torch.randn(6, 3, 32, 16) * 5 + 3
+    torch.manual_seed(0)
+    out_x, out_u = model.forward_domains(source, target)
+
+    stages = model.backbone.stages
+    torch.manual_seed(0)  # the same draws: nothing random runs before the layer1 MixStyle
+    mixed_target, mixed_source = mixstyle.forward_domains(
+        [stages["layer1"](stages["stem"](x)) for x in (target, source)]
+    )
+    for out, mixed in ((out_x, mixed_source), (out_u, mixed_target)):
+        assert list(out["snr"]) == ["layer1"]
+        _, expected = snr.forward_with_aux(mixed)
+        for got, want in zip(out["snr"]["layer1"], expected, strict=True):
+            assert got.shape == (mixed.shape[0], 64)
+            torch.testing.assert_close(got, want)
+    unmixed = snr.forward_with_aux(stages["layer1"](stages["stem"](source)))[1]
+    assert not torch.allclose(unmixed.normalised, out_x["snr"]["layer1"].normalised)  # the mixing mattered
+
+
 def test_crossdomain_refuses_a_single_domain():
     module = MixStyle(p=1.0, mix="crossdomain").train()
     with pytest.raises(EcnreidError, match="needs target images"):

@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -5,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from camstyle.prepare import PrepareConfig, run_prepare
+from camstyle.prepare import run_prepare
 from camstyle.pseudo_cameras import (
     adjusted_rand_index,
     assign_pseudo_cameras,
@@ -14,6 +15,7 @@ from camstyle.pseudo_cameras import (
     kmeans,
     write_pseudo_cameras,
 )
+from ecnreid.config import PrepareConfig, RuntimeConfig
 from ecnreid.data.camstyle_dataset import apply_pseudo_cameras, load_pseudo_cameras
 from ecnreid.data.records import ImageRecord
 from ecnreid.errors import EcnreidError
@@ -95,11 +97,10 @@ def test_prepare_with_pseudo_cameras_writes_the_mapping_and_a_matching_set(tmp_p
         root=tmp_path,
         method="colour",
         pseudo_cameras=3,
-        device="cpu",
         workers=0,
-        progress=False,
+        runtime=RuntimeConfig(device="cpu"),
     )
-    summary = run_prepare(config)
+    summary = run_prepare(config, progress=False)
     out = tmp_path / "bounding_box_train_camstyle"
     mapping = load_pseudo_cameras(out)
     assert len(mapping) == 12 and set(mapping.values()) == {0, 1, 2}
@@ -112,11 +113,11 @@ def test_prepare_with_pseudo_cameras_writes_the_mapping_and_a_matching_set(tmp_p
         stem = Path(name).stem
         present = {c for c in range(3) if (out / f"{stem}_fake_{c + 1}.jpg").exists()}
         assert present == {0, 1, 2} - {camera}
-    assert run_prepare(config)["written"] == 0  # the mapping is reused, the set is complete
+    assert run_prepare(config, progress=False)["written"] == 0  # the mapping is reused, the set is complete
     with pytest.raises(EcnreidError, match="holds 3 pseudo cameras, not 2"):
-        run_prepare(PrepareConfig(**{**config.__dict__, "pseudo_cameras": 2}))
+        run_prepare(dataclasses.replace(config, pseudo_cameras=2), progress=False)
     with pytest.raises(EcnreidError, match="made with --pseudo-cameras"):
-        run_prepare(PrepareConfig(**{**config.__dict__, "pseudo_cameras": None}))
+        run_prepare(dataclasses.replace(config, pseudo_cameras=None), progress=False)
 
 
 def test_pseudo_cameras_on_the_synthetic_target(tmp_path):
@@ -124,7 +125,13 @@ def test_pseudo_cameras_on_the_synthetic_target(tmp_path):
     from ecnreid.data.datasets import read_dataset
 
     synthetic.generate_synthetic(
-        tmp_path, seed=0, train_ids=8, test_ids=1, train_images_per_camera=2, gallery_per_camera=1
+        tmp_path,
+        seed=0,
+        source=synthetic.DomainSpec(layout=synthetic.LayoutSpec(train_ids=8, test_ids=1, gallery_per_camera=1)),
+        target=synthetic.DomainSpec(
+            camera=synthetic.DEFAULT_TARGET.camera,
+            layout=synthetic.LayoutSpec(cameras=5, train_ids=8, test_ids=1, gallery_per_camera=1),
+        ),
     )
     target = read_dataset("synthetic", tmp_path / "target", require_test=False)
     truth = [r.camid for r in target.train]

@@ -9,9 +9,9 @@ import torch
 from ecnreid.data.records import ImageRecord
 from ecnreid.errors import EcnreidError
 from ecnreid.evaluation import reranking
+from ecnreid.evaluation.evaluator import score_features
 from ecnreid.evaluation.metrics import evaluate_blocks, evaluate_ranking
 from ecnreid.evaluation.reranking import iter_rerank_blocks, k_reciprocal_rerank
-from ecnreid.evaluation.runner import score_features
 
 
 def reference_rerank(query: np.ndarray, gallery: np.ndarray, k1: int, k2: int, lambda_value: float) -> np.ndarray:

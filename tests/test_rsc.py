@@ -239,6 +239,26 @@ def test_eval_module_keeps_batchnorm_statistics_and_restores_modes():
     assert not torch.equal(model[1].running_mean, before)
 
 
+def test_no_state_carries_from_one_call_to_the_next():
+    """The mask depends on the call's inputs and random draw only: a call in between changes nothing, and
+    the module keeps no attribute of a pass."""
+    torch.manual_seed(5)
+    weight = torch.randn(4, 3, 3, 2)
+    head = _linear_head(weight)
+    fm, labels = torch.randn(5, 3, 3, 2), torch.tensor([0, 1, 2, 3, 0])
+    rsc = RSC(batch_fraction=1.0).train()
+    attributes = dict(vars(rsc))
+
+    torch.manual_seed(11)
+    alone = rsc.compute_mask(fm, labels, head)
+    rsc(torch.randn(7, 3, 3, 2), torch.randint(0, 4, (7,)), head)  # another batch in between
+    torch.manual_seed(11)
+    again = rsc.compute_mask(fm, labels, head)
+    assert torch.equal(alone, again)
+    assert vars(rsc).keys() == attributes.keys()
+    assert all(vars(rsc)[k] is v or vars(rsc)[k] == v for k, v in attributes.items())
+
+
 def test_bad_settings_and_label_shape_are_reported():
     with pytest.raises(EcnreidError, match="spatial_fraction"):
         RSC(spatial_fraction=0.0)

@@ -18,7 +18,8 @@ from camstyle.stargan import (
     gradient_penalty,
     inverse_tanh,
 )
-from camstyle.trainer import StarGANConfig, learning_rate, render_sample_grid, train_stargan
+from camstyle.trainer import learning_rate, model_spec, render_sample_grid, train_stargan
+from ecnreid.config import StarGANConfig
 from ecnreid.data.records import ImageRecord
 from ecnreid.errors import EcnreidError
 from ecnreid.runtime import seed_everything
@@ -153,29 +154,46 @@ def _tiny(**overrides) -> StarGANConfig:
         iters=1,
         batch_size=4,
         image_size=(32, 16),
-        g_conv_dim=8,
+        conv_dim=8,
         g_repeat_num=1,
-        d_conv_dim=8,
         d_repeat_num=2,
         n_critic=1,
-        workers=0,
         sample_every=0,
         checkpoint_every=0,
         log_every=1,
-        progress=False,
     )
     return StarGANConfig(**{**base, **overrides})
+
+
+def _train(records, num_cameras, config, out_dir, resume=False, seed=0):
+    """``train_stargan`` in this process (no loader workers), without a progress bar."""
+    return train_stargan(records, num_cameras, config, out_dir, resume=resume, seed=seed, workers=0, progress=False)
+
+
+def test_model_spec_gives_both_networks_one_width():
+    config = _tiny(conv_dim=16, residual_generator=True, camera_norm=True)
+    spec = model_spec(config, 5)
+    assert spec == ModelSpec(
+        num_cameras=5,
+        image_size=(32, 16),
+        g_conv_dim=16,
+        g_repeat_num=1,
+        d_conv_dim=16,
+        d_repeat_num=2,
+        g_residual=True,
+        g_camera_norm=True,
+    )
 
 
 def test_one_step_changes_both_networks(tmp_path):
     records = _tree(tmp_path)
     config = _tiny()
-    seed_everything(config.seed)  # the trainer seeds the same way before building its networks
-    spec = config.model_spec(3)
+    seed_everything(0)  # the trainer seeds the same way before building its networks
+    spec = model_spec(config, 3)
     g0, d0 = spec.build_generator().state_dict(), spec.build_discriminator().state_dict()
-    result = train_stargan(records, 3, config, tmp_path / "run")
+    result = _train(records, 3, config, tmp_path / "run")
     saved = torch.load(result.checkpoint, weights_only=False)
-    assert saved["iteration"] == 1 and not result.interrupted
+    assert saved["iteration"] == 1 and saved["seed"] == 0 and saved["config"]["conv_dim"] == 8
     for before, after in ((g0, saved["generator"]), (d0, saved["discriminator"])):
         assert before.keys() == after.keys()
         unchanged = [k for k in before if torch.equal(before[k], after[k])]
@@ -184,7 +202,7 @@ def test_one_step_changes_both_networks(tmp_path):
     assert ModelSpec.from_dict(gen_only["model"]) == spec
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert log[0]["iteration"] == 1 and {"d_gp", "d_cls", "g_rec", "g_cls"} <= log[0].keys()
-    other = train_stargan(records, 3, _tiny(seed=1), tmp_path / "other")
+    other = _train(records, 3, _tiny(), tmp_path / "other", seed=1)
     other_g = torch.load(other.generator, weights_only=False)["generator"]
     assert not all(torch.equal(other_g[k], gen_only["generator"][k]) for k in other_g)
 
@@ -192,10 +210,10 @@ def test_one_step_changes_both_networks(tmp_path):
 def test_resume_continues_from_the_saved_iteration_and_matches_one_run(tmp_path):
     # Also the determinism check: two separate runs with the same seed end with the same weights.
     records = _tree(tmp_path)
-    straight = train_stargan(records, 3, _tiny(iters=4, n_critic=2), tmp_path / "a")
-    first = train_stargan(records, 3, _tiny(iters=2, n_critic=2), tmp_path / "b")
+    straight = _train(records, 3, _tiny(iters=4, n_critic=2), tmp_path / "a")
+    first = _train(records, 3, _tiny(iters=2, n_critic=2), tmp_path / "b")
     assert first.iteration == 2
-    resumed = train_stargan(records, 3, _tiny(iters=4, n_critic=2), tmp_path / "b", resume=True)
+    resumed = _train(records, 3, _tiny(iters=4, n_critic=2), tmp_path / "b", resume=True)
     assert resumed.iteration == 4
     log = [json.loads(line)["iteration"] for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert log == [1, 2, 3, 4]
@@ -207,11 +225,17 @@ def test_resume_continues_from_the_saved_iteration_and_matches_one_run(tmp_path)
 
 def test_existing_run_needs_resume_and_a_matching_model(tmp_path):
     records = _tree(tmp_path)
-    train_stargan(records, 3, _tiny(), tmp_path / "run")
+    _train(records, 3, _tiny(), tmp_path / "run")
     with pytest.raises(EcnreidError, match="--resume"):
-        train_stargan(records, 3, _tiny(), tmp_path / "run")
-    with pytest.raises(EcnreidError, match="g_conv_dim"):
-        train_stargan(records, 3, _tiny(iters=2, g_conv_dim=4), tmp_path / "run", resume=True)
+        _train(records, 3, _tiny(), tmp_path / "run")
+    with pytest.raises(EcnreidError, match="checkpoint has g_conv_dim=8 but this run has g_conv_dim=4"):
+        _train(records, 3, _tiny(iters=2, conv_dim=4), tmp_path / "run", resume=True)
+    with pytest.raises(EcnreidError, match="num_cameras"):
+        _train(records, 2, _tiny(iters=2), tmp_path / "run", resume=True)
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(EcnreidError, match="cannot read StarGAN training checkpoint") as error:
+        _train(records, 3, _tiny(iters=2), tmp_path / "run", resume=True)
+    assert "\n" not in str(error.value)
 
 
 # SIGTERM sent to the whole process group can reach a DataLoader worker first; torch then reports a RuntimeError.
@@ -219,7 +243,7 @@ WORKER_KILLED = RuntimeError("DataLoader worker (pid 4242) is killed by signal: 
 
 
 @pytest.mark.parametrize("stop", [KeyboardInterrupt(), WORKER_KILLED])
-def test_ctrl_c_saves_a_checkpoint_and_returns(tmp_path, monkeypatch, stop):
+def test_ctrl_c_saves_a_checkpoint_says_where_and_re_raises(tmp_path, monkeypatch, capsys, stop):
     records = _tree(tmp_path)
     real_step = trainer_module.critic_step
     calls = []
@@ -231,12 +255,28 @@ def test_ctrl_c_saves_a_checkpoint_and_returns(tmp_path, monkeypatch, stop):
         return real_step(*args, **kwargs)
 
     monkeypatch.setattr(trainer_module, "critic_step", interrupt_third)
-    result = train_stargan(records, 3, _tiny(iters=10), tmp_path / "run")
-    assert result.interrupted and result.iteration == 2
-    assert torch.load(result.checkpoint, weights_only=False)["iteration"] == 2
-    assert not result.generator.exists()  # only a finished run exports the generator
+    with pytest.raises(type(stop)) as raised:
+        _train(records, 3, _tiny(iters=10), tmp_path / "run")
+    assert raised.value is stop
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    assert torch.load(checkpoint, weights_only=False)["iteration"] == 2
+    assert not (tmp_path / "run" / "generator.pt").exists()  # only a finished run exports the generator
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "interrupted" in line]
+    assert f"state saved to {checkpoint}" in line and "--resume" in line
     monkeypatch.setattr(trainer_module, "critic_step", real_step)
-    assert train_stargan(records, 3, _tiny(iters=3), tmp_path / "run", resume=True).iteration == 3
+    assert _train(records, 3, _tiny(iters=3), tmp_path / "run", resume=True).iteration == 3
+
+
+def test_a_crash_is_not_a_stop_and_saves_nothing(tmp_path, monkeypatch):
+    records = _tree(tmp_path)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(trainer_module, "critic_step", broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        _train(records, 3, _tiny(iters=10), tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
 def test_sample_grid_layout_and_file(tmp_path):
@@ -254,7 +294,7 @@ def test_sample_grid_layout_and_file(tmp_path):
         fake = generator(images[2:3], torch.tensor([1]))[0]
     assert np.abs(pixels[64:96, 32:48].astype(float) - ((fake.permute(1, 2, 0) + 1) * 127.5).numpy()).max() <= 1
 
-    train_stargan(records, 2, _tiny(iters=2, sample_every=2), tmp_path / "run")
+    _train(records, 2, _tiny(iters=2, sample_every=2), tmp_path / "run")
     with Image.open(tmp_path / "run" / "samples" / "iter_0000002.png") as png:
         assert png.size == (3 * 16, 4 * 32)  # 4 sample rows, 2 cameras + original
 
@@ -262,9 +302,9 @@ def test_sample_grid_layout_and_file(tmp_path):
 def test_too_few_cameras_or_images_is_a_user_error(tmp_path):
     records = _tree(tmp_path, cameras=2, per_camera=1)
     with pytest.raises(EcnreidError, match="2 cameras"):
-        train_stargan(records, 1, _tiny(), tmp_path / "run")
+        _train(records, 1, _tiny(), tmp_path / "run")
     with pytest.raises(EcnreidError, match="fewer than one batch"):
-        train_stargan(records, 2, _tiny(), tmp_path / "run")
+        _train(records, 2, _tiny(), tmp_path / "run")
 
 
 def test_residual_skip_stays_fp32_and_finite_under_cpu_bf16_autocast():
@@ -302,7 +342,7 @@ def test_stargan_trains_in_fp32_unless_amp(tmp_path, monkeypatch):
         return real(device, enabled)
 
     monkeypatch.setattr(trainer_module, "autocast_for", record)
-    train_stargan(records, 2, _tiny(iters=1, sample_every=1), tmp_path / "run")
+    _train(records, 2, _tiny(iters=1, sample_every=1), tmp_path / "run")
     assert len(seen) >= 4 and not any(seen)  # critic, penalty, generator steps and the sample grid
 
     # The context each call gets: nothing on the CPU, bf16 autocast on CUDA only when amp is on.

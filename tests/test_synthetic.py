@@ -3,6 +3,7 @@ domain-adaptation problem (camera style breaks cross-camera matching in the targ
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections import Counter
@@ -14,6 +15,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ecnreid.config import (
+    DEFAULT_SOURCE,
+    DEFAULT_TARGET,
+    CameraStyleSpec,
+    DomainSpec,
+    LayoutSpec,
+    PersonSpec,
+)
 from ecnreid.data.datasets import read_dataset
 from ecnreid.data.records import ImageRecord, ReidDataset, relabel_pids
 from ecnreid.data.synthetic import (
@@ -26,13 +35,35 @@ from ecnreid.data.synthetic import (
 )
 from ecnreid.errors import EcnreidError
 
-TINY = {"train_ids": 3, "test_ids": 2, "source_cameras": 2, "target_cameras": 3}
+
+def _layout(spec: DomainSpec, **changes: object) -> DomainSpec:
+    """``spec`` with some of its layout fields changed."""
+    return dataclasses.replace(spec, layout=dataclasses.replace(spec.layout, **changes))
+
+
+def _tiny(**changes: object) -> dict[str, DomainSpec]:
+    """The default domains with 3 train and 2 test ids, on 2 source and 3 target cameras, plus ``changes``
+    to both layouts."""
+    return {
+        "source": _layout(DEFAULT_SOURCE, **{"cameras": 2, "train_ids": 3, "test_ids": 2, **changes}),
+        "target": _layout(DEFAULT_TARGET, **{"cameras": 3, "train_ids": 3, "test_ids": 2, **changes}),
+    }
+
+
+TINY = _tiny()
+
+
+# The default domains with 15 training and 25 test ids each.
+MID = {
+    name: _layout(spec, train_ids=15, test_ids=25)
+    for name, spec in (("source", DEFAULT_SOURCE), ("target", DEFAULT_TARGET))
+}
 
 
 @pytest.fixture(scope="module")
 def mid(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("synthetic")
-    return out, generate_synthetic(out, train_ids=15, test_ids=25)
+    return out, generate_synthetic(out, **MID)
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -42,6 +73,9 @@ def _files(root: Path) -> dict[str, bytes]:
 def test_layout_counts_and_names(mid: tuple[Path, dict]) -> None:
     out, meta = mid
     assert json.loads((out / "synthetic.json").read_text()) == meta
+    # The parameters are the seed and the two specs, as dataclasses.asdict writes them.
+    assert meta["params"] == {"seed": 0, **{name: dataclasses.asdict(spec) for name, spec in MID.items()}}
+    assert meta["params"]["target"]["camera"] == {"strength": 0.8, "cast": 0.35, "textured": True}
     for domain, cameras in (("source", 4), ("target", 5)):
         data = read_dataset("synthetic", out / domain)
         counts = meta["domains"][domain]["images"]
@@ -79,7 +113,7 @@ def test_identities_disjoint_and_test_protocol(mid: tuple[Path, dict]) -> None:
 
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path) -> None:
     generate_synthetic(tmp_path / "a", seed=5, **TINY)
-    generate_synthetic(tmp_path / "b", seed=5, **TINY)
+    generate_synthetic(tmp_path / "b", seed=5, **_tiny())  # equal specs, other objects
     generate_synthetic(tmp_path / "c", seed=6, **TINY)
     a, b, c = (_files(tmp_path / name) for name in "abc")
     assert len(a) > 10 and a == b
@@ -95,8 +129,8 @@ def test_regeneration_is_skipped_redone_or_refused(tmp_path: Path) -> None:
     # A CamStyle set made from the target is stale after a regeneration and may be replaced.
     (tmp_path / "target" / "bounding_box_train_camstyle").mkdir()
     (tmp_path / "target" / "bounding_box_train_camstyle" / "x_fake_1.jpg").write_bytes(b"")
-    changed = generate_synthetic(tmp_path, **{**TINY, "train_ids": 4})
-    assert changed["params"]["train_ids"] == 4
+    changed = generate_synthetic(tmp_path, **_tiny(train_ids=4))
+    assert changed["params"]["source"]["layout"]["train_ids"] == 4
     assert read_dataset("synthetic", tmp_path / "source").num_train_pids == 4
     assert not (tmp_path / "target" / "bounding_box_train_camstyle").exists()
     # Anything else in the folders is the user's: refuse, and delete nothing.
@@ -235,41 +269,28 @@ def test_domain_fashion_sets_the_share_of_achromatic_garments() -> None:
 
 def test_target_backgrounds_can_be_plain(tmp_path: Path) -> None:
     textured = generate_synthetic(tmp_path / "textured", **TINY)
-    plain = generate_synthetic(tmp_path / "plain", target_textured=False, **TINY)
+    target = TINY["target"]
+    plain_target = dataclasses.replace(target, camera=dataclasses.replace(target.camera, textured=False))
+    plain = generate_synthetic(tmp_path / "plain", source=TINY["source"], target=plain_target)
     kinds = {
         name: {c["background"]["kind"] for c in meta["domains"]["target"]["cameras"]}
         for name, meta in (("textured", textured), ("plain", plain))
     }
     assert kinds["plain"] <= set(SOURCE_BACKGROUNDS) and not kinds["textured"] & set(SOURCE_BACKGROUNDS)
-    assert plain["params"]["target_textured"] is False
+    assert plain["params"]["target"]["camera"]["textured"] is False
 
 
-def test_plain_people_keep_their_colours_and_lose_the_other_cues() -> None:
-    dressed = [_make_identity(np.random.default_rng([0, pid])) for pid in range(100)]
-    plain = [_make_identity(np.random.default_rng([0, pid]), plain=True) for pid in range(100)]
-    for a, b in zip(dressed, plain, strict=True):
-        assert (a["top"], a["bottom"], a["skin"], a["hair"]) == (b["top"], b["bottom"], b["skin"], b["hair"])
-        assert (b["pattern"], b["bottom_kind"], b["hat"], b["bag"], b["long_hair"]) == (
-            "plain",
-            "trousers",
-            None,
-            "none",
-            False,
-        )
-    # Without it, people do differ in those cues.
-    assert len({a["pattern"] for a in dressed}) > 1 and any(a["bag"] != "none" for a in dressed)
-
-
-def test_source_plain_dresses_only_the_source(tmp_path: Path) -> None:
-    generate_synthetic(tmp_path / "dressed", **TINY)
-    generate_synthetic(tmp_path / "plain", source_plain=True, **TINY)
-    assert _files(tmp_path / "dressed" / "target") == _files(tmp_path / "plain" / "target")
-    assert _files(tmp_path / "dressed" / "source") != _files(tmp_path / "plain" / "source")
+def test_a_domain_depends_only_on_its_own_spec(tmp_path: Path) -> None:
+    generate_synthetic(tmp_path / "mixed", **TINY)
+    source = dataclasses.replace(TINY["source"], person=PersonSpec(achromatic=1.0))
+    generate_synthetic(tmp_path / "grey", source=source, target=TINY["target"])
+    assert _files(tmp_path / "mixed" / "target") == _files(tmp_path / "grey" / "target")
+    assert _files(tmp_path / "mixed" / "source") != _files(tmp_path / "grey" / "source")
 
 
 def test_target_can_have_more_training_ids_than_the_source(tmp_path: Path) -> None:
     same = generate_synthetic(tmp_path / "same", **TINY)
-    more = generate_synthetic(tmp_path / "more", target_train_ids=7, **TINY)
+    more = generate_synthetic(tmp_path / "more", source=TINY["source"], target=_layout(TINY["target"], train_ids=7))
     assert more["domains"]["target"]["pids"] == {"train": [5001, 5007], "test": [5008, 5009]}
     assert more["domains"]["source"] == same["domains"]["source"]
     train_pids = {int(p.name[:4]) for p in (tmp_path / "more" / "target" / "bounding_box_train").glob("*.jpg")}
@@ -283,21 +304,22 @@ def test_target_can_have_more_images_per_camera_than_the_source(tmp_path: Path) 
         return Counter(p.name[:7] for p in (tmp_path / name / "target" / split).glob("*.jpg"))
 
     generate_synthetic(tmp_path / "same", **TINY)
-    more = generate_synthetic(tmp_path / "more", target_train_images_per_camera=4, **TINY)
-    assert more["params"]["target_train_images_per_camera"] == 4
+    target = _layout(TINY["target"], train_images_per_camera=4)
+    more = generate_synthetic(tmp_path / "more", source=TINY["source"], target=target)
+    assert more["params"]["target"]["layout"]["train_images_per_camera"] == 4
     assert _files(tmp_path / "more" / "source") == _files(tmp_path / "same" / "source")
     assert max(per_camera("same", "bounding_box_train").values()) <= 2
     assert 2 < max(per_camera("more", "bounding_box_train").values()) <= 4
     for split in ("query", "bounding_box_test"):  # the test protocol is unchanged
         assert per_camera("more", split) == per_camera("same", split)
-    with pytest.raises(EcnreidError, match="at least 1"):
-        generate_synthetic(tmp_path / "none", target_train_images_per_camera=0, **TINY)
+    with pytest.raises(EcnreidError, match="train_images_per_camera 0: must be at least 1"):
+        _layout(TINY["target"], train_images_per_camera=0)
 
 
 def test_frames_of_a_track_share_the_pose() -> None:
     rng = np.random.default_rng
-    who = _make_identity(rng(0))
-    camera = _make_camera(rng(1), 0, 2, strength=0.0, cast=0.0, textured=False, cast_offset=0.0)
+    who = _make_identity(rng(0), 0.3)
+    camera = _make_camera(rng(1), 0, 2, CameraStyleSpec(strength=0.0, cast=0.0), cast_offset=0.0)
     scene = _background({**camera["background"], "kind": "gradient"}, rng(2), 128, 64)  # same for any crop
 
     def frame(image_seed: int, pose_seed: int) -> np.ndarray:
@@ -309,10 +331,39 @@ def test_frames_of_a_track_share_the_pose() -> None:
 
 
 def test_target_tracks_change_only_the_target_training_images(tmp_path: Path) -> None:
-    generate_synthetic(tmp_path / "free", **TINY, train_images_per_camera=3)
-    generate_synthetic(tmp_path / "tracks", **TINY, train_images_per_camera=3, target_tracks=True)
+    free = _tiny(train_images_per_camera=3)
+    generate_synthetic(tmp_path / "free", **free)
+    generate_synthetic(tmp_path / "tracks", source=free["source"], target=_layout(free["target"], tracks=True))
     for folder in ("source/bounding_box_train", "source/query", "target/query", "target/bounding_box_test"):
         assert _files(tmp_path / "free" / folder) == _files(tmp_path / "tracks" / folder)
     assert _files(tmp_path / "free" / "target/bounding_box_train") != _files(
         tmp_path / "tracks" / "target/bounding_box_train"
     )
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: PersonSpec(achromatic=1.5), r"person\.achromatic 1\.5: must lie in \[0, 1\]"),
+        (lambda: CameraStyleSpec(strength=-0.1), r"camera\.strength -0\.1: must lie in \[0, 2\]"),
+        (lambda: CameraStyleSpec(cast=1.0), r"camera\.cast 1\.0: must lie in \[0, 1\)"),
+        (lambda: LayoutSpec(cameras=1), r"layout\.cameras 1: a domain needs at least 2 cameras"),
+        (lambda: LayoutSpec(test_ids=0), r"layout\.test_ids 0: must be at least 1"),
+        (lambda: LayoutSpec(gallery_per_camera=0), r"layout\.gallery_per_camera 0: must be at least 1"),
+        (lambda: LayoutSpec(train_ids=4000, test_ids=1000), r"5000: at most 4999 ids per domain"),
+        (lambda: DomainSpec(layout={"cameras": 3}), r"layout \{'cameras': 3\}: expected a LayoutSpec"),
+    ],
+)
+def test_specs_refuse_impossible_domains(build, message: str) -> None:
+    with pytest.raises(EcnreidError, match=message):
+        build()
+
+
+def test_specs_are_frozen_and_the_generator_checks_its_arguments(tmp_path: Path) -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        DEFAULT_SOURCE.layout.cameras = 3  # type: ignore[misc]
+    with pytest.raises(EcnreidError, match="synthetic target: expected a DomainSpec, got dict"):
+        generate_synthetic(tmp_path, target={"layout": {"cameras": 3}})  # type: ignore[arg-type]
+    with pytest.raises(EcnreidError, match="must be non-negative"):
+        generate_synthetic(tmp_path, seed=-1)
+    assert not tmp_path.joinpath("source").exists()

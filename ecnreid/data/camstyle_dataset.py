@@ -22,13 +22,13 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ecnreid.data.camstyle_names import Scheme, camstyle_name, camstyle_path, detect_scheme
+from ecnreid.data.datasets import is_image_name
 from ecnreid.data.image_dataset import load_image
 from ecnreid.data.records import ImageRecord
 from ecnreid.errors import EcnreidError
 
 CAMSTYLE_FOLDER = "bounding_box_train_camstyle"
 PSEUDO_CAMERAS_FILE = "pseudo_cameras.json"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def find_camstyle_dir(dataset_root: str | os.PathLike) -> Path | None:
@@ -38,7 +38,7 @@ def find_camstyle_dir(dataset_root: str | os.PathLike) -> Path | None:
         return None
     with os.scandir(folder) as entries:
         for entry in entries:
-            if entry.name.lower().endswith(IMAGE_SUFFIXES) and not entry.name.startswith("."):
+            if is_image_name(entry.name) and not entry.name.startswith("."):
                 return folder
     return None
 
@@ -117,8 +117,8 @@ class CamStyleTargetDataset(Dataset):
         if num_cameras < 1:
             raise ValueError(f"num_cameras must be at least 1, got {num_cameras}")
         beyond = [r for r in records if not 0 <= r.camid < num_cameras]
-        if beyond:
-            raise EcnreidError(f"{beyond[0].path}: camera {beyond[0].camid} outside the target's {num_cameras} cameras")
+        if beyond:  # callers count the cameras of these very records
+            raise ValueError(f"{beyond[0].path}: camera {beyond[0].camid} outside the target's {num_cameras} cameras")
         self.records = list(records)
         self.camstyle_dir = Path(camstyle_dir) if camstyle_dir is not None else None
         self.num_cameras = num_cameras

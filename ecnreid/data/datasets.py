@@ -16,7 +16,8 @@ from pathlib import Path
 from ecnreid.data.records import ImageRecord, ReidDataset
 from ecnreid.errors import EcnreidError
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
+# File suffixes read as images (lower case), by the dataset readers and wherever a folder is scanned for images.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 # 1-based camera numbers of any width (MSMT17 has 15 cameras, custom sets may have more than 9).
 MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)s\d+_")  # 0002_c1s1_000451_03.jpg, -1_c1s1_000401_03.jpg
@@ -34,7 +35,8 @@ SYNTHETIC_FOLDERS = ("synthetic",)
 CUSTOM_FOLDERS = ("custom",)
 
 
-def _is_image(name: str) -> bool:
+def is_image_name(name: str) -> bool:
+    """Whether a file name has one of the ``IMAGE_SUFFIXES`` (any case)."""
     return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
 
@@ -84,7 +86,7 @@ def _read_folder(folder: Path, pattern: re.Pattern[str]) -> list[ImageRecord]:
         raise EcnreidError(f"{folder}: split folder is missing")
     records = []
     for name in sorted(os.listdir(folder)):
-        if not _is_image(name):
+        if not is_image_name(name):
             continue
         record = _parse_name(name, pattern, folder)
         if record is not None:

@@ -8,6 +8,7 @@ exemplar-memory slot), so skipping bad images is a step *before* building datase
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -58,9 +59,11 @@ class ImageDataset(torch.utils.data.Dataset):
         return image, record.pid, record.camid, index
 
 
-def _decodes(path: str) -> bool:
-    """Whether ``path`` decodes completely. A draft (reduced-scale) JPEG decode still reads the whole
-    entropy-coded stream, so truncated files fail, at a fraction of a full decode's cost."""
+def decodes_fully(path: str | os.PathLike) -> bool:
+    """Whether the image at ``path`` decodes completely (False for missing, unidentifiable, truncated files).
+
+    A draft (reduced-scale) JPEG decode still reads the whole entropy-coded stream, so a truncated file
+    fails, at a fraction of a full decode's cost."""
     try:
         with Image.open(path) as image:
             if image.format == "JPEG":
@@ -83,7 +86,7 @@ def verify_images(
     paths = [r.path for r in records]
     # Pillow releases the GIL while decoding, so threads overlap the I/O and decode work.
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = pool.map(_decodes, paths, chunksize=64)
+        results = pool.map(decodes_fully, paths, chunksize=64)
         if progress:
             from ecnreid.progress import make_progress
 

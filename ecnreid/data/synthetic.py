@@ -2,7 +2,8 @@
 
 Each domain is a small re-ID dataset in the standard layout (``bounding_box_train/``, ``query/``,
 ``bounding_box_test/``, files ``{pid:04d}_c{cam}_{n:05d}.jpg`` with 1-based cameras, 128×64 JPEG).
-Identities are disjoint between the domains and between train and test.
+Identities are disjoint between the domains and between train and test. What a domain holds is a
+:class:`~ecnreid.config.DomainSpec`: its people's fashion, its cameras' style, its layout.
 
 - A person is drawn with Pillow from identity attributes (clothing colours, torso pattern, sleeves,
   trousers/shorts/skirt, hair, hat, bag, build) and per-image pose (offset, scale, walking phase,
@@ -10,40 +11,52 @@ Identities are disjoint between the domains and between train and test.
 - Every camera has a style: a scene background, a colour cast (white-balance gains pointing in the
   camera's own direction of the colour wheel), saturation, a small hue shift, exposure, contrast, gamma,
   a vertical shade, blur, sensor noise, a typical viewpoint mix and framing.
-- The source's cameras are mild variations of neutral styles on plain backgrounds; the target's cameras
-  have strong, distinct colour casts, lighting, blur and noise, and textured backgrounds. Appearance
-  identifies a person within a camera; matching across target cameras needs camera invariance, which a
-  model trained on the source alone does not learn. That is the gap ECN is meant to close.
-  Measured with a small CNN trained on the source ids (``tests/test_synthetic.py``, seeds 0 and 1):
-  source rank-1 ≈ 95%, target rank-1 ≈ 0% (the nearest neighbour is nearly always a same-camera
-  stranger), and ≈ 50% once each target camera's colour statistics are normalised: identity survives
-  the style.
+- In the default pair (``DEFAULT_SOURCE``, ``DEFAULT_TARGET``) the source's cameras are mild variations of
+  neutral styles on plain backgrounds; the target's cameras have strong, distinct colour casts, lighting, blur
+  and noise, and textured backgrounds. Appearance identifies a person within a camera; matching across target
+  cameras needs camera invariance, which a model trained on the source alone does not learn. That is the gap
+  ECN is meant to close. Measured with a small CNN trained on the source ids (``tests/test_synthetic.py``,
+  seeds 0 and 1): source rank-1 ≈ 95%, target rank-1 ≈ 0% (the nearest neighbour is nearly always a
+  same-camera stranger), and ≈ 50% once each target camera's colour statistics are normalised: identity
+  survives the style.
 
-Output is byte-identical for the same parameters (NumPy ``Generator`` streams keyed by seed, domain and
+Output is byte-identical for the same specs and seed (NumPy ``Generator`` streams keyed by seed, domain and
 item; Pillow drawing and JPEG encoding are deterministic for a given Pillow build).
 """
 
 from __future__ import annotations
 
 import colorsys
+import dataclasses
 import json
 import math
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ecnreid.config import (
+    DEFAULT_SOURCE,
+    DEFAULT_TARGET,
+    CameraStyleSpec,
+    DomainSpec,
+    LayoutSpec,
+)
 from ecnreid.errors import EcnreidError
 from ecnreid.io import write_json
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: ``params`` holds the seed and each domain's spec
 SPLITS = ("bounding_box_train", "query", "bounding_box_test")
 FILE_NAME = re.compile(r"^\d{4}_c\d+_\d{5,}\.jpg$")
 CAMSTYLE_PREFIX = "bounding_box_train_camstyle"  # derived from the target by `prepare`; stale once regenerated
+HEIGHT, WIDTH = 128, 64  # output images
+JPEG_QUALITY = 92
 SUPERSAMPLE = 2  # people are drawn at 2× and box-filtered down, for anti-aliased edges
+FIRST_PIDS = {"source": 1, "target": 5001}  # both written with 4 digits
 
 PATTERNS = ("plain", "stripes", "checks", "logo")
 BOTTOMS = ("trousers", "trousers", "shorts", "skirt")
@@ -61,7 +74,7 @@ def _rgb(h: float, s: float, v: float) -> tuple[int, int, int]:
     return round(r * 255), round(g * 255), round(b * 255)
 
 
-def _clothing_colour(rng: np.random.Generator, achromatic: float = 0.3) -> tuple[int, int, int]:
+def _clothing_colour(rng: np.random.Generator, achromatic: float) -> tuple[int, int, int]:
     """Real clothes are often black, white or grey (with probability ``achromatic``); otherwise any hue."""
     if rng.random() < achromatic:
         return _rgb(0.0, 0.0, float(rng.choice([0.12, 0.3, 0.55, 0.85])) + rng.uniform(-0.05, 0.05))
@@ -88,16 +101,14 @@ def _round(value: Any) -> Any:
 # --- identities ---------------------------------------------------------------------------------------
 
 
-def _make_identity(rng: np.random.Generator, achromatic: float = 0.3, plain: bool = False) -> dict[str, Any]:
+def _make_identity(rng: np.random.Generator, achromatic: float) -> dict[str, Any]:
     """Appearance attributes that stay fixed for one person across all images and cameras; ``achromatic``
-    is the share of black, white and grey garments (the domain's fashion). ``plain`` people wear plain tops
-    and trousers, with no bag, hat or long hair: only their colours tell them apart (same colours as
-    without it, the random stream is unchanged)."""
+    is the share of black, white and grey garments (the domain's fashion)."""
     skin = _rgb(rng.uniform(0.03, 0.09), rng.uniform(0.25, 0.6), rng.uniform(0.35, 0.95))
     hair = _rgb(rng.uniform(0.0, 0.12), rng.uniform(0.2, 0.8), rng.uniform(0.05, 0.6))
-    if rng.random() < 0.12:  # dyed or grey hair
-        hair = _clothing_colour(rng)
-    who = {
+    if rng.random() < 0.12:  # dyed or grey hair, whatever the fashion
+        hair = _clothing_colour(rng, 0.3)
+    return {
         "top": _clothing_colour(rng, achromatic),
         "bottom": _clothing_colour(rng, achromatic),
         "pattern": PATTERNS[rng.integers(len(PATTERNS))],
@@ -116,9 +127,6 @@ def _make_identity(rng: np.random.Generator, achromatic: float = 0.3, plain: boo
         "build_w": float(rng.uniform(0.85, 1.2)),
         "build_h": float(rng.uniform(0.9, 1.05)),
     }
-    if plain:
-        who |= {"pattern": "plain", "bottom_kind": "trousers", "hat": None, "bag": "none", "long_hair": False}
-    return who
 
 
 # --- camera styles and backgrounds --------------------------------------------------------------------
@@ -138,24 +146,16 @@ def _saturation(factor: float) -> np.ndarray:
     return factor * np.eye(3) + (1.0 - factor) * np.outer(np.ones(3), luma)
 
 
-def _make_camera(
-    rng: np.random.Generator,
-    index: int,
-    count: int,
-    strength: float,
-    cast: float,
-    textured: bool,
-    cast_offset: float,
-) -> dict:
-    """A camera style. ``cast`` is the amplitude of the colour cast (white balance: channel gains up to
-    ``1 ± cast``); ``strength`` scales every other departure from a neutral camera (0 = neutral).
+def _make_camera(rng: np.random.Generator, index: int, count: int, style: CameraStyleSpec, cast_offset: float) -> dict:
+    """Camera ``index`` of a domain with ``count`` cameras, drawn within the bounds of the domain's ``style``.
 
     The cast of camera ``index`` points in its own direction of the colour wheel, spread evenly over the
-    domain's cameras, so that every camera's cast is distinct.
+    domain's cameras (from ``cast_offset``, a fraction of the wheel), so that every camera's cast is distinct.
     """
+    strength, textured = style.strength, style.textured
     direction = 2.0 * math.pi * (index / count + cast_offset + rng.uniform(-0.05, 0.05))
     channel_angles = np.array([0.0, 2.0 * math.pi / 3.0, 4.0 * math.pi / 3.0])  # R, G, B on the wheel
-    gains = 1.0 + cast * np.cos(direction - channel_angles)
+    gains = 1.0 + style.cast * np.cos(direction - channel_angles)
     gains = gains / gains.max()
     kinds = TARGET_BACKGROUNDS if textured else SOURCE_BACKGROUNDS
     if textured:  # a low-contrast texture in a tinted colour (walls, paving, hedges)
@@ -237,6 +237,62 @@ def _apply_camera(image: np.ndarray, camera: dict, rng: np.random.Generator) -> 
 # --- drawing a person ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Body:
+    """Where one person's parts go on the supersampled canvas, in canvas pixels, for one view and pose."""
+
+    view: str
+    s: float  # canvas pixels per pixel of a 128-high output image
+    ph: float  # person height, head top to soles
+    cx: float  # the body's vertical axis
+    side: bool  # seen from the left or the right
+    facing: float  # +1 facing right, -1 facing left (side views)
+    swing: float  # walking phase, as a limb angle
+    head_r: float
+    head_cy: float
+    shoulder_y: float
+    hip_y: float
+    torso_w: float
+    hip_w: float
+    leg_w: float
+    arm_w: float
+    leg_len: float  # hip to ankle
+
+
+def _place_body(size: tuple[int, int], who: dict, rng: np.random.Generator, view: str, framing: float) -> _Body:
+    """The body of ``who`` on a canvas of ``size`` (width, height): per-image scale, offset and walking phase."""
+    width, height = size
+    s = height / 128.0
+    scale = framing * who["build_h"] * rng.uniform(0.92, 1.04)
+    ph = 108.0 * s * scale
+    cx = width / 2.0 + rng.uniform(-4.0, 4.0) * s
+    feet = height - (5.0 + rng.uniform(-3.0, 3.0)) * s
+    top = feet - ph
+    side = view in ("left", "right")
+    phase = rng.uniform(0.0, 2.0 * math.pi)
+    head_r = 0.068 * ph
+    hip_y = top + 0.5 * ph
+    leg_w = 0.075 * ph * who["build_w"]
+    return _Body(
+        view=view,
+        s=s,
+        ph=ph,
+        cx=cx,
+        side=side,
+        facing=1.0 if view == "right" else -1.0,
+        swing=math.sin(phase) * (0.45 if side else 0.12),
+        head_r=head_r,
+        head_cy=top + head_r,
+        shoulder_y=top + 0.17 * ph,
+        hip_y=hip_y,
+        torso_w=0.22 * ph * who["build_w"] * (0.62 if side else 1.0),
+        hip_w=0.18 * ph * who["build_w"] * (0.6 if side else 1.0),
+        leg_w=leg_w,
+        arm_w=0.058 * ph * who["build_w"],
+        leg_len=feet - hip_y - leg_w / 2,
+    )
+
+
 def _limb(draw: ImageDraw.ImageDraw, points: list[tuple[float, float]], colour, width: float) -> None:
     draw.line(points, fill=colour, width=max(1, round(width)), joint="curve")
     r = width / 2.0
@@ -244,215 +300,219 @@ def _limb(draw: ImageDraw.ImageDraw, points: list[tuple[float, float]], colour, 
         draw.ellipse([x - r, y - r, x + r, y + r], fill=colour)
 
 
-def _draw_person(canvas: Image.Image, who: dict, rng: np.random.Generator, view: str, framing: float) -> None:
-    """Draw one person on ``canvas`` (RGB, supersampled) in place."""
-    draw = ImageDraw.Draw(canvas)
-    width, height = canvas.size
-    s = height / 128.0  # pixels per output-pixel unit of a 128-high image, times the supersampling
-    scale = framing * who["build_h"] * rng.uniform(0.92, 1.04)
-    ph = 108.0 * s * scale  # person height, head top to soles
-    cx = width / 2.0 + rng.uniform(-4.0, 4.0) * s
-    feet = height - (5.0 + rng.uniform(-3.0, 3.0)) * s
-    top = feet - ph
-    side = view in ("left", "right")
-    facing = 1.0 if view == "right" else -1.0
-    phase = rng.uniform(0.0, 2.0 * math.pi)
-    swing = math.sin(phase) * (0.45 if side else 0.12)
+def _leg_points(b: _Body, sign: float) -> list[tuple[float, float]]:
+    """Hip, knee, ankle of one leg; side views swing along x, front/back views mostly in place."""
+    hip_x = b.cx + (0.0 if b.side else sign * b.hip_w * 0.28)
+    angle = sign * b.swing
+    knee = (hip_x + math.sin(angle) * b.leg_len * 0.5 * (b.facing if b.side else 0.4), b.hip_y + b.leg_len * 0.5)
+    bend = 0.1 * max(0.0, -angle) if b.side else 0.0
+    ankle = (knee[0] + math.sin(angle - bend) * b.leg_len * 0.5 * (b.facing if b.side else 0.4), b.hip_y + b.leg_len)
+    return [(hip_x, b.hip_y), knee, ankle]
 
-    head_r = 0.068 * ph
-    head_cy = top + head_r
-    shoulder_y = top + 0.17 * ph
-    hip_y = top + 0.5 * ph
-    torso_w = 0.22 * ph * who["build_w"] * (0.62 if side else 1.0)
-    hip_w = 0.18 * ph * who["build_w"] * (0.6 if side else 1.0)
-    leg_w = 0.075 * ph * who["build_w"]
-    arm_w = 0.058 * ph * who["build_w"]
-    leg_len = feet - hip_y - leg_w / 2
 
-    def leg_points(sign: float) -> list[tuple[float, float]]:
-        """Hip, knee, ankle of one leg; side views swing along x, front/back views mostly in place."""
-        hip_x = cx + (0.0 if side else sign * hip_w * 0.28)
-        angle = sign * swing
-        knee = (hip_x + math.sin(angle) * leg_len * 0.5 * (facing if side else 0.4), hip_y + leg_len * 0.5)
-        bend = 0.1 * max(0.0, -angle) if side else 0.0
-        ankle = (knee[0] + math.sin(angle - bend) * leg_len * 0.5 * (facing if side else 0.4), hip_y + leg_len)
-        return [(hip_x, hip_y), knee, ankle]
+def _arm_points(b: _Body, sign: float) -> list[tuple[float, float]]:
+    """Shoulder, elbow, hand of one arm, swinging against the legs."""
+    shoulder = (b.cx + (0.0 if b.side else sign * (b.torso_w / 2 + b.arm_w * 0.2)), b.shoulder_y + b.arm_w * 0.4)
+    angle = -sign * b.swing * 1.1
+    length = 0.34 * b.ph
+    reach = length * 0.5 * (b.facing if b.side else 0.3)
+    elbow = (shoulder[0] + math.sin(angle) * reach + (0.0 if b.side else sign * b.s), shoulder[1] + length * 0.5)
+    hand = (elbow[0] + math.sin(angle * 1.3) * reach, shoulder[1] + length * 0.97)
+    return [shoulder, elbow, hand]
 
-    def arm_points(sign: float) -> list[tuple[float, float]]:
-        shoulder = (cx + (0.0 if side else sign * (torso_w / 2 + arm_w * 0.2)), shoulder_y + arm_w * 0.4)
-        angle = -sign * swing * 1.1
-        length = 0.34 * ph
-        reach = length * 0.5 * (facing if side else 0.3)
-        elbow = (shoulder[0] + math.sin(angle) * reach + (0.0 if side else sign * s), shoulder[1] + length * 0.5)
-        hand = (elbow[0] + math.sin(angle * 1.3) * reach, shoulder[1] + length * 0.97)
-        return [shoulder, elbow, hand]
 
-    def draw_leg(sign: float, dim: float) -> None:
-        hip, knee, ankle = leg_points(sign)
-        skin, bottom = _shade(who["skin"], dim), _shade(who["bottom"], dim)
-        kind = who["bottom_kind"]
-        if kind == "trousers":
-            _limb(draw, [hip, knee, ankle], bottom, leg_w)
-        else:
-            _limb(draw, [hip, knee, ankle], skin, leg_w * 0.85)
-            if kind == "shorts":
-                mid = (hip[0] + (knee[0] - hip[0]) * 0.8, hip[1] + (knee[1] - hip[1]) * 0.8)
-                _limb(draw, [hip, mid], bottom, leg_w * 1.05)
-        shoe_w = leg_w * (1.5 if side else 1.1)
-        shoe_dx = facing * leg_w * 0.3 if side else 0.0
-        draw.ellipse(
-            [
-                ankle[0] - shoe_w / 2 + shoe_dx,
-                ankle[1] - leg_w * 0.35,
-                ankle[0] + shoe_w / 2 + shoe_dx,
-                ankle[1] + leg_w * 0.45,
-            ],
-            fill=_shade(who["shoes"], dim),
-        )
-
-    def draw_arm(sign: float, dim: float) -> None:
-        shoulder, elbow, hand = arm_points(sign)
-        skin, top_c = _shade(who["skin"], dim), _shade(who["top"], dim)
-        if who["long_sleeves"]:
-            _limb(draw, [shoulder, elbow, hand], top_c, arm_w)
-        else:
-            _limb(draw, [shoulder, elbow, hand], skin, arm_w * 0.85)
-            _limb(draw, [shoulder, elbow], top_c, arm_w)
-        r = arm_w * 0.55
-        draw.ellipse([hand[0] - r, hand[1] - r, hand[0] + r, hand[1] + r], fill=skin)
-
-    def draw_backpack(full: bool) -> None:
-        colour = who["bag_colour"]
-        if side:  # a block sticking out behind the back
-            x0 = cx - facing * torso_w / 2
-            x1 = x0 - facing * 0.09 * ph
-            draw.rectangle([min(x0, x1), shoulder_y + 0.02 * ph, max(x0, x1) + 1, hip_y - 0.06 * ph], fill=colour)
-        elif full:
-            draw.rounded_rectangle(
-                [cx - torso_w * 0.36, shoulder_y + 0.03 * ph, cx + torso_w * 0.36, hip_y - 0.04 * ph],
-                radius=0.02 * ph,
-                fill=colour,
-            )
-        else:  # straps seen from the front
-            for sign in (-1.0, 1.0):
-                x = cx + sign * torso_w * 0.3
-                draw.line([(x, shoulder_y), (x, shoulder_y + 0.2 * ph)], fill=colour, width=max(1, round(0.022 * ph)))
-
-    def draw_shoulder_bag() -> None:
-        colour = who["bag_colour"]
-        bag_x = cx + (-facing if side else 1.0) * (hip_w * 0.5 + 0.02 * ph)
-        strap_w = max(1, round(0.015 * ph))
-        if not side:
-            draw.line([(cx - torso_w * 0.4, shoulder_y), (bag_x, hip_y - 0.03 * ph)], fill=colour, width=strap_w)
-        w, h = 0.11 * ph, 0.1 * ph
-        draw.rectangle([bag_x - w / 2, hip_y - 0.04 * ph, bag_x + w / 2, hip_y - 0.04 * ph + h], fill=colour)
-
-    def draw_torso() -> None:
-        polygon = [
-            (cx - torso_w / 2, shoulder_y),
-            (cx + torso_w / 2, shoulder_y),
-            (cx + hip_w / 2 + 0.01 * ph, hip_y + 0.03 * ph),
-            (cx - hip_w / 2 - 0.01 * ph, hip_y + 0.03 * ph),
-        ]
-        # Pelvis/waist in the bottom colour, so legs join the body.
-        draw.rectangle([cx - hip_w / 2, hip_y - 0.02 * ph, cx + hip_w / 2, hip_y + 0.06 * ph], fill=who["bottom"])
-        if who["bottom_kind"] == "skirt":
-            flare = 0.05 * ph
-            draw.polygon(
-                [
-                    (cx - hip_w / 2, hip_y - 0.02 * ph),
-                    (cx + hip_w / 2, hip_y - 0.02 * ph),
-                    (cx + hip_w / 2 + flare, hip_y + 0.2 * ph),
-                    (cx - hip_w / 2 - flare, hip_y + 0.2 * ph),
-                ],
-                fill=who["bottom"],
-            )
-        draw.rounded_rectangle(
-            [cx - torso_w / 2, shoulder_y - 0.012 * ph, cx + torso_w / 2, shoulder_y + 0.05 * ph],
-            radius=0.03 * ph,
-            fill=who["top"],
-        )
-        draw.polygon(polygon, fill=who["top"])
-        pattern = who["pattern"]
-        if pattern in ("stripes", "checks"):
-            mask = Image.new("L", canvas.size, 0)
-            ImageDraw.Draw(mask).polygon(polygon, fill=255)
-            layer = Image.new("L", canvas.size, 0)
-            layer_draw = ImageDraw.Draw(layer)
-            period = who["pattern_period"] * s
-            y = shoulder_y
-            while y < hip_y + 0.03 * ph:
-                layer_draw.rectangle([0, y, width, y + period / 2], fill=255)
-                y += period
-            if pattern == "checks":
-                x = cx - torso_w
-                while x < cx + torso_w:
-                    layer_draw.rectangle([x, 0, x + period / 2, height], fill=255)
-                    x += period
-            mask = Image.fromarray(np.minimum(np.asarray(mask), np.asarray(layer)))
-            canvas.paste(who["pattern_colour"], mask=mask)
-        elif pattern == "logo" and view == "front":
-            r = 0.055 * ph
-            ly = shoulder_y + 0.12 * ph
-            box = [cx - r, ly - r, cx + r, ly + r]
-            shape = who["logo_shape"]
-            if shape == 0:
-                draw.ellipse(box, fill=who["pattern_colour"])
-            elif shape == 1:
-                draw.rectangle(box, fill=who["pattern_colour"])
-            else:
-                draw.polygon([(cx, ly - r), (cx + r, ly + r), (cx - r, ly + r)], fill=who["pattern_colour"])
-
-    def draw_head() -> None:
-        hair = who["hair"]
-        box = [cx - head_r, head_cy - head_r, cx + head_r, head_cy + head_r]
-        neck_w = head_r * 0.8
-        draw.rectangle([cx - neck_w / 2, head_cy, cx + neck_w / 2, shoulder_y + 0.01 * ph], fill=who["skin"])
-        if who["long_hair"] and view != "back":  # hair falling behind the shoulders
-            draw.rectangle([cx - head_r * 1.05, head_cy, cx + head_r * 1.05, head_cy + head_r * 2.1], fill=hair)
-        if view == "back":
-            draw.ellipse(box, fill=hair)
-            if who["long_hair"]:
-                draw.rectangle([cx - head_r, head_cy, cx + head_r, head_cy + head_r * 2.2], fill=hair)
-        else:
-            draw.ellipse(box, fill=who["skin"])
-            if side:  # hair covers the back half of the head
-                draw.pieslice(box, 90 if facing > 0 else -90, 270 if facing > 0 else 90, fill=hair)
-            draw.chord([box[0], box[1] - head_r * 0.1, box[2], box[3] - head_r * 0.5], 180, 360, fill=hair)
-        if who["hat"] is not None:
-            draw.chord(
-                [box[0] - head_r * 0.1, box[1] - head_r * 0.25, box[2] + head_r * 0.1, box[3] - head_r * 0.6],
-                180,
-                360,
-                fill=who["hat"],
-            )
-            brim = head_r * (1.6 if side else 1.2)
-            bx = cx + (facing * head_r * 0.5 if side else 0.0)
-            draw.rectangle([bx - brim, head_cy - head_r * 0.3, bx + brim, head_cy - head_r * 0.15], fill=who["hat"])
-
-    bag = who["bag"]
-    if side:
-        draw_arm(-facing, 0.75)  # the far limbs are darker
-        draw_leg(-1.0, 0.75)
-        if bag == "backpack":
-            draw_backpack(True)
-        draw_torso()
-        draw_leg(1.0, 1.0)
-        if bag == "shoulder":
-            draw_shoulder_bag()
-        draw_arm(facing, 1.0)
-        draw_head()
+def _draw_leg(draw: ImageDraw.ImageDraw, b: _Body, who: dict, sign: float, dim: float) -> None:
+    """One leg in trousers, or bare under shorts or a skirt, and its shoe; ``dim`` darkens the far leg."""
+    hip, knee, ankle = _leg_points(b, sign)
+    skin, bottom = _shade(who["skin"], dim), _shade(who["bottom"], dim)
+    kind = who["bottom_kind"]
+    if kind == "trousers":
+        _limb(draw, [hip, knee, ankle], bottom, b.leg_w)
     else:
-        draw_leg(-1.0, 1.0)
-        draw_leg(1.0, 1.0)
-        draw_torso()
+        _limb(draw, [hip, knee, ankle], skin, b.leg_w * 0.85)
+        if kind == "shorts":
+            mid = (hip[0] + (knee[0] - hip[0]) * 0.8, hip[1] + (knee[1] - hip[1]) * 0.8)
+            _limb(draw, [hip, mid], bottom, b.leg_w * 1.05)
+    shoe_w = b.leg_w * (1.5 if b.side else 1.1)
+    shoe_dx = b.facing * b.leg_w * 0.3 if b.side else 0.0
+    draw.ellipse(
+        [
+            ankle[0] - shoe_w / 2 + shoe_dx,
+            ankle[1] - b.leg_w * 0.35,
+            ankle[0] + shoe_w / 2 + shoe_dx,
+            ankle[1] + b.leg_w * 0.45,
+        ],
+        fill=_shade(who["shoes"], dim),
+    )
+
+
+def _draw_arm(draw: ImageDraw.ImageDraw, b: _Body, who: dict, sign: float, dim: float) -> None:
+    """One arm in a long or short sleeve, and its hand; ``dim`` darkens the far arm."""
+    shoulder, elbow, hand = _arm_points(b, sign)
+    skin, top_c = _shade(who["skin"], dim), _shade(who["top"], dim)
+    if who["long_sleeves"]:
+        _limb(draw, [shoulder, elbow, hand], top_c, b.arm_w)
+    else:
+        _limb(draw, [shoulder, elbow, hand], skin, b.arm_w * 0.85)
+        _limb(draw, [shoulder, elbow], top_c, b.arm_w)
+    r = b.arm_w * 0.55
+    draw.ellipse([hand[0] - r, hand[1] - r, hand[0] + r, hand[1] + r], fill=skin)
+
+
+def _draw_torso(canvas: Image.Image, draw: ImageDraw.ImageDraw, b: _Body, who: dict) -> None:
+    """Waist (and skirt) in the bottom colour, shoulders and torso in the top colour, then its pattern."""
+    ph, cx, hip_w, torso_w = b.ph, b.cx, b.hip_w, b.torso_w
+    polygon = [
+        (cx - torso_w / 2, b.shoulder_y),
+        (cx + torso_w / 2, b.shoulder_y),
+        (cx + hip_w / 2 + 0.01 * ph, b.hip_y + 0.03 * ph),
+        (cx - hip_w / 2 - 0.01 * ph, b.hip_y + 0.03 * ph),
+    ]
+    # Pelvis/waist in the bottom colour, so legs join the body.
+    draw.rectangle([cx - hip_w / 2, b.hip_y - 0.02 * ph, cx + hip_w / 2, b.hip_y + 0.06 * ph], fill=who["bottom"])
+    if who["bottom_kind"] == "skirt":
+        flare = 0.05 * ph
+        draw.polygon(
+            [
+                (cx - hip_w / 2, b.hip_y - 0.02 * ph),
+                (cx + hip_w / 2, b.hip_y - 0.02 * ph),
+                (cx + hip_w / 2 + flare, b.hip_y + 0.2 * ph),
+                (cx - hip_w / 2 - flare, b.hip_y + 0.2 * ph),
+            ],
+            fill=who["bottom"],
+        )
+    draw.rounded_rectangle(
+        [cx - torso_w / 2, b.shoulder_y - 0.012 * ph, cx + torso_w / 2, b.shoulder_y + 0.05 * ph],
+        radius=0.03 * ph,
+        fill=who["top"],
+    )
+    draw.polygon(polygon, fill=who["top"])
+    if who["pattern"] in ("stripes", "checks"):
+        _draw_stripes(canvas, b, who, polygon)
+    elif who["pattern"] == "logo" and b.view == "front":
+        _draw_logo(draw, b, who)
+
+
+def _draw_stripes(canvas: Image.Image, b: _Body, who: dict, torso: list[tuple[float, float]]) -> None:
+    """Horizontal stripes (and vertical ones too, for checks) clipped to the ``torso`` polygon."""
+    width, height = canvas.size
+    mask = Image.new("L", canvas.size, 0)
+    ImageDraw.Draw(mask).polygon(torso, fill=255)
+    layer = Image.new("L", canvas.size, 0)
+    layer_draw = ImageDraw.Draw(layer)
+    period = who["pattern_period"] * b.s
+    y = b.shoulder_y
+    while y < b.hip_y + 0.03 * b.ph:
+        layer_draw.rectangle([0, y, width, y + period / 2], fill=255)
+        y += period
+    if who["pattern"] == "checks":
+        x = b.cx - b.torso_w
+        while x < b.cx + b.torso_w:
+            layer_draw.rectangle([x, 0, x + period / 2, height], fill=255)
+            x += period
+    mask = Image.fromarray(np.minimum(np.asarray(mask), np.asarray(layer)))
+    canvas.paste(who["pattern_colour"], mask=mask)
+
+
+def _draw_logo(draw: ImageDraw.ImageDraw, b: _Body, who: dict) -> None:
+    """A chest logo (disc, square or triangle), seen from the front only."""
+    cx, r = b.cx, 0.055 * b.ph
+    ly = b.shoulder_y + 0.12 * b.ph
+    box = [cx - r, ly - r, cx + r, ly + r]
+    shape = who["logo_shape"]
+    if shape == 0:
+        draw.ellipse(box, fill=who["pattern_colour"])
+    elif shape == 1:
+        draw.rectangle(box, fill=who["pattern_colour"])
+    else:
+        draw.polygon([(cx, ly - r), (cx + r, ly + r), (cx - r, ly + r)], fill=who["pattern_colour"])
+
+
+def _draw_backpack(draw: ImageDraw.ImageDraw, b: _Body, who: dict, full: bool) -> None:
+    """A backpack: a block behind the back (side views), the whole pack (``full``, from behind) or its straps."""
+    colour, ph, cx = who["bag_colour"], b.ph, b.cx
+    if b.side:  # a block sticking out behind the back
+        x0 = cx - b.facing * b.torso_w / 2
+        x1 = x0 - b.facing * 0.09 * ph
+        draw.rectangle([min(x0, x1), b.shoulder_y + 0.02 * ph, max(x0, x1) + 1, b.hip_y - 0.06 * ph], fill=colour)
+    elif full:
+        draw.rounded_rectangle(
+            [cx - b.torso_w * 0.36, b.shoulder_y + 0.03 * ph, cx + b.torso_w * 0.36, b.hip_y - 0.04 * ph],
+            radius=0.02 * ph,
+            fill=colour,
+        )
+    else:  # straps seen from the front
+        for sign in (-1.0, 1.0):
+            x = cx + sign * b.torso_w * 0.3
+            draw.line([(x, b.shoulder_y), (x, b.shoulder_y + 0.2 * ph)], fill=colour, width=max(1, round(0.022 * ph)))
+
+
+def _draw_shoulder_bag(draw: ImageDraw.ImageDraw, b: _Body, who: dict) -> None:
+    """A bag at the hip; its strap crosses the chest in front and back views."""
+    colour, ph, cx = who["bag_colour"], b.ph, b.cx
+    bag_x = cx + (-b.facing if b.side else 1.0) * (b.hip_w * 0.5 + 0.02 * ph)
+    strap_w = max(1, round(0.015 * ph))
+    if not b.side:
+        draw.line([(cx - b.torso_w * 0.4, b.shoulder_y), (bag_x, b.hip_y - 0.03 * ph)], fill=colour, width=strap_w)
+    w, h = 0.11 * ph, 0.1 * ph
+    draw.rectangle([bag_x - w / 2, b.hip_y - 0.04 * ph, bag_x + w / 2, b.hip_y - 0.04 * ph + h], fill=colour)
+
+
+def _draw_head(draw: ImageDraw.ImageDraw, b: _Body, who: dict) -> None:
+    """Neck, head, hair as seen from the view, and the hat if any."""
+    hair, cx, head_r, head_cy = who["hair"], b.cx, b.head_r, b.head_cy
+    box = [cx - head_r, head_cy - head_r, cx + head_r, head_cy + head_r]
+    neck_w = head_r * 0.8
+    draw.rectangle([cx - neck_w / 2, head_cy, cx + neck_w / 2, b.shoulder_y + 0.01 * b.ph], fill=who["skin"])
+    if who["long_hair"] and b.view != "back":  # hair falling behind the shoulders
+        draw.rectangle([cx - head_r * 1.05, head_cy, cx + head_r * 1.05, head_cy + head_r * 2.1], fill=hair)
+    if b.view == "back":
+        draw.ellipse(box, fill=hair)
+        if who["long_hair"]:
+            draw.rectangle([cx - head_r, head_cy, cx + head_r, head_cy + head_r * 2.2], fill=hair)
+    else:
+        draw.ellipse(box, fill=who["skin"])
+        if b.side:  # hair covers the back half of the head
+            draw.pieslice(box, 90 if b.facing > 0 else -90, 270 if b.facing > 0 else 90, fill=hair)
+        draw.chord([box[0], box[1] - head_r * 0.1, box[2], box[3] - head_r * 0.5], 180, 360, fill=hair)
+    if who["hat"] is not None:
+        draw.chord(
+            [box[0] - head_r * 0.1, box[1] - head_r * 0.25, box[2] + head_r * 0.1, box[3] - head_r * 0.6],
+            180,
+            360,
+            fill=who["hat"],
+        )
+        brim = head_r * (1.6 if b.side else 1.2)
+        bx = cx + (b.facing * head_r * 0.5 if b.side else 0.0)
+        draw.rectangle([bx - brim, head_cy - head_r * 0.3, bx + brim, head_cy - head_r * 0.15], fill=who["hat"])
+
+
+def _draw_person(canvas: Image.Image, who: dict, rng: np.random.Generator, view: str, framing: float) -> None:
+    """Draw one person on ``canvas`` (RGB, supersampled) in place, back to front."""
+    draw = ImageDraw.Draw(canvas)
+    b = _place_body(canvas.size, who, rng, view, framing)
+    bag = who["bag"]
+    if b.side:
+        _draw_arm(draw, b, who, -b.facing, 0.75)  # the far limbs are darker
+        _draw_leg(draw, b, who, -1.0, 0.75)
         if bag == "backpack":
-            draw_backpack(view == "back")
+            _draw_backpack(draw, b, who, True)
+        _draw_torso(canvas, draw, b, who)
+        _draw_leg(draw, b, who, 1.0, 1.0)
         if bag == "shoulder":
-            draw_shoulder_bag()
-        draw_arm(-1.0, 1.0)
-        draw_arm(1.0, 1.0)
-        draw_head()
+            _draw_shoulder_bag(draw, b, who)
+        _draw_arm(draw, b, who, b.facing, 1.0)
+    else:
+        _draw_leg(draw, b, who, -1.0, 1.0)
+        _draw_leg(draw, b, who, 1.0, 1.0)
+        _draw_torso(canvas, draw, b, who)
+        if bag == "backpack":
+            _draw_backpack(draw, b, who, view == "back")
+        if bag == "shoulder":
+            _draw_shoulder_bag(draw, b, who)
+        _draw_arm(draw, b, who, -1.0, 1.0)
+        _draw_arm(draw, b, who, 1.0, 1.0)
+    _draw_head(draw, b, who)
 
 
 def render_image(
@@ -460,16 +520,16 @@ def render_image(
     camera: dict,
     scene: np.ndarray,
     rng: np.random.Generator,
-    height: int = 128,
-    width: int = 64,
     pose_rng: np.random.Generator | None = None,
 ) -> Image.Image:
-    """One 8-bit RGB image (``height × width``) of person ``who`` seen by ``camera`` over ``scene``.
+    """One 8-bit RGB image of person ``who`` seen by ``camera`` over ``scene`` (from ``_background``: the image
+    is as high as the scene and half as wide).
 
     ``pose_rng`` (default: ``rng``) draws the view and pose; images given generators in the same state show
     the person in the same pose, as the frames of one track do.
     """
     pose_rng = rng if pose_rng is None else pose_rng
+    height, width = scene.shape[0], scene.shape[1] // 2
     left = int(rng.integers(0, scene.shape[1] - width + 1))
     background = scene[:, left : left + width]
     big = Image.fromarray((background * 255.0 + 0.5).astype(np.uint8)).resize(
@@ -484,31 +544,51 @@ def render_image(
 # --- dataset layout -----------------------------------------------------------------------------------
 
 
-def _plan_domain(
-    rng: np.random.Generator,
-    first_pid: int,
-    train_ids: int,
-    test_ids: int,
-    cameras: int,
-    train_images_per_camera: int,
-    gallery_per_camera: int,
-) -> list[tuple[str, int, int]]:
-    """(split, pid, 0-based camera) for every image of one domain, in generation order.
-
-    Each person is seen by 2..``cameras`` cameras. Train: 1..``train_images_per_camera`` images per camera.
-    Test: per camera, one query and ``gallery_per_camera`` gallery images.
-    """
+def _plan_domain(rng: np.random.Generator, first_pid: int, layout: LayoutSpec) -> list[tuple[str, int, int]]:
+    """(split, pid, 0-based camera) for every image of one domain, in generation order (see ``LayoutSpec``)."""
     plan = []
-    for offset in range(train_ids + test_ids):
+    for offset in range(layout.train_ids + layout.test_ids):
         pid = first_pid + offset
+        cameras = layout.cameras
         seen_by = sorted(rng.choice(cameras, size=int(rng.integers(2, cameras + 1)), replace=False).tolist())
         for cam in seen_by:
-            if offset < train_ids:
-                count = int(rng.integers(1, train_images_per_camera + 1))
+            if offset < layout.train_ids:
+                count = int(rng.integers(1, layout.train_images_per_camera + 1))
                 plan += [("bounding_box_train", pid, cam)] * count
             else:
-                plan += [("query", pid, cam)] + [("bounding_box_test", pid, cam)] * gallery_per_camera
+                plan += [("query", pid, cam)] + [("bounding_box_test", pid, cam)] * layout.gallery_per_camera
     return plan
+
+
+def _render_domain(folder: Path, spec: DomainSpec, seed: int, index: int, first_pid: int) -> dict[str, Any]:
+    """Write one domain's three splits under ``folder`` and return its description. Its random streams are
+    keyed by ``seed``, ``index`` (0 source, 1 target), what they draw, and the camera, person or image."""
+
+    def stream(*key: int) -> np.random.Generator:
+        return np.random.default_rng([seed, index, *key])
+
+    layout = spec.layout
+    plan = _plan_domain(stream(0), first_pid, layout)
+    cast_offset = float(stream(5).random())
+    cams = [_make_camera(stream(1, c), c, layout.cameras, spec.camera, cast_offset) for c in range(layout.cameras)]
+    scenes = [_background(cam["background"], stream(2, c), HEIGHT, WIDTH) for c, cam in enumerate(cams)]
+    people: dict[int, dict] = {}
+    for split in SPLITS:
+        (folder / split).mkdir(parents=True, exist_ok=True)
+    for n, (split, pid, cam) in enumerate(plan):
+        if pid not in people:
+            people[pid] = _make_identity(stream(3, pid), spec.person.achromatic)
+        # Training tracks: a person's images in one camera share view and pose (as the frames of a track do);
+        # background crop, exposure flicker and noise still change per image.
+        pose_rng = stream(6, pid, cam) if layout.tracks and split == "bounding_box_train" else None
+        image = render_image(people[pid], cams[cam], scenes[cam], stream(4, n), pose_rng=pose_rng)
+        image.save(folder / split / f"{pid:04d}_c{cam + 1}_{n:05d}.jpg", quality=JPEG_QUALITY)
+    first_test = first_pid + layout.train_ids
+    return {
+        "pids": {"train": [first_pid, first_test - 1], "test": [first_test, first_test + layout.test_ids - 1]},
+        "images": {split: sum(1 for s, _, _ in plan if s == split) for split in SPLITS},
+        "cameras": _round(cams),
+    }
 
 
 def _check_replaceable(folder: Path) -> None:
@@ -529,205 +609,46 @@ def _check_replaceable(folder: Path) -> None:
 def generate_synthetic(
     out_dir: str | Path,
     *,
+    source: DomainSpec = DEFAULT_SOURCE,
+    target: DomainSpec = DEFAULT_TARGET,
     seed: int = 0,
-    source_cameras: int = 4,
-    target_cameras: int = 5,
-    train_ids: int = 60,
-    target_train_ids: int | None = None,
-    test_ids: int = 40,
-    train_images_per_camera: int = 2,
-    target_train_images_per_camera: int | None = None,
-    gallery_per_camera: int = 2,
-    source_style: float = 0.3,
-    target_style: float = 0.8,
-    source_cast: float = 0.12,
-    target_cast: float = 0.35,
-    target_textured: bool = True,
-    source_achromatic: float = 0.3,
-    target_achromatic: float = 0.3,
-    source_plain: bool = False,
-    target_tracks: bool = False,
-    height: int = 128,
-    width: int = 64,
-    jpeg_quality: int = 92,
-    progress: bool = False,
 ) -> dict:
     """Write the two-domain synthetic dataset under ``out_dir`` and return its description.
 
     Layout: ``out_dir/source/`` and ``out_dir/target/`` (each ``bounding_box_train/``, ``query/``,
-    ``bounding_box_test/``) and ``out_dir/synthetic.json`` (parameters, camera styles, counts).
-    Nothing is rewritten when ``synthetic.json`` already records the same parameters.
-    ``source_cast`` / ``target_cast`` are the amplitudes of the cameras' colour casts (channel gains up to
-    ``1 ± cast``); ``source_style`` / ``target_style`` scale every other departure from a neutral camera
-    (saturation, hue, exposure, contrast, gamma, shade, blur, noise).
-    ``source_plain`` dresses every source person plainly (see ``_make_identity``): the target's patterns,
-    bags, hats and skirts are then cues a source-trained model never needed.
-    ``target_tracks`` makes a target person's training images in one camera frames of one track (same view
-    and pose), as in real re-ID training sets, where they are near-duplicates.
-    ``target_train_ids`` (default: ``train_ids``) sets the target's training ids apart from the source's, and
-    ``target_train_images_per_camera`` (default: ``train_images_per_camera``) its images per person and camera.
-    Source person ids start at 1, target ids at 5001; in each domain the first ``train_ids`` ids are
-    the training ids and the next ``test_ids`` the query/gallery ids.
+    ``bounding_box_test/``) and ``out_dir/synthetic.json``: ``params`` (the seed and each domain's spec as
+    ``dataclasses.asdict``), and per domain its id ranges, image counts and drawn camera styles.
+    Nothing is rewritten when ``synthetic.json`` already records the same parameters; folders holding files
+    the generator did not write are never replaced. Source person ids start at 1, target ids at 5001; in each
+    domain the first ``layout.train_ids`` ids are the training ids and the next ``layout.test_ids`` the
+    query/gallery ids. A domain's images depend only on its own spec and the seed.
     """
     out_dir = Path(out_dir)
-    if source_cameras < 2 or target_cameras < 2:
-        raise EcnreidError(f"{out_dir}: synthetic domains need at least 2 cameras each")
-    target_train_ids = train_ids if target_train_ids is None else target_train_ids
-    if target_train_images_per_camera is None:
-        target_train_images_per_camera = train_images_per_camera
-    per_camera = min(train_images_per_camera, target_train_images_per_camera, gallery_per_camera)
-    if min(train_ids, target_train_ids) < 1 or test_ids < 1 or per_camera < 1:
-        raise EcnreidError(f"{out_dir}: synthetic id and image counts must be at least 1")
-    # Source ids are 1.., target ids 5001.., both written with 4 digits.
-    if max(train_ids, target_train_ids) + test_ids > 4999:
-        raise EcnreidError(f"{out_dir}: at most 4999 synthetic ids per domain (train + test)")
+    domains = {"source": source, "target": target}
+    for name, spec in domains.items():
+        if not isinstance(spec, DomainSpec):
+            raise EcnreidError(f"synthetic {name}: expected a DomainSpec, got {type(spec).__name__}")
     if seed < 0:
         raise EcnreidError(f"--seed: must be non-negative, got {seed}")
-    params = {
-        "seed": seed,
-        "source_cameras": source_cameras,
-        "target_cameras": target_cameras,
-        "train_ids": train_ids,
-        "target_train_ids": target_train_ids,
-        "test_ids": test_ids,
-        "train_images_per_camera": train_images_per_camera,
-        "target_train_images_per_camera": target_train_images_per_camera,
-        "gallery_per_camera": gallery_per_camera,
-        "source_style": source_style,
-        "target_style": target_style,
-        "source_cast": source_cast,
-        "target_cast": target_cast,
-        "target_textured": target_textured,
-        "source_achromatic": source_achromatic,
-        "target_achromatic": target_achromatic,
-        "source_plain": source_plain,
-        "target_tracks": target_tracks,
-        "height": height,
-        "width": width,
-        "jpeg_quality": jpeg_quality,
-    }
-    params = json.loads(json.dumps(params))
+    params = json.loads(json.dumps({"seed": seed, **{name: dataclasses.asdict(s) for name, s in domains.items()}}))
     meta_path = out_dir / "synthetic.json"
     if meta_path.is_file():
         try:
             existing = json.loads(meta_path.read_text())
         except (OSError, ValueError):
             existing = {}
-        complete = all((out_dir / d / s).is_dir() for d in ("source", "target") for s in SPLITS)
+        complete = all((out_dir / d / s).is_dir() for d in domains for s in SPLITS)
         if existing.get("format") == FORMAT_VERSION and existing.get("params") == params and complete:
             return existing
 
-    domains = {
-        "source": {
-            "first_pid": 1,
-            "cameras": source_cameras,
-            "style": source_style,
-            "cast": source_cast,
-            "textured": False,
-            "achromatic": source_achromatic,
-            "plain": source_plain,
-            "train_ids": train_ids,
-            "train_images_per_camera": train_images_per_camera,
-            "tracks": False,
-        },
-        "target": {
-            "first_pid": 5001,
-            "cameras": target_cameras,
-            "style": target_style,
-            "cast": target_cast,
-            "textured": target_textured,
-            "achromatic": target_achromatic,
-            "plain": False,
-            "train_ids": target_train_ids,
-            "train_images_per_camera": target_train_images_per_camera,
-            "tracks": target_tracks,
-        },
-    }
     for name in domains:
         _check_replaceable(out_dir / name)
     staging = out_dir / ".synthetic.staging"
     if staging.exists():
         shutil.rmtree(staging)  # a previous run was interrupted; the name is ours
     meta: dict[str, Any] = {"format": FORMAT_VERSION, "params": params, "domains": {}}
-    plans = {}
     for index, (name, spec) in enumerate(domains.items()):
-        plan_rng = np.random.default_rng([seed, index, 0])
-        plans[name] = _plan_domain(
-            plan_rng,
-            spec["first_pid"],
-            spec["train_ids"],
-            test_ids,
-            spec["cameras"],
-            spec["train_images_per_camera"],
-            gallery_per_camera,
-        )
-    total = sum(len(p) for p in plans.values())
-
-    bar = task = None
-    if progress:
-        from ecnreid.progress import make_progress
-
-        bar = make_progress()
-        bar.start()
-        task = bar.add_task("synthetic", total=total, unit="img", info="")
-    try:
-        for index, (name, spec) in enumerate(domains.items()):
-            cast_offset = float(np.random.default_rng([seed, index, 5]).random())
-            cams = [
-                _make_camera(
-                    np.random.default_rng([seed, index, 1, c]),
-                    c,
-                    spec["cameras"],
-                    spec["style"],
-                    spec["cast"],
-                    spec["textured"],
-                    cast_offset,
-                )
-                for c in range(spec["cameras"])
-            ]
-            scenes = [
-                _background(cam["background"], np.random.default_rng([seed, index, 2, c]), height, width)
-                for c, cam in enumerate(cams)
-            ]
-            people: dict[int, dict] = {}
-            for split in SPLITS:
-                (staging / name / split).mkdir(parents=True, exist_ok=True)
-            for n, (split, pid, cam) in enumerate(plans[name]):
-                if pid not in people:
-                    people[pid] = _make_identity(
-                        np.random.default_rng([seed, index, 3, pid]), spec["achromatic"], spec["plain"]
-                    )
-                # Target training tracks: a person's images in one camera share view and pose (as the frames
-                # of a track do); background crop, exposure flicker and noise still change per image.
-                track = spec["tracks"] and split == "bounding_box_train"
-                pose_rng = np.random.default_rng([seed, index, 6, pid, cam]) if track else None
-                image = render_image(
-                    people[pid],
-                    cams[cam],
-                    scenes[cam],
-                    np.random.default_rng([seed, index, 4, n]),
-                    height,
-                    width,
-                    pose_rng=pose_rng,
-                )
-                image.save(staging / name / split / f"{pid:04d}_c{cam + 1}_{n:05d}.jpg", quality=jpeg_quality)
-                if bar is not None:
-                    bar.update(task, advance=1)
-            counts = {split: sum(1 for s, _, _ in plans[name] if s == split) for split in SPLITS}
-            meta["domains"][name] = {
-                "pids": {
-                    "train": [spec["first_pid"], spec["first_pid"] + spec["train_ids"] - 1],
-                    "test": [
-                        spec["first_pid"] + spec["train_ids"],
-                        spec["first_pid"] + spec["train_ids"] + test_ids - 1,
-                    ],
-                },
-                "images": counts,
-                "cameras": _round(cams),
-            }
-    finally:
-        if bar is not None:
-            bar.stop()
+        meta["domains"][name] = _render_domain(staging / name, spec, seed, index, FIRST_PIDS[name])
 
     meta_path.unlink(missing_ok=True)  # from here on the folders and the JSON may disagree
     for name in domains:

@@ -1,1 +1,1 @@
-"""Training engine: the ECN trainer and its checkpoints."""
+"""Training engine: the two-domain loop, its hooks, and the data it trains on."""

@@ -6,16 +6,17 @@ query's person id and camera, and gallery images with id -1, are left out of eac
 
 from __future__ import annotations
 
+import functools
+import math
 import random
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from ecnreid.data.records import ImageRecord
 from ecnreid.io import atomic_save_image
-from ecnreid.plots import load_font, text_size
 
 # Layout, in pixels. A slot is one framed tile; slot 0 is the query, slots 1..top_k the ranked gallery.
 TILE_W, TILE_H = 64, 128  # every image is resized to this
@@ -36,6 +37,21 @@ PLACEHOLDER_CROSS = (110, 110, 110)
 TEXT_COLOR = (30, 30, 30)
 
 _QUERY_CHUNK = 1024  # rows of the (queries x gallery) masks built at once, to bound memory on MSMT17
+
+
+@functools.lru_cache(maxsize=16)
+def load_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """Pillow's built-in scalable font at ``size`` pixels (the fixed bitmap font if FreeType is missing)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (ImportError, OSError, TypeError):
+        return ImageFont.load_default()
+
+
+def text_size(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> tuple[int, int]:
+    """Width and height in pixels of ``text`` drawn at the origin with ``font``."""
+    left, top, right, bottom = font.getbbox(text)
+    return int(math.ceil(right - min(left, 0))), int(math.ceil(bottom - min(top, 0)))
 
 
 def rank_list_size(top_k: int) -> tuple[int, int]:

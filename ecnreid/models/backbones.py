@@ -3,6 +3,11 @@
 Every backbone has the stages ``stem`` (1/4 resolution for ResNet, 1/2 for MobileNetV2), ``layer1`` ...
 ``layer4`` (1/32, or 1/16 with ``last_stride=1``). Domain-generalisation modules (MixStyle, SNR) are
 inserted after a named stage with :meth:`Backbone.insert_after`.
+
+An inserted module may hand out auxiliary outputs of a pass (SNR: the pooled vectors its loss needs) through
+the protocol :class:`AuxModule`: a ``forward_with_aux(x) -> (x, aux)`` method and an ``aux_name``.
+:meth:`Backbone.forward_with_aux` and :meth:`Backbone.forward_domains` return them as data, as
+``{aux_name: {stage: aux}}`` per batch; plain :meth:`Backbone.forward` returns the feature map alone.
 """
 
 from __future__ import annotations
@@ -11,12 +16,14 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 import torchvision
 from torch import nn
 
 from ecnreid.errors import EcnreidError
+from ecnreid.runstate import load_torch_file
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "resnet18": torchvision.models.resnet18,
@@ -33,6 +40,39 @@ _CLASSIFIER_PREFIXES = ("fc.", "classifier.")
 
 # torchvision's original ImageNet weights; ECN's official code used ResNet-50 "V1".
 _PRETRAINED_TAG = "IMAGENET1K_V1"
+
+
+# Auxiliary outputs of one pass: {aux_name: {stage: aux}}, stages in network order.
+StageAux = dict[str, dict[str, Any]]
+
+
+class AuxModule(Protocol):
+    """An inserted module that returns auxiliary outputs of a pass along with its output.
+
+    ``forward_with_aux(x)`` returns what ``forward(x)`` returns and the aux of this pass (None: nothing this
+    pass, e.g. in eval); the backbone collects it under ``aux_name``, keyed by the stage the module follows.
+    The module keeps nothing of the pass.
+    """
+
+    aux_name: str
+
+    def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, Any]: ...
+
+
+def _aux_name(module: nn.Module) -> str | None:
+    """``module``'s aux_name when it follows the :class:`AuxModule` protocol, else None."""
+    return module.aux_name if callable(getattr(module, "forward_with_aux", None)) else None
+
+
+def _run_inserted(module: nn.Module, x: torch.Tensor, stage: str, aux: StageAux) -> torch.Tensor:
+    """``module`` on ``x``; an :class:`AuxModule`'s aux goes into ``aux[aux_name][stage]``."""
+    name = _aux_name(module)
+    if name is None:
+        return module(x)
+    x, extra = module.forward_with_aux(x)
+    if extra is not None:
+        aux.setdefault(name, {})[stage] = extra
+    return x
 
 
 def _resnet_stages(network: nn.Module) -> OrderedDict[str, nn.Module]:
@@ -94,10 +134,35 @@ class Backbone(nn.Module):
         return self._network
 
     def insert_after(self, stage: str, module: nn.Module) -> None:
-        """Run ``module`` on the output of ``stage``; several modules per stage run in insertion order."""
+        """Run ``module`` on the output of ``stage``; several modules per stage run in insertion order.
+
+        A module with a ``forward_domains`` method sees all domains' batches at once in
+        :meth:`forward_domains`; an :class:`AuxModule` hands out auxiliary outputs (at most one per
+        ``aux_name`` and stage, which keys them). A module cannot be both.
+        """
         if stage not in self.inserted:
             raise EcnreidError(f"unknown backbone stage {stage!r}; valid stages: {', '.join(self.stage_names)}")
+        if callable(getattr(module, "forward_with_aux", None)):
+            name = getattr(module, "aux_name", None)
+            if not isinstance(name, str) or not name:
+                raise EcnreidError(f"{type(module).__name__} has forward_with_aux but no aux_name string")
+            if getattr(module, "forward_domains", None) is not None:
+                raise EcnreidError(
+                    f"{type(module).__name__}: an inserted module has forward_with_aux or forward_domains, not both"
+                )
+            if any(_aux_name(other) == name for other in self.inserted[stage]):
+                raise EcnreidError(f"stage {stage!r} already has a module with {name!r} outputs; one per stage")
         self.inserted[stage].append(module)
+
+    def aux_modules(self, aux_name: str) -> dict[str, nn.Module]:
+        """The inserted :class:`AuxModule` of each stage whose outputs come under ``aux_name``, by stage,
+        in network order: the keys of that name's aux in :meth:`forward_with_aux`'s output."""
+        return {
+            stage: module
+            for stage, modules in self.inserted.items()
+            for module in modules
+            if _aux_name(module) == aux_name
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] image batch -> [B, out_channels, h, w] feature map."""
@@ -107,17 +172,32 @@ class Backbone(nn.Module):
                 x = module(x)
         return x
 
-    def forward_domains(self, batches: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, StageAux]:
+        """:meth:`forward`, and the auxiliary outputs of the inserted :class:`AuxModule` s of this pass as
+        ``{aux_name: {stage: aux}}`` (empty when none gave any)."""
+        aux: StageAux = {}
+        for name in self.stage_names:
+            x = self.stages[name](x)
+            for module in self.inserted[name]:
+                x = _run_inserted(module, x, name, aux)
+        return x, aux
+
+    def forward_domains(self, batches: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[StageAux]]:
         """Several domains' batches side by side: every stage runs on each batch separately (BatchNorm
         statistics stay per domain), and an inserted module with a ``forward_domains`` method (cross-domain
-        MixStyle) sees all batches at once. Returns one feature map per batch, in order."""
+        MixStyle) sees all batches at once. Returns one feature map per batch, in order, and each batch's
+        auxiliary outputs as in :meth:`forward_with_aux`."""
         xs = list(batches)
+        auxes: list[StageAux] = [{} for _ in xs]
         for name in self.stage_names:
             xs = [self.stages[name](x) for x in xs]
             for module in self.inserted[name]:
                 across = getattr(module, "forward_domains", None)
-                xs = across(xs) if across is not None else [module(x) for x in xs]
-        return xs
+                if across is not None:
+                    xs = across(xs)
+                else:
+                    xs = [_run_inserted(module, x, name, aux) for x, aux in zip(xs, auxes, strict=True)]
+        return xs, auxes
 
 
 def _first_line(error: BaseException) -> str:
@@ -162,12 +242,7 @@ def file_sha256(path: Path) -> str:
 def load_backbone_weights(network: nn.Module, weights: Path, arch: str) -> None:
     """Load a torchvision-layout state_dict into ``network``; only the ImageNet classifier may be missing."""
     weights = Path(weights)
-    if not weights.is_file():
-        raise EcnreidError(f"--weights {weights}: file not found")
-    try:
-        loaded = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as error:  # any unpickling / zip failure means the file is unusable
-        raise EcnreidError(f"--weights {weights}: cannot read it as torch weights ({_first_line(error)})") from None
+    loaded = load_torch_file(weights, "torch weights file", weights_only=True, option="--weights")
     state = _unwrap_state_dict(loaded, weights)
     expected = network.state_dict()
     missing = [

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ecnreid.errors import EcnreidError
-from ecnreid.models.backbones import Backbone
+from ecnreid.models.backbones import Backbone, StageAux
 from ecnreid.models.head import ECNHead
 
 
@@ -15,8 +17,10 @@ class ECNModel(nn.Module):
     """Backbone + :class:`ECNHead`.
 
     Training mode returns ``{"feature_map", "pool5", "source_logits", "target_embedding"}`` (call it
-    once for the source batch and once for the target batch, so BatchNorm statistics stay per domain);
-    eval mode returns the test feature, L2-normalised pool5 [B, C].
+    once for the source batch and once for the target batch, so BatchNorm statistics stay per domain, or
+    both at once with :meth:`forward_domains`), plus, per ``aux_name`` of the backbone's inserted modules
+    that gave auxiliary outputs, ``{stage: aux}`` (SNR: ``"snr"``, one :class:`SNRPooled` per stage; see
+    :meth:`Backbone.forward_with_aux`); eval mode returns the test feature, L2-normalised pool5 [B, C].
 
     The first ``frozen_stages`` backbone stages (official code: 3, i.e. conv1, bn1, layer1, layer2) get
     no gradients and keep their BatchNorms in eval mode, also after ``model.train()``.
@@ -42,11 +46,6 @@ class ECNModel(nn.Module):
             stage.requires_grad_(False)
         self.train()
 
-    @property
-    def feature_dim(self) -> int:
-        """Width of the test feature (pool5)."""
-        return self.backbone.out_channels
-
     def _frozen_modules(self) -> list[nn.Module]:
         names = self.backbone.stage_names[: self.frozen_stages]
         return [self.backbone.stages[name] for name in names]
@@ -64,24 +63,37 @@ class ECNModel(nn.Module):
         """The head alone on a [B, C, h, w] map (RSC re-runs it on a masked map); keys as in training."""
         return {"feature_map": feature_map, **self.head(feature_map)}
 
+    def _training_output(self, feature_map: torch.Tensor, aux: StageAux) -> dict[str, Any]:
+        """The head's outputs on ``feature_map`` and the backbone's auxiliary outputs of the same pass."""
+        out: dict[str, Any] = self.forward_head(feature_map)
+        clashing = [name for name in aux if name in out]
+        if clashing:
+            raise EcnreidError(f"auxiliary outputs named {', '.join(clashing)} clash with the ECN head's outputs")
+        out.update(aux)
+        return out
+
     def forward_domains(
         self, source: torch.Tensor, target: torch.Tensor | None
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """Training outputs of the source and (when given) the target batch, which pass the backbone side by
-        side (see :meth:`Backbone.forward_domains`); the target goes first, as separate calls would order it."""
-        if target is None:
-            (source_map,) = self.backbone.forward_domains([source])
-            return self.forward_head(source_map), None
-        target_map, source_map = self.backbone.forward_domains([target, source])
-        out_u = self.forward_head(target_map)
-        return self.forward_head(source_map), out_u
+        side (see :meth:`Backbone.forward_domains`); each dict holds its own batch's auxiliary outputs.
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor] | torch.Tensor:
+        No output depends on which batch runs first. The target still goes first through every stage and
+        the head, as before, only so that seeded runs draw the same random numbers (MixStyle, dropout).
+        """
+        if target is None:
+            (source_map,), (source_aux,) = self.backbone.forward_domains([source])
+            return self._training_output(source_map, source_aux), None
+        (target_map, source_map), (target_aux, source_aux) = self.backbone.forward_domains([target, source])
+        out_u = self._training_output(target_map, target_aux)
+        return self._training_output(source_map, source_aux), out_u
+
+    def forward(self, x: torch.Tensor) -> dict[str, Any] | torch.Tensor:
         """[B, 3, H, W] -> training: dict of outputs; eval: unit-norm pool5 [B, C]."""
-        feature_map = self.backbone(x)
         if not self.training:
-            return F.normalize(feature_map.mean(dim=(2, 3)), dim=1)
-        return self.forward_head(feature_map)
+            return F.normalize(self.backbone(x).mean(dim=(2, 3)), dim=1)
+        feature_map, aux = self.backbone.forward_with_aux(x)
+        return self._training_output(feature_map, aux)
 
     def parameter_groups(self, lr: float, backbone_lr_mult: float = 0.1) -> list[dict]:
         """SGD parameter groups: ``new`` (head, DG modules: anything not a pretrained backbone stage) at

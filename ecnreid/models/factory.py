@@ -6,8 +6,9 @@ from typing import Any
 
 from ecnreid.config import DGConfig, ModelConfig
 from ecnreid.models.backbones import build_backbone
-from ecnreid.models.dg import attach_dg_modules, attach_snr_probes
+from ecnreid.models.dg import attach_dg_modules
 from ecnreid.models.ecn import ECNModel
+from ecnreid.models.snr import attach_snr_classifiers
 
 
 def build_ecn_model(model: ModelConfig, dg: DGConfig, num_source_classes: int) -> ECNModel:
@@ -23,7 +24,7 @@ def build_ecn_model(model: ModelConfig, dg: DGConfig, num_source_classes: int) -
         dropout=model.dropout,
         frozen_stages=model.frozen_stages,
     )
-    attach_snr_probes(ecn, num_source_classes)
+    attach_snr_classifiers(ecn, num_source_classes)
     return ecn
 
 

@@ -11,13 +11,16 @@ Each SNR weighs its loss by its own ``loss_weight`` (the paper's λ_b).
 Per-stage classifiers are probes: a CE on detached features trains them, and the causality loss sees them frozen,
 because a classifier trained by that loss (as in the authors' code) can order the entropies by itself.
 
-Usage: run the labelled source batch through the model, then call ``collect_snr_losses(model, labels)``
-*before* the target batch's forward pass, which overwrites each module's ``last``.
+Usage: a training forward returns the three pooled vectors as data, ``out, pooled = snr.forward_with_aux(x)``
+(an :class:`SNRPooled`; ``Backbone`` collects them per stage under :attr:`SNR.aux_name`), and the losses are
+pure functions of them: ``collect_snr_losses(modules_by_stage, pooled_by_stage, labels)``. Nothing of a pass is
+kept on the module, so the source and target batches may run in any order.
 Call ``attach_classifier`` before building the optimizer, so the classifiers are in it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
@@ -29,7 +32,7 @@ from ecnreid.errors import EcnreidError
 
 
 class SNRPooled(NamedTuple):
-    """Globally pooled vectors kept by a training forward for the causality loss, each [B, C]."""
+    """Globally pooled vectors a training forward returns for the causality loss, each [B, C]."""
 
     normalised: Tensor  # GAP(F̃)
     restituted: Tensor  # GAP(F̃ + R⁺)
@@ -47,10 +50,13 @@ class SNRLosses(NamedTuple):
 class SNR(nn.Module):
     """Style normalisation (affine InstanceNorm) and gated restitution of the removed residual.
 
-    [B, C, H, W] in and out. In training the pooled vectors of ``F̃``, ``F̃+R⁺``, ``F̃+R⁻`` are kept in
-    ``self.last`` (overwritten by every training forward, cleared by an eval forward). ``loss_weight`` is the
-    weight λ_b of this module's dual causality loss in ``collect_snr_losses``.
+    [B, C, H, W] in and out. :meth:`forward_with_aux` also returns, in training, the pooled vectors of ``F̃``,
+    ``F̃+R⁺``, ``F̃+R⁻`` (an :class:`SNRPooled`; None in eval) that the losses need; the module keeps nothing
+    of a pass. ``loss_weight`` is the weight λ_b of this module's dual causality loss in ``collect_snr_losses``.
     """
+
+    # Under this key a Backbone collects the auxiliary outputs of forward_with_aux (see Backbone.insert_after).
+    aux_name = "snr"
 
     def __init__(self, channels: int, reduction: int = 16, loss_weight: float = 1.0) -> None:
         super().__init__()
@@ -69,7 +75,6 @@ class SNR(nn.Module):
             nn.Sigmoid(),
         )
         self.classifier: nn.Linear | None = None
-        self.last: SNRPooled | None = None
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, loss_weight={self.loss_weight}"
@@ -82,25 +87,33 @@ class SNR(nn.Module):
         self.classifier = nn.Linear(self.channels, num_classes).to(device)
         return self.classifier
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _restitute(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``F̃ + a⊙R`` and the parts the pooled vectors are made of: ``F̃``, ``GAP(R)`` [B, C], ``a`` [B, C]."""
         normalised = self.instance_norm(x)
         residual = x - normalised
         pooled_residual = residual.mean(dim=(2, 3))  # [B, C]
         attention = self.gate(pooled_residual)  # [B, C], in (0, 1)
         out = normalised + attention[:, :, None, None] * residual
+        return out, normalised, pooled_residual, attention
 
-        if self.training:
-            # GAP is linear and the gate is per channel, so GAP(F̃ + a⊙R) = GAP(F̃) + a⊙GAP(R):
-            # no extra pass over the feature map for the loss's three vectors.
-            pooled_normalised = normalised.mean(dim=(2, 3))
-            self.last = SNRPooled(
-                normalised=pooled_normalised,
-                restituted=pooled_normalised + attention * pooled_residual,
-                contaminated=pooled_normalised + (1 - attention) * pooled_residual,
-            )
-        else:
-            self.last = None
-        return out
+    def forward(self, x: Tensor) -> Tensor:
+        """[B, C, H, W] -> ``F̃ + R⁺`` [B, C, H, W]; no loss inputs (see :meth:`forward_with_aux`)."""
+        return self._restitute(x)[0]
+
+    def forward_with_aux(self, x: Tensor) -> tuple[Tensor, SNRPooled | None]:
+        """The output of :meth:`forward` and, in training, the pooled vectors the losses need (None in eval)."""
+        out, normalised, pooled_residual, attention = self._restitute(x)
+        if not self.training:
+            return out, None
+        # GAP is linear and the gate is per channel, so GAP(F̃ + a⊙R) = GAP(F̃) + a⊙GAP(R):
+        # no extra pass over the feature map for the loss's three vectors.
+        pooled_normalised = normalised.mean(dim=(2, 3))
+        pooled = SNRPooled(
+            normalised=pooled_normalised,
+            restituted=pooled_normalised + attention * pooled_residual,
+            contaminated=pooled_normalised + (1 - attention) * pooled_residual,
+        )
+        return out, pooled
 
 
 def prediction_entropy(logits: Tensor) -> Tensor:
@@ -128,45 +141,35 @@ def _frozen_call(classifier: nn.Module, x: Tensor) -> Tensor:
     return functional_call(classifier, params, (x,))
 
 
-def _last_pooled(module: SNR) -> SNRPooled:
-    if module.last is None:
-        raise EcnreidError("SNR loss: the module has no pooled features; run a training-mode forward first")
-    return module.last
-
-
-def _classifier_of(module: SNR, classifier: nn.Module | None) -> nn.Module:
-    if classifier is not None:
-        return classifier
+def probe_of(module: SNR) -> nn.Linear:
+    """The probe classifier attached to ``module``; an error if there is none yet."""
     if module.classifier is None:
         raise EcnreidError("SNR loss: no classifier; call SNR.attach_classifier(num_classes) before training")
     return module.classifier
 
 
-def snr_causality_loss(module: SNR, classifier: nn.Module | None = None) -> Tensor:
-    """Dual causality loss of one SNR module's last training forward, averaged over the batch (scalar).
+def snr_causality_loss(pooled: SNRPooled, classifier: nn.Module) -> Tensor:
+    """Dual causality loss of one SNR module's training forward (its ``pooled`` vectors), averaged over the
+    batch (scalar).
 
-    ``classifier`` maps [B, C] to logits; by default the module's attached probe. Its weights are used
+    ``classifier`` maps [B, C] to logits, normally the module's probe (:func:`probe_of`). Its weights are used
     frozen (see the module docstring). Unweighted: ``collect_snr_losses`` applies ``loss_weight``.
     """
-    pooled = _last_pooled(module)
-    head = _classifier_of(module, classifier)
     # One classifier call over the three stacked vectors instead of three calls.
     stacked = torch.cat([pooled.restituted, pooled.normalised, pooled.contaminated])
-    logits = _frozen_call(head, stacked).chunk(3)
+    logits = _frozen_call(classifier, stacked).chunk(3)
     restitution, contamination = dual_causality_terms(*logits)
     return (restitution + contamination).mean()
 
 
-def snr_classifier_loss(module: SNR, labels: Tensor, classifier: nn.Module | None = None) -> Tensor:
-    """Cross-entropy of the probe classifier on detached pooled ``F̃ + R⁺`` against source labels [B]."""
-    pooled = _last_pooled(module)
-    head = _classifier_of(module, classifier)
+def snr_classifier_loss(pooled: SNRPooled, labels: Tensor, classifier: nn.Module) -> Tensor:
+    """Cross-entropy of the probe ``classifier`` on detached pooled ``F̃ + R⁺`` against source labels [B]."""
     if labels.shape != pooled.restituted.shape[:1]:
         raise EcnreidError(
             f"SNR loss: labels of shape {tuple(labels.shape)} for a batch of "
-            f"{pooled.restituted.shape[0]}; use the source batch that ran last"
+            f"{pooled.restituted.shape[0]}; use the pooled vectors of the labelled source batch"
         )
-    return F.cross_entropy(head(pooled.restituted.detach()), labels)
+    return F.cross_entropy(classifier(pooled.restituted.detach()), labels)
 
 
 def snr_modules(model: nn.Module) -> list[SNR]:
@@ -179,12 +182,23 @@ def attach_snr_classifiers(model: nn.Module, num_classes: int) -> list[nn.Linear
     return [module.attach_classifier(num_classes) for module in snr_modules(model)]
 
 
-def collect_snr_losses(model: nn.Module, labels: Tensor) -> SNRLosses:
-    """Σ_b λ_b·(causality loss of SNR b) and the sum of probe CE losses over every SNR in ``model``, for the
-    source batch that ran through it last."""
-    modules = snr_modules(model)
+def collect_snr_losses(modules: Mapping[str, SNR], pooled: Mapping[str, SNRPooled | None], labels: Tensor) -> SNRLosses:
+    """Σ_b λ_b·(causality loss of SNR b) and the sum of probe CE losses over the SNR modules ``modules``
+    (keyed by the stage each follows, e.g. ``Backbone.aux_modules("snr")``), from ``pooled``, the vectors
+    one training forward of the labelled source batch returned for each of them under the same keys
+    (e.g. its ECN output's ``"snr"`` entry); ``labels`` [B] are that batch's."""
     if not modules:
         raise EcnreidError("SNR loss: the model has no SNR module; insert one or leave the SNR loss off")
-    causality = torch.stack([m.loss_weight * snr_causality_loss(m) for m in modules]).sum()
-    classification = torch.stack([snr_classifier_loss(m, labels) for m in modules]).sum()
+    missing = [key for key in modules if pooled.get(key) is None]
+    if missing:
+        raise EcnreidError(
+            f"SNR loss: no pooled vectors for the SNR after {', '.join(missing)}; "
+            "pass the outputs of a training-mode forward of this model"
+        )
+    unknown = [key for key in pooled if key not in modules]
+    if unknown:
+        raise EcnreidError(f"SNR loss: pooled vectors for {', '.join(unknown)}, where the model has no SNR")
+    pairs = [(module, pooled[key]) for key, module in modules.items()]
+    causality = torch.stack([m.loss_weight * snr_causality_loss(p, probe_of(m)) for m, p in pairs]).sum()
+    classification = torch.stack([snr_classifier_loss(p, labels, probe_of(m)) for m, p in pairs]).sum()
     return SNRLosses(causality=causality, classification=classification)

@@ -1,4 +1,5 @@
-"""The ECN trainer end to end on tiny data: one epoch, checkpoints, exact resume, errors, two-process DDP."""
+"""The two-domain loop training ECN end to end on tiny data: one epoch, checkpoints, exact resume, errors,
+two-process DDP."""
 
 from __future__ import annotations
 
@@ -12,33 +13,33 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from ecnreid.config import ModelConfig, TrainConfig
-from ecnreid.engine.checkpoint import load_checkpoint
-from ecnreid.engine.trainer import ECNTrainer, target_embeddings, train
+from ecnreid.config import DomainsConfig, ModelConfig, TrainConfig, override
+from ecnreid.engine.loop import TwoDomainLoop, train
 from ecnreid.errors import EcnreidError
+from ecnreid.methods.ecn import target_embeddings
+from ecnreid.runstate import load_checkpoint
 
 
 def tiny_config(source: Path, target: Path, out: Path, **overrides) -> TrainConfig:
     config = TrainConfig(
-        source="synthetic",
-        source_root=source,
-        target="synthetic",
-        target_root=target,
-        model=ModelConfig(arch="resnet18", pretrained=False, embedding_dim=64, frozen_stages=3),
+        domains=DomainsConfig("synthetic", source, "synthetic", target),
         out=out,
+        model=ModelConfig(arch="resnet18", pretrained=False, embedding_dim=64, frozen_stages=3),
+    )
+    settings = dict(
         epochs=2,
         batch_size=8,
         height=32,
         width=16,
         workers=0,
-        eval_every=1,
+        every=1,
         neighbour_start_epoch=1,
         lr_step=1,
         seed=0,
         device="cpu",
         use_camera=False,  # tests that need camera invariance make a CamStyle set first
     )
-    return dataclasses.replace(config, **overrides)
+    return override(config, **{**settings, **overrides})
 
 
 def test_one_epoch_run_writes_everything(two_domains, tmp_path: Path) -> None:
@@ -54,12 +55,12 @@ def test_one_epoch_run_writes_everything(two_domains, tmp_path: Path) -> None:
     assert 0.0 <= summary["final"]["rank1"] <= 100.0
     state = load_checkpoint(run / "last.pt")
     # The memory holds one unit-norm row per target image once every slot has been visited...
-    memory = state["memory"]["features"]
+    memory = state["method"]["memory"]["features"]
     assert memory.shape == (24, 64)
     visited = memory.norm(dim=1) > 0
     assert torch.allclose(memory[visited].norm(dim=1), torch.ones(int(visited.sum())), atol=1e-4)
     assert state["epoch"] == 1 and state["signature"]["memory_slots"] == 24
-    assert summary["camstyle_dir"] is None and summary["setting"] == "+E+N"
+    assert summary["camstyle"] is None and summary["setting"] == "+E+N"
 
 
 def test_resume_equals_straight_run(two_domains, tmp_path: Path) -> None:
@@ -71,21 +72,21 @@ def test_resume_equals_straight_run(two_domains, tmp_path: Path) -> None:
     resumed = load_checkpoint(tmp_path / "resumed" / "last.pt")
     for key, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
-    assert torch.equal(straight["memory"]["features"], resumed["memory"]["features"])
+    assert torch.equal(straight["method"]["memory"]["features"], resumed["method"]["memory"]["features"])
     assert straight["history"][-1]["loss_total"] == resumed["history"][-1]["loss_total"]
 
 
 def test_memory_init_features_fills_every_slot_with_its_own_embedding(two_domains, tmp_path: Path) -> None:
     source, target = two_domains
-    trainer = ECNTrainer(tiny_config(source, target, tmp_path / "run", memory_init="features"))
-    assert torch.count_nonzero(trainer.memory.features) == 0  # the published start: zeros
-    trainer.initialise_memory()
-    memory = trainer.memory.features
+    ecn = TwoDomainLoop(tiny_config(source, target, tmp_path / "run", memory_init="features")).method
+    assert torch.count_nonzero(ecn.memory.features) == 0  # the published start: zeros
+    ecn.before_training()
+    memory = ecn.memory.features
     assert torch.allclose(memory.norm(dim=1), torch.ones(24), atol=1e-5)
     # Each slot is the embedding of its own image: the set's embeddings, recomputed, match it row for row.
     again = target_embeddings(
-        trainer.model,
-        trainer.data.target_train,
+        ecn.model,
+        ecn.data.target_train,
         height=32,
         width=16,
         batch_size=5,
@@ -96,19 +97,19 @@ def test_memory_init_features_fills_every_slot_with_its_own_embedding(two_domain
     # The set-level BatchNorm centres the embeddings: they do not all share one direction.
     assert (memory @ memory.t()).mean() < 0.2
     with pytest.raises(EcnreidError, match="--memory-init"):
-        ECNTrainer(tiny_config(source, target, tmp_path / "bad", memory_init="random"))
+        tiny_config(source, target, tmp_path / "bad", memory_init="random")
 
 
 def test_memory_init_happens_once_so_a_resumed_run_equals_a_straight_one(two_domains, tmp_path: Path) -> None:
     source, target = two_domains
-    init = {"memory_init": "features", "eval_every": 0}
+    init = {"memory_init": "features", "every": 0}
     train(tiny_config(source, target, tmp_path / "straight", epochs=2, **init))
     train(tiny_config(source, target, tmp_path / "resumed", epochs=1, **init))
-    memory = load_checkpoint(tmp_path / "resumed" / "last.pt")["memory"]["features"]
+    memory = load_checkpoint(tmp_path / "resumed" / "last.pt")["method"]["memory"]["features"]
     assert bool((memory.norm(dim=1) > 0.99).all())  # no slot left at zero, visited or not
     train(tiny_config(source, target, tmp_path / "resumed", epochs=2, resume=True, **init))
-    straight = load_checkpoint(tmp_path / "straight" / "last.pt")["memory"]["features"]
-    assert torch.equal(straight, load_checkpoint(tmp_path / "resumed" / "last.pt")["memory"]["features"])
+    straight = load_checkpoint(tmp_path / "straight" / "last.pt")["method"]["memory"]["features"]
+    assert torch.equal(straight, load_checkpoint(tmp_path / "resumed" / "last.pt")["method"]["memory"]["features"])
 
 
 @pytest.mark.parametrize(
@@ -121,8 +122,8 @@ def test_memory_init_happens_once_so_a_resumed_run_equals_a_straight_one(two_dom
 )
 def test_a_stop_saves_interrupted_weights(two_domains, tmp_path: Path, monkeypatch, error, saved) -> None:
     source, target = two_domains
-    trainer = ECNTrainer(tiny_config(source, target, tmp_path / "run", epochs=2, eval_every=0))
-    real_step, calls = trainer._step, []
+    loop = TwoDomainLoop(tiny_config(source, target, tmp_path / "run", epochs=2, every=0))
+    real_step, calls = loop.method.step, []
 
     def stop_on_the_fourth_step(*args, **kwargs):
         calls.append(1)
@@ -130,16 +131,16 @@ def test_a_stop_saves_interrupted_weights(two_domains, tmp_path: Path, monkeypat
             raise error
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "_step", stop_on_the_fourth_step)
+    monkeypatch.setattr(loop.method, "step", stop_on_the_fourth_step)
     with pytest.raises(type(error)):
-        trainer.fit()
+        loop.fit()
     assert (tmp_path / "run" / "interrupted.pt").exists() == saved
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1  # the last completed epoch is kept
 
 
 def test_existing_run_is_not_overwritten(two_domains, tmp_path: Path) -> None:
     source, target = two_domains
-    train(tiny_config(source, target, tmp_path / "run", epochs=1, eval_every=0))
+    train(tiny_config(source, target, tmp_path / "run", epochs=1, every=0))
     before = (tmp_path / "run" / "last.pt").read_bytes()
     with pytest.raises(EcnreidError, match="--resume"):
         train(tiny_config(source, target, tmp_path / "run", epochs=1))
@@ -150,19 +151,19 @@ def test_resume_with_a_different_target_is_an_error(two_domains, tmp_path: Path)
     from conftest import make_reid_tree
 
     source, target = two_domains
-    train(tiny_config(source, target, tmp_path / "run", epochs=1, eval_every=0))
+    train(tiny_config(source, target, tmp_path / "run", epochs=1, every=0))
     other = make_reid_tree(tmp_path / "other", ids=5, cameras=3, per_camera=2, first_pid=70)
     with pytest.raises(EcnreidError, match="cannot resume.*target"):
         train(tiny_config(source, other, tmp_path / "run", epochs=2, resume=True))
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(two_domains, tmp_path: Path, monkeypatch) -> None:
-    import ecnreid.engine.trainer as trainer_module
+    import ecnreid.methods.ecn as ecn_module
 
     source, target = two_domains
-    train(tiny_config(source, target, tmp_path / "run", epochs=1, eval_every=0))
+    train(tiny_config(source, target, tmp_path / "run", epochs=1, every=0))
     before = (tmp_path / "run" / "last.pt").read_bytes()
-    monkeypatch.setattr(trainer_module, "source_loss", lambda logits, labels: logits.sum() * float("nan"))
+    monkeypatch.setattr(ecn_module, "source_loss", lambda logits, labels: logits.sum() * float("nan"))
     with pytest.raises(EcnreidError, match="non-finite loss at epoch 2 iteration 1"):
         train(tiny_config(source, target, tmp_path / "run", epochs=2, resume=True))
     assert (tmp_path / "run" / "last.pt").read_bytes() == before
@@ -170,19 +171,21 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(two_domains, tmp_pa
 
 def test_source_only_has_no_memory_and_no_target_loss(two_domains, tmp_path: Path) -> None:
     source, target = two_domains
-    trainer = ECNTrainer(tiny_config(source, target, tmp_path / "run", epochs=1, source_only=True))
-    assert trainer.memory is None
-    row = trainer.train_epoch(0)
+    loop = TwoDomainLoop(tiny_config(source, target, tmp_path / "run", epochs=1, source_only=True))
+    assert loop.method.memory is None and loop.loaders()[1] is None
+    row = loop.train_epoch(0)
     assert "loss_target" not in row and row["loss_source"] > 0
 
 
 def test_camera_invariance_uses_the_camstyle_set(two_domains, tmp_path: Path) -> None:
-    from camstyle.prepare import PrepareConfig, run_prepare
+    from camstyle.prepare import run_prepare
+    from ecnreid.config import PrepareConfig, RuntimeConfig
 
     source, target = two_domains
-    run_prepare(PrepareConfig(dataset="synthetic", root=target, method="colour", device="cpu", workers=0))
-    summary = train(tiny_config(source, target, tmp_path / "run", epochs=1, eval_every=0, use_camera=True))
-    assert summary["camstyle_dir"] == str(target / "bounding_box_train_camstyle")
+    run_prepare(
+        PrepareConfig(dataset="synthetic", root=target, method="colour", workers=0, runtime=RuntimeConfig(device="cpu"))
+    )
+    summary = train(tiny_config(source, target, tmp_path / "run", epochs=1, every=0, use_camera=True))
     assert summary["setting"] == "+E+C+N"
     # 24 target images in 3 cameras, each rendered in the 2 others.
     assert summary["camstyle"] == {
@@ -196,13 +199,14 @@ def test_camera_invariance_uses_the_camstyle_set(two_domains, tmp_path: Path) ->
 
 def test_frozen_stages_do_not_change_in_training(two_domains, tmp_path: Path) -> None:
     source, target = two_domains
-    trainer = ECNTrainer(tiny_config(source, target, tmp_path / "run", epochs=1))
-    stem = {k: v.clone() for k, v in trainer.model.backbone.stages["stem"].state_dict().items()}
-    layer4 = {k: v.clone() for k, v in trainer.model.backbone.stages["layer4"].state_dict().items()}
-    trainer.train_epoch(0)
-    for key, value in trainer.model.backbone.stages["stem"].state_dict().items():
+    loop = TwoDomainLoop(tiny_config(source, target, tmp_path / "run", epochs=1))
+    model = loop.method.model
+    stem = {k: v.clone() for k, v in model.backbone.stages["stem"].state_dict().items()}
+    layer4 = {k: v.clone() for k, v in model.backbone.stages["layer4"].state_dict().items()}
+    loop.train_epoch(0)
+    for key, value in model.backbone.stages["stem"].state_dict().items():
         assert torch.equal(value, stem[key]), key  # weights and BN running stats
-    assert any(not torch.equal(v, layer4[k]) for k, v in trainer.model.backbone.stages["layer4"].state_dict().items())
+    assert any(not torch.equal(v, layer4[k]) for k, v in model.backbone.stages["layer4"].state_dict().items())
 
 
 def _free_port() -> int:
@@ -222,16 +226,16 @@ def _ddp_worker(rank: int, world: int, port: int, config: TrainConfig, results: 
         }
     )
     torch.set_num_threads(1)
-    trainer = ECNTrainer(config)
-    losses = [trainer.train_epoch(epoch)["loss_total"] for epoch in range(2)]
-    results[rank] = {"memory": trainer.memory.features.clone(), "losses": losses}
+    loop = TwoDomainLoop(config)
+    losses = [loop.train_epoch(epoch)["loss_total"] for epoch in range(2)]
+    results[rank] = {"memory": loop.method.memory.features.clone(), "losses": losses}
     torch.distributed.destroy_process_group()
 
 
 @pytest.mark.slow
 def test_two_process_gloo_memories_agree(two_domains, tmp_path: Path) -> None:
     source, target = two_domains
-    config = tiny_config(source, target, tmp_path / "ddp", epochs=2, eval_every=0)
+    config = tiny_config(source, target, tmp_path / "ddp", epochs=2, every=0)
     manager = mp.get_context("spawn").Manager()
     results = manager.dict()
     mp.start_processes(_ddp_worker, args=(2, _free_port(), config, results), nprocs=2, start_method="spawn")
@@ -243,7 +247,7 @@ def test_two_process_gloo_memories_agree(two_domains, tmp_path: Path) -> None:
 
 def test_the_result_is_the_final_epoch_and_every_evaluation_is_logged(two_domains, tmp_path: Path) -> None:
     source, target = two_domains
-    summary = train(tiny_config(source, target, tmp_path / "run", epochs=2, eval_every=1))
+    summary = train(tiny_config(source, target, tmp_path / "run", epochs=2, every=1))
     rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in summary["evaluations"]] == [1, 2]
     assert summary["final"] == {k: rows[-1][k] for k in ("epoch", "rank1", "rank5", "rank10", "mAP", "mINP")}
@@ -252,16 +256,16 @@ def test_the_result_is_the_final_epoch_and_every_evaluation_is_logged(two_domain
 
 def test_target_loss_is_float32_under_autocast(two_domains, tmp_path: Path) -> None:
     source, target = two_domains
-    trainer = ECNTrainer(tiny_config(source, target, tmp_path / "run"))
+    ecn = TwoDomainLoop(tiny_config(source, target, tmp_path / "run")).method
     generator = torch.Generator().manual_seed(0)
     memory = torch.nn.functional.normalize(torch.randn(24, 64, generator=generator), dim=1)
-    trainer.memory.features.copy_(memory)
+    ecn.memory.features.copy_(memory)
     features = torch.nn.functional.normalize(torch.randn(8, 64, generator=generator), dim=1).requires_grad_()
     indices = torch.arange(8)
-    reference = trainer.target_loss(features, indices, epoch=1)  # epoch 1: neighbourhood invariance is on
+    reference = ecn.target_loss(features, indices, epoch=1)  # epoch 1: neighbourhood invariance is on
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        under_autocast = trainer.target_loss(features, indices, epoch=1)
-        logits = trainer.memory.logits(features, 0.05)
+        under_autocast = ecn.target_loss(features, indices, epoch=1)
+        logits = ecn.memory.logits(features, 0.05)
     assert under_autocast.dtype == torch.float32 and logits.dtype == torch.float32
     # bf16 keeps 8 bits of mantissa: a bf16 product would be off by ~0.1 at these logit sizes, not 1e-6.
     torch.testing.assert_close(under_autocast, reference, atol=1e-6, rtol=1e-6)
@@ -276,14 +280,14 @@ def test_memory_init_takes_the_training_path(two_domains, tmp_path: Path) -> Non
 
     source, target = two_domains
     model = dataclasses.replace(tiny_config(source, target, tmp_path).model, frozen_stages=5, dropout=0.0)
-    trainer = ECNTrainer(tiny_config(source, target, tmp_path / "run", model=model))
-    records = trainer.data.target_train
+    ecn = TwoDomainLoop(tiny_config(source, target, tmp_path / "run", model=model)).method
+    records = ecn.data.target_train
     initial = target_embeddings(
-        trainer.model, records, height=32, width=16, batch_size=5, workers=0, device=torch.device("cpu")
+        ecn.model, records, height=32, width=16, batch_size=5, workers=0, device=torch.device("cpu")
     )
-    assert trainer.model.training  # the mode is restored, frozen BatchNorms included
+    assert ecn.model.training  # the mode is restored, frozen BatchNorms included
     dataset = ImageDataset(records, build_test_transform(32, 16))
     images = torch.stack([dataset[i][0] for i in range(len(records))])
     with torch.no_grad():
-        trained_path = trainer.model(images)["target_embedding"]
+        trained_path = ecn.model(images)["target_embedding"]
     torch.testing.assert_close(initial, trained_path, atol=1e-5, rtol=1e-4)

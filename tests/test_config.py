@@ -1,0 +1,111 @@
+"""The configuration tree: validation in the dataclasses, JSON/TOML round trips, overrides by field name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ecnreid.config import (
+    DGConfig,
+    DomainsConfig,
+    ECNConfig,
+    EvalConfig,
+    ModelConfig,
+    OptimConfig,
+    PrepareConfig,
+    StarGANConfig,
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+    load_config_file,
+    override,
+)
+from ecnreid.errors import EcnreidError
+
+
+def train_config(**settings) -> TrainConfig:
+    config = TrainConfig(domains=DomainsConfig("dukemtmc", Path("d"), "market1501", Path("m")))
+    return override(config, **settings)
+
+
+def test_defaults_are_the_published_setting() -> None:
+    config = train_config()
+    assert config.model.arch == "resnet50" and config.model.pretrained
+    assert (config.input.height, config.input.width, config.input.batch_size) == (256, 128, 128)
+    assert (config.optim.epochs, config.optim.lr, config.optim.lr_step, config.optim.backbone_lr_mult) == (
+        60,
+        0.1,
+        40,
+        0.1,
+    )
+    assert (config.ecn.lam, config.ecn.beta, config.ecn.k, config.ecn.neighbour_start_epoch) == (0.3, 0.05, 6, 5)
+    assert config.ecn.setting_name == "+E+C+N" and not config.dg.any
+
+
+@pytest.mark.parametrize(
+    ("build", "flag"),
+    [
+        (lambda: ECNConfig(knn="annoy"), "--knn"),
+        (lambda: ECNConfig(memory_init="random"), "--memory-init"),
+        (lambda: ECNConfig(source_only=True, no_target=True), "--source-only and --no-target"),
+        (lambda: ECNConfig(lam=1.5), "--lambda"),
+        (lambda: OptimConfig(epochs=0), "--epochs"),
+        (lambda: ModelConfig(arch="vgg16"), "--arch"),
+        (lambda: DGConfig(mixstyle_mix="swap"), "--mixstyle-mix"),
+        (lambda: DGConfig(rsc_batch=0.0), "--rsc-batch"),
+        (lambda: StarGANConfig(image_size=(100, 50)), "--image-size"),
+        (lambda: PrepareConfig(dataset="market1501", root=Path("m"), method="cyclegan"), "--method"),
+        (lambda: train_config(mixstyle_stages=("layer1",), mixstyle_mix="crossdomain", no_target=True),
+         "crossdomain"),
+    ],
+)
+def test_a_library_user_gets_the_checks_of_the_command_line(build, flag: str) -> None:
+    with pytest.raises(EcnreidError, match=flag):
+        build()
+
+
+def test_a_config_round_trips_through_json(tmp_path: Path) -> None:
+    config = train_config(lr=0.01, snr_stages=("layer1", "layer2"), camstyle_dir=Path("c"), iters_per_epoch=100)
+    path = tmp_path / "config.json"
+    record = {**config_to_dict(config), "provenance": {"setting": "+E+C+N"}, "signature": {"arch": "resnet50"}}
+    path.write_text(json.dumps(record))
+    assert config_from_dict(TrainConfig, load_config_file(path)) == config
+
+
+def test_a_toml_file_gives_part_of_the_tree(tmp_path: Path) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text(
+        '[domains]\nsource = "dukemtmc"\nsource_root = "d"\ntarget = "market1501"\ntarget_root = "m"\n'
+        "[optim]\nlr = 0.01\nepochs = 10\n[dg]\nmixstyle_stages = [\"layer1\", \"layer2\"]\n"
+    )
+    config = config_from_dict(TrainConfig, load_config_file(path))
+    assert config.optim.lr == 0.01 and config.optim.epochs == 10 and config.dg.mixstyle_stages == ("layer1", "layer2")
+    assert config.optim.lr_step == 40  # untouched settings keep their defaults
+    assert config.domains.source_root == Path("d")
+
+
+@pytest.mark.parametrize(
+    ("text", "suffix", "message"),
+    [
+        ("[optim]\nlearning_rate = 0.1\n", ".toml", "unknown setting 'learning_rate'"),
+        ("[optim\n", ".toml", "not a valid TOML"),
+        ("{}", ".yaml", "must be a .toml or .json"),
+        ('{"optim": 3}', ".json", "expected a table"),
+    ],
+)
+def test_a_bad_config_file_is_a_one_line_error(tmp_path: Path, text: str, suffix: str, message: str) -> None:
+    path = tmp_path / f"bad{suffix}"
+    path.write_text(text)
+    with pytest.raises(EcnreidError, match=message):
+        config_from_dict(TrainConfig, load_config_file(path))
+
+
+def test_override_finds_fields_by_name_and_refuses_ambiguity() -> None:
+    config = override(train_config(), lr=0.02, use_camera=False, every=0)
+    assert config.optim.lr == 0.02 and not config.ecn.use_camera and config.evaluation.every == 0
+    with pytest.raises(ValueError, match="no section"):
+        override(config, learning_rate=1.0)
+    both = override(EvalConfig(dataset="market1501", root=Path("m")), model=ModelConfig(arch="resnet18"))
+    assert both.model.arch == "resnet18"
