@@ -3,7 +3,9 @@ source + target forward and losses with any DG loss, backward, SGD with weight d
 
 Images per second and peak memory per step for mobilenet_v2 at 128x64 and resnet50 at 256x128 (CUDA with
 AMP on and off when a GPU is present), plus the kNN comparison of bench/knn_speed.py. Inputs are random
-tensors fed to the step, so this measures the model and the losses, not JPEG decoding. Prints one JSON line.
+tensors fed to the step, so this measures the model and the losses, not JPEG decoding. ``memory`` times ECN's
+memory part of a step (``ECN.target_loss`` forward and backward, then ``ExemplarMemory.update``) at Market-1501
+and MSMT17 sizes with fp32 and fp16 memory, and its share of the mobilenet_v2 step. Prints one JSON line.
 
     python bench/train_speed.py [--steps 5] [--batch 32] [--skip-knn]
 """
@@ -30,6 +32,7 @@ from ecnreid.engine.data import TwoDomainData  # noqa: E402
 from ecnreid.engine.loop import TwoDomainLoop  # noqa: E402
 
 MARKET_SLOTS, MARKET_CAMERAS, DUKE_IDS = 12_936, 6, 702
+MSMT17_SLOTS = 32_621
 
 
 def duke_to_market_records() -> TwoDomainData:
@@ -98,12 +101,76 @@ def measure(arch: str, height: int, width: int, batch: int, steps: int, device: 
     return result
 
 
+def measure_memory(
+    loop: TwoDomainLoop, slots: int, dtype: str, batch: int, steps: int, step_s: float, market_cost_s: float | None
+) -> dict:
+    """The memory part of one step: logits, neighbourhood loss (epoch 5: top-k neighbours on), its backward,
+    and the memory update, on a memory of ``slots`` random unit rows."""
+    from ecnreid.memory import ExemplarMemory
+    from ecnreid.methods.ecn import MEMORY_DTYPES
+
+    ecn = loop.method
+    device = loop.device
+    generator = torch.Generator().manual_seed(1)
+    memory = ExemplarMemory(slots, ecn.memory.dim, dtype=MEMORY_DTYPES[dtype]).to(device)
+    memory.features.copy_(torch.nn.functional.normalize(torch.randn(slots, memory.dim, generator=generator), dim=1))
+    saved, ecn.memory = ecn.memory, memory
+    features = torch.nn.functional.normalize(torch.randn(batch, memory.dim, generator=generator), dim=1).to(device)
+    indices = torch.randperm(slots, generator=generator)[:batch].to(device)
+    times = []
+    for repeat in range(steps + 1):
+        start = time.perf_counter()
+        leaf = features.clone().requires_grad_()
+        ecn.target_loss(leaf, indices, epoch=5).backward()
+        memory.update(leaf.detach(), indices, alpha=0.05)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if repeat:
+            times.append(time.perf_counter() - start)
+    ecn.memory = saved
+    cost = statistics.median(times)
+    # The step was timed with a Market-sized memory: another size replaces that part of it.
+    whole = step_s - (market_cost_s if market_cost_s is not None else cost) + cost
+    return {"slots": slots, "memory_dtype": dtype, "ms": round(1000 * cost, 1), "share_of_step": round(cost / whole, 3)}
+
+
+def memory_share(batch: int, steps: int) -> list[dict]:
+    """ECN's memory cost per step on the CPU, against the mobilenet_v2 128x64 step of the same batch."""
+    with tempfile.TemporaryDirectory() as out:
+        config = TrainConfig(
+            domains=DomainsConfig("dukemtmc", Path("duke"), "market1501", Path("market")),
+            model=ModelConfig(arch="mobilenet_v2", pretrained=False),
+            out=Path(out),
+        )
+        config = override(config, batch_size=batch, height=128, width=64, device="cpu", use_camera=False)
+        loop = TwoDomainLoop(config, data=duke_to_market_records(), hooks=[])
+    step = measure("mobilenet_v2", 128, 64, batch, steps, torch.device("cpu"), amp=False)["step_s"]
+    rows = []
+    for dtype in ("fp32", "fp16"):
+        market = measure_memory(loop, MARKET_SLOTS, dtype, batch, steps, step, None)
+        rows.append(market)
+        rows.append(measure_memory(loop, MSMT17_SLOTS, dtype, batch, steps, step, market["ms"] / 1000))
+    return [{"step_s": step, **row} for row in rows]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch", type=int, default=32, help="images per domain per step on CPU")
     parser.add_argument("--skip-knn", action="store_true")
+    parser.add_argument("--memory-only", action="store_true", help="only the memory part of the step")
     args = parser.parse_args()
+    if args.memory_only:
+        print(
+            json.dumps(
+                {
+                    "bench": "train_speed",
+                    "torch_threads": torch.get_num_threads(),
+                    "memory": memory_share(args.batch, args.steps),
+                }
+            )
+        )
+        return
     runs = []
     cpu = torch.device("cpu")
     runs.append(measure("mobilenet_v2", 128, 64, args.batch, args.steps, cpu, amp=False))
@@ -114,6 +181,7 @@ def main() -> None:
             runs.append(measure("mobilenet_v2", 128, 64, 128, args.steps, gpu, amp))
             runs.append(measure("resnet50", 256, 128, 128, args.steps, gpu, amp))
     report: dict = {"bench": "train_speed", "torch_threads": torch.get_num_threads(), "runs": runs}
+    report["memory"] = memory_share(args.batch, args.steps)
     if not args.skip_knn:
         from knn_speed import run as knn_run
 

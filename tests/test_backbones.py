@@ -137,7 +137,7 @@ def test_inserted_module_changes_the_output() -> None:
 
 def test_insert_after_unknown_stage() -> None:
     backbone = build_backbone("resnet18", pretrained=False)
-    with pytest.raises(EcnreidError, match="layer5.*stem, layer1, layer2, layer3, layer4"):
+    with pytest.raises(ValueError, match="layer5.*stem, layer1, layer2, layer3, layer4"):
         backbone.insert_after("layer5", nn.Identity())
 
 
@@ -220,7 +220,7 @@ def test_insert_after_checks_the_aux_protocol() -> None:
     backbone = build_backbone("resnet18", pretrained=False)
     backbone.insert_after("layer1", _Tagged("a"))
     backbone.insert_after("layer2", _Tagged("b"))
-    with pytest.raises(EcnreidError, match="'layer1' already has a module with 'tagged' outputs"):
+    with pytest.raises(ValueError, match="'layer1' already has a module with 'tagged' outputs"):
         backbone.insert_after("layer1", _Tagged("again"))
 
     class Nameless(nn.Module):
@@ -233,9 +233,9 @@ def test_insert_after_checks_the_aux_protocol() -> None:
         def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
             return x, None
 
-    with pytest.raises(EcnreidError, match="no aux_name"):
+    with pytest.raises(ValueError, match="no aux_name"):
         backbone.insert_after("layer3", Nameless())
-    with pytest.raises(EcnreidError, match="not both"):
+    with pytest.raises(ValueError, match="not both"):
         backbone.insert_after("layer3", Both())
     assert [len(backbone.inserted[s]) for s in STAGE_NAMES] == [0, 1, 1, 0, 0]
 

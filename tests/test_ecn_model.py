@@ -199,7 +199,7 @@ def test_auxiliary_outputs_may_not_shadow_the_head_outputs() -> None:
 
     model = _model()
     model.backbone.insert_after("layer3", Shadow())
-    with pytest.raises(EcnreidError, match="pool5"):
+    with pytest.raises(ValueError, match="pool5"):
         model(torch.randn(2, 3, 64, 32))
 
 

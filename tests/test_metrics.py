@@ -190,23 +190,23 @@ def test_blocks_from_features_equal_full_matrix() -> None:
 
 def test_missing_or_repeated_rows_raise() -> None:
     dist, *ids = random_problem(8, 10, 20, 3, 0.0)
-    with pytest.raises(EcnreidError, match="missing distance rows for 3 queries"):
+    with pytest.raises(ValueError, match="missing distance rows for 3 queries"):
         evaluate_blocks([(0, dist[:7])], *ids)
-    with pytest.raises(EcnreidError, match="given twice"):
+    with pytest.raises(ValueError, match="given twice"):
         evaluate_blocks([(0, dist), (5, dist[5:6])], *ids)
-    with pytest.raises(EcnreidError, match="outside"):
+    with pytest.raises(ValueError, match="outside"):
         evaluate_blocks([(8, dist[:5])], *ids)
 
 
 def test_shape_and_id_errors() -> None:
     dist = torch.zeros(2, 3)
-    with pytest.raises(EcnreidError, match="shape"):
+    with pytest.raises(ValueError, match="shape"):
         evaluate_ranking(dist, [1, 2], [1, 2], [0, 0], [0, 0])
-    with pytest.raises(EcnreidError, match="2 query pids but 1 query camids"):
+    with pytest.raises(ValueError, match="2 query pids but 1 query camids"):
         evaluate_ranking(dist, [1, 2], [1, 2, 3], [0], [0, 0, 0])
-    with pytest.raises(EcnreidError, match="integers"):
+    with pytest.raises(ValueError, match="integers"):
         evaluate_ranking(dist, np.array([1.0, 2.0]), [1, 2, 3], [0, 0], [0, 0, 0])
-    with pytest.raises(EcnreidError, match="max_rank"):
+    with pytest.raises(ValueError, match="max_rank"):
         evaluate_ranking(dist, [1, 2], [1, 2, 3], [0, 0], [0, 0, 0], max_rank=0)
 
 

@@ -9,8 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ecnreid.errors import EcnreidError
-
 
 @dataclass(frozen=True)
 class _Metric:
@@ -49,17 +47,17 @@ METRICS: dict[str, _Metric] = {
 
 def _check_inputs(query: Tensor, gallery: Tensor, metric: str, block_size: int) -> _Metric:
     if metric not in METRICS:
-        raise EcnreidError(f"distance metric {metric!r} is unknown; valid names: {', '.join(sorted(METRICS))}")
+        raise ValueError(f"distance metric {metric!r} is unknown; valid names: {', '.join(sorted(METRICS))}")
     if query.dim() != 2 or gallery.dim() != 2:
-        raise EcnreidError(
+        raise ValueError(
             f"distance features must be 2-D [N, D]; got query {tuple(query.shape)}, gallery {tuple(gallery.shape)}"
         )
     if query.shape[1] != gallery.shape[1]:
-        raise EcnreidError(
+        raise ValueError(
             f"distance features differ in dimension: query has {query.shape[1]}, gallery {gallery.shape[1]}"
         )
     if block_size < 1:
-        raise EcnreidError(f"distance block_size must be at least 1, got {block_size}")
+        raise ValueError(f"distance block_size must be at least 1, got {block_size}")
     return METRICS[metric]
 
 

@@ -69,9 +69,9 @@ class RankingResult:
 def _as_ids(values: IdArray, name: str) -> Tensor:
     ids = torch.as_tensor(np.asarray(values) if not isinstance(values, Tensor) else values)
     if ids.dim() != 1:
-        raise EcnreidError(f"evaluation {name} must be 1-D, got shape {tuple(ids.shape)}")
+        raise ValueError(f"evaluation {name} must be 1-D, got shape {tuple(ids.shape)}")
     if ids.is_floating_point() or ids.is_complex():
-        raise EcnreidError(f"evaluation {name} must hold integers, got {ids.dtype}")
+        raise ValueError(f"evaluation {name} must hold integers, got {ids.dtype}")
     return ids.to(device="cpu", dtype=torch.int64)
 
 
@@ -143,17 +143,17 @@ class RankingAccumulator:
         self.gallery_pids = _as_ids(gallery_pids, "gallery_pids")
         self.gallery_camids = _as_ids(gallery_camids, "gallery_camids")
         if len(self.query_pids) != len(self.query_camids):
-            raise EcnreidError(
+            raise ValueError(
                 f"evaluation has {len(self.query_pids)} query pids but {len(self.query_camids)} query camids"
             )
         if len(self.gallery_pids) != len(self.gallery_camids):
-            raise EcnreidError(
+            raise ValueError(
                 f"evaluation has {len(self.gallery_pids)} gallery pids but {len(self.gallery_camids)} gallery camids"
             )
         if len(self.gallery_pids) == 0:
-            raise EcnreidError("evaluation gallery is empty")
+            raise ValueError("evaluation gallery is empty")
         if max_rank < 1:
-            raise EcnreidError(f"evaluation max_rank must be at least 1, got {max_rank}")
+            raise ValueError(f"evaluation max_rank must be at least 1, got {max_rank}")
         self.max_rank = max_rank
         num_queries = len(self.query_pids)
         # Each query's same-pid gallery entries, via the gallery sorted by pid: [start, end) of its group.
@@ -171,11 +171,11 @@ class RankingAccumulator:
         """Record the match positions of queries ``row_offset .. row_offset + B - 1`` from ``[B, G]``."""
         num_gallery = len(self.gallery_pids)
         if block.dim() != 2 or block.shape[1] != num_gallery:
-            raise EcnreidError(
+            raise ValueError(
                 f"evaluation distance block has shape {tuple(block.shape)}; expected [rows, {num_gallery}]"
             )
         if row_offset < 0 or row_offset + block.shape[0] > len(self.query_pids):
-            raise EcnreidError(
+            raise ValueError(
                 f"evaluation distance block rows {row_offset}..{row_offset + block.shape[0]} fall outside "
                 f"the {len(self.query_pids)} queries"
             )
@@ -189,7 +189,7 @@ class RankingAccumulator:
         num_rows, num_gallery = dist.shape
         queries = slice(offset, offset + num_rows)
         if self._seen[queries].any():
-            raise EcnreidError(f"evaluation distance rows from {offset} were given twice")
+            raise ValueError(f"evaluation distance rows from {offset} were given twice")
         self._seen[queries] = True
         row_ids = torch.arange(num_rows)
 
@@ -288,7 +288,7 @@ class RankingAccumulator:
         """Average over valid queries; raises if a query row was never added or no query has a match."""
         missing = torch.nonzero(~self._seen).squeeze(1)
         if len(missing):
-            raise EcnreidError(
+            raise ValueError(
                 f"evaluation is missing distance rows for {len(missing)} queries (first: {int(missing[0])})"
             )
         valid = self._first_position > 0
@@ -333,7 +333,7 @@ def evaluate_ranking(
     """CMC, mAP and mINP of a query-gallery distance matrix ``[Q, G]`` under the protocol above."""
     distmat = torch.as_tensor(distmat)
     if distmat.dim() != 2 or distmat.shape[0] != len(query_pids):
-        raise EcnreidError(
+        raise ValueError(
             f"evaluation distance matrix has shape {tuple(distmat.shape)}; expected [{len(query_pids)}, gallery]"
         )
     return evaluate_blocks([(0, distmat)], query_pids, gallery_pids, query_camids, gallery_camids, max_rank)

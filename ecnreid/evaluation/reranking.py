@@ -30,8 +30,6 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ecnreid.errors import EcnreidError
-
 # Pairs gathered at once when computing exact distances of expansion pairs (each pair reads 2 x D floats).
 _PAIR_CHUNK = 1 << 14
 # Query x gallery (min, min) products accumulated at once in the Jaccard step.
@@ -271,26 +269,26 @@ def _check_inputs(
     query_features: Tensor, gallery_features: Tensor, k1: int, k2: int, lambda_value: float, block_size: int
 ) -> None:
     if query_features.dim() != 2 or gallery_features.dim() != 2:
-        raise EcnreidError(
+        raise ValueError(
             f"re-ranking features must be 2-D [N, D]; got query {tuple(query_features.shape)}, "
             f"gallery {tuple(gallery_features.shape)}"
         )
     if query_features.shape[1] != gallery_features.shape[1]:
-        raise EcnreidError(
+        raise ValueError(
             f"re-ranking features differ in dimension: query {query_features.shape[1]}, "
             f"gallery {gallery_features.shape[1]}"
         )
     if query_features.device != gallery_features.device:
-        raise EcnreidError(
+        raise ValueError(
             f"re-ranking features are on different devices: query {query_features.device}, "
             f"gallery {gallery_features.device}"
         )
     if len(query_features) == 0 or len(gallery_features) == 0:
-        raise EcnreidError("re-ranking needs at least one query and one gallery feature")
+        raise ValueError("re-ranking needs at least one query and one gallery feature")
     if k1 < 1 or k2 < 1 or block_size < 1:
-        raise EcnreidError(f"re-ranking k1, k2 and block_size must be at least 1; got {k1}, {k2}, {block_size}")
+        raise ValueError(f"re-ranking k1, k2 and block_size must be at least 1; got {k1}, {k2}, {block_size}")
     if not 0.0 <= lambda_value <= 1.0:
-        raise EcnreidError(f"re-ranking lambda_value must lie in [0, 1], got {lambda_value}")
+        raise ValueError(f"re-ranking lambda_value must lie in [0, 1], got {lambda_value}")
 
 
 @torch.no_grad()

@@ -141,17 +141,17 @@ class Backbone(nn.Module):
         ``aux_name`` and stage, which keys them). A module cannot be both.
         """
         if stage not in self.inserted:
-            raise EcnreidError(f"unknown backbone stage {stage!r}; valid stages: {', '.join(self.stage_names)}")
+            raise ValueError(f"unknown backbone stage {stage!r}; valid stages: {', '.join(self.stage_names)}")
         if callable(getattr(module, "forward_with_aux", None)):
             name = getattr(module, "aux_name", None)
             if not isinstance(name, str) or not name:
-                raise EcnreidError(f"{type(module).__name__} has forward_with_aux but no aux_name string")
+                raise ValueError(f"{type(module).__name__} has forward_with_aux but no aux_name string")
             if getattr(module, "forward_domains", None) is not None:
-                raise EcnreidError(
+                raise ValueError(
                     f"{type(module).__name__}: an inserted module has forward_with_aux or forward_domains, not both"
                 )
             if any(_aux_name(other) == name for other in self.inserted[stage]):
-                raise EcnreidError(f"stage {stage!r} already has a module with {name!r} outputs; one per stage")
+                raise ValueError(f"stage {stage!r} already has a module with {name!r} outputs; one per stage")
         self.inserted[stage].append(module)
 
     def aux_modules(self, aux_name: str) -> dict[str, nn.Module]:

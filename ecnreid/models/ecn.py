@@ -68,7 +68,7 @@ class ECNModel(nn.Module):
         out: dict[str, Any] = self.forward_head(feature_map)
         clashing = [name for name in aux if name in out]
         if clashing:
-            raise EcnreidError(f"auxiliary outputs named {', '.join(clashing)} clash with the ECN head's outputs")
+            raise ValueError(f"auxiliary outputs named {', '.join(clashing)} clash with the ECN head's outputs")
         out.update(aux)
         return out
 

@@ -28,8 +28,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ecnreid.errors import EcnreidError
-
 
 class SNRPooled(NamedTuple):
     """Globally pooled vectors a training forward returns for the causality loss, each [B, C]."""
@@ -61,9 +59,9 @@ class SNR(nn.Module):
     def __init__(self, channels: int, reduction: int = 16, loss_weight: float = 1.0) -> None:
         super().__init__()
         if channels < 1 or reduction < 1:
-            raise EcnreidError(f"SNR channels={channels} and reduction={reduction} must be positive")
+            raise ValueError(f"SNR channels={channels} and reduction={reduction} must be positive")
         if loss_weight < 0:
-            raise EcnreidError(f"SNR loss_weight={loss_weight} must not be negative")
+            raise ValueError(f"SNR loss_weight={loss_weight} must not be negative")
         self.channels = channels
         self.loss_weight = loss_weight
         self.instance_norm = nn.InstanceNorm2d(channels, affine=True)
@@ -82,7 +80,7 @@ class SNR(nn.Module):
     def attach_classifier(self, num_classes: int) -> nn.Linear:
         """Give this module its own probe classifier ``Linear(channels, num_classes)`` and return it."""
         if num_classes < 1:
-            raise EcnreidError(f"SNR.attach_classifier num_classes={num_classes} must be positive")
+            raise ValueError(f"SNR.attach_classifier num_classes={num_classes} must be positive")
         device = self.instance_norm.weight.device
         self.classifier = nn.Linear(self.channels, num_classes).to(device)
         return self.classifier
@@ -144,7 +142,7 @@ def _frozen_call(classifier: nn.Module, x: Tensor) -> Tensor:
 def probe_of(module: SNR) -> nn.Linear:
     """The probe classifier attached to ``module``; an error if there is none yet."""
     if module.classifier is None:
-        raise EcnreidError("SNR loss: no classifier; call SNR.attach_classifier(num_classes) before training")
+        raise ValueError("SNR loss: no classifier; call SNR.attach_classifier(num_classes) before training")
     return module.classifier
 
 
@@ -165,7 +163,7 @@ def snr_causality_loss(pooled: SNRPooled, classifier: nn.Module) -> Tensor:
 def snr_classifier_loss(pooled: SNRPooled, labels: Tensor, classifier: nn.Module) -> Tensor:
     """Cross-entropy of the probe ``classifier`` on detached pooled ``F̃ + R⁺`` against source labels [B]."""
     if labels.shape != pooled.restituted.shape[:1]:
-        raise EcnreidError(
+        raise ValueError(
             f"SNR loss: labels of shape {tuple(labels.shape)} for a batch of "
             f"{pooled.restituted.shape[0]}; use the pooled vectors of the labelled source batch"
         )
@@ -188,16 +186,16 @@ def collect_snr_losses(modules: Mapping[str, SNR], pooled: Mapping[str, SNRPoole
     one training forward of the labelled source batch returned for each of them under the same keys
     (e.g. its ECN output's ``"snr"`` entry); ``labels`` [B] are that batch's."""
     if not modules:
-        raise EcnreidError("SNR loss: the model has no SNR module; insert one or leave the SNR loss off")
+        raise ValueError("SNR loss: the model has no SNR module; insert one or leave the SNR loss off")
     missing = [key for key in modules if pooled.get(key) is None]
     if missing:
-        raise EcnreidError(
+        raise ValueError(
             f"SNR loss: no pooled vectors for the SNR after {', '.join(missing)}; "
             "pass the outputs of a training-mode forward of this model"
         )
     unknown = [key for key in pooled if key not in modules]
     if unknown:
-        raise EcnreidError(f"SNR loss: pooled vectors for {', '.join(unknown)}, where the model has no SNR")
+        raise ValueError(f"SNR loss: pooled vectors for {', '.join(unknown)}, where the model has no SNR")
     pairs = [(module, pooled[key]) for key, module in modules.items()]
     causality = torch.stack([m.loss_weight * snr_causality_loss(p, probe_of(m)) for m, p in pairs]).sum()
     classification = torch.stack([snr_classifier_loss(p, labels, probe_of(m)) for m, p in pairs]).sum()
