@@ -9,7 +9,7 @@
 # The ECN ablation rows train the backbone at the full --lr (--backbone-lr-mult 1, not the published 0.1):
 # the test feature is pool5, so the target terms help only through the backbone, and 1,000 steps at 0.001
 # barely move it (+E+C+N 27.3 / 11.3 R1 / mAP against source-only 27.9 / 11.2 at 0.1; 33.2 / 14.3 against
-# 26.9 / 11.1 at 1). The domain-generalisation rows were measured at the published 0.1, against their own
+# 26.9 / 11.1 at 1). The domain-generalisation rows were measured at ECN's published 0.1, against their own
 # baseline `dg-baseline`.
 # Every run resumes if killed (same command again).
 #
