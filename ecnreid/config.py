@@ -196,6 +196,7 @@ class OptimConfig:
 MEMORY_DTYPES = ("fp32", "fp16")
 MEMORY_INITS = ("zeros", "features")
 KNN_METHODS = ("topk", "faiss")  # topk of the logits is ~100x faster on CPU (bench/knn_speed.py)
+NEIGHBOUR_SELECTIONS = ("topk", "reciprocal")
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,11 @@ class ECNConfig:
     memory_dtype: str = setting("fp32", "fp32 or fp16 exemplar memory.")
     memory_init: str = setting("zeros", "zeros (published) or features: fill the memory from one pass over the target.")
     knn: str = setting("topk", "Nearest memory slots by topk (of the logits) or faiss.")
+    neighbours: str = setting(
+        "topk",
+        "Which nearest slots neighbourhood invariance pulls together: topk (published), or reciprocal: only"
+        " those that also hold the image among their own k nearest slots (memory graph refreshed every epoch).",
+    )
     use_camera: bool = setting(True, "Camera invariance (needs a CamStyle set).", flag="--camera/--no-camera")
     use_neighbour: bool = setting(True, "Neighbourhood invariance.", flag="--neighbour/--no-neighbour")
     source_only: bool = setting(False, "Train on the source only (the ablation baseline).")
@@ -230,6 +236,7 @@ class ECNConfig:
         _one_of(self.memory_dtype, MEMORY_DTYPES, "--memory-dtype")
         _one_of(self.memory_init, MEMORY_INITS, "--memory-init")
         _one_of(self.knn, KNN_METHODS, "--knn")
+        _one_of(self.neighbours, NEIGHBOUR_SELECTIONS, "--neighbours")
         if self.source_only and self.no_target:
             raise EcnreidError("--source-only and --no-target: choose one")
 
@@ -671,3 +678,99 @@ def merge_settings(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
         else:
             merged[key] = value
     return merged
+
+
+# ---------------------------------------------------------------------------------------------- using the model
+FEATURE_DTYPES = ("float16", "float32")
+EXTRACT_SPLITS = ("train", "query", "gallery")
+SEARCH_INDEXES = ("auto", "flat", "ivf")
+EXPORT_FORMATS = ("onnx", "torchscript")
+
+
+def _require_device(device: str) -> None:
+    ok = device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
+    _require(ok, "--device", device, "expected auto, cpu, cuda or cuda:N")
+
+
+@dataclass(frozen=True)
+class FeatureRunConfig:
+    """How `extract` and `search` run the adapted model over images (its input size and normalisation come
+    from the checkpoint's model card)."""
+
+    batch_size: int = setting(128, "Images per batch.")
+    workers: int = setting(2, "DataLoader worker processes.")
+    flip: bool = setting(False, "Average the features of each image and its mirror.")
+    skip_bad_images: bool = setting(False, "Count and skip undecodable images instead of stopping.")
+    dtype: str = setting("float32", "Features on disk: float32, or float16 (half the size).")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, "--batch-size", self.batch_size, "must be at least 1")
+        _require(self.workers >= 0, "--workers", self.workers, "must not be negative")
+        _one_of(self.dtype, FEATURE_DTYPES, "--dtype")
+        _require_device(self.device)
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """`ecnreid extract`: the adapted model's features of a folder of images or of a dataset split, written
+    to a feature folder (features.npy, index.csv, card.json, extract.json); a rerun resumes."""
+
+    checkpoint: Path = setting(help="An ecnreid training checkpoint (last.pt).")
+    out: Path = setting(help="Feature folder to write (features.npy, index.csv, card.json, extract.json).")
+    images: Path | None = setting(None, "A folder of images, read at any depth (or one image).")
+    dataset: str | None = setting(None, "A dataset (market1501, dukemtmc, msmt17, custom, synthetic), with --root.")
+    root: Path | None = setting(None, "The dataset folder (with --dataset).")
+    split: str = setting("gallery", "The split of --dataset: train, query or gallery.")
+    features: FeatureRunConfig = section(FeatureRunConfig, "Feature extraction")
+
+    def __post_init__(self) -> None:
+        _one_of(self.split, EXTRACT_SPLITS, "--split")
+        if (self.images is None) == (self.dataset is None):
+            raise EcnreidError("give the images with either --images DIR or --dataset NAME --root DIR")
+        if self.dataset is not None and self.root is None:
+            raise EcnreidError(f"--dataset {self.dataset}: needs --root DIR, the dataset folder")
+        if self.images is not None and self.root is not None:
+            raise EcnreidError("--root goes with --dataset; --images DIR names the folder itself")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """`ecnreid search`: rank a gallery for each query image with the adapted model."""
+
+    checkpoint: Path = setting(help="An ecnreid training checkpoint (last.pt).")
+    query: Path = setting(help="A query image, or a folder of them (any depth).")
+    gallery: Path = setting(
+        help="A folder of gallery images (its features are extracted into --out/gallery and reused next time), "
+        "or a feature folder written by `ecnreid extract`."
+    )
+    out: Path = setting(Path("runs/search"), "Folder for results.json, index.html and the rank-list PNGs.")
+    top_k: int = setting(10, "Gallery images listed per query.")
+    rerank: bool = setting(
+        False, "k-reciprocal re-ranking over the whole gallery (refused when it would not fit in memory)."
+    )
+    index: str = setting(
+        "auto", "auto (exact up to 1,000,000 gallery images, IVF beyond), flat (exact) or ivf (approximate)."
+    )
+    nprobe: int | None = setting(None, "IVF cells visited per query (default: the value calibrated with the index).")
+    features: FeatureRunConfig = section(lambda: FeatureRunConfig(dtype="float16"), "Feature extraction")
+
+    def __post_init__(self) -> None:
+        _require(self.top_k >= 1, "--top-k", self.top_k, "must be at least 1")
+        _one_of(self.index, SEARCH_INDEXES, "--index")
+        if self.nprobe is not None:
+            _require(self.nprobe >= 1, "--nprobe", self.nprobe, "must be at least 1")
+        if self.rerank and self.index == "ivf":
+            raise EcnreidError("--rerank ranks the whole gallery exactly; leave out --index ivf")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """`ecnreid export`: the adapted model as an ONNX or TorchScript file whose output is the search feature."""
+
+    checkpoint: Path = setting(help="An ecnreid training checkpoint (last.pt).")
+    out: Path = setting(help="The file to write (a JSON describing its input and output goes beside it).")
+    format: str = setting("onnx", "onnx or torchscript.")
+
+    def __post_init__(self) -> None:
+        _one_of(self.format, EXPORT_FORMATS, "--format")

@@ -100,27 +100,60 @@ def nearest_slots_faiss(features: torch.Tensor, memory: torch.Tensor, k: int) ->
     return torch.from_numpy(neighbours).long()
 
 
+@torch.no_grad()
+def memory_neighbour_table(memory: torch.Tensor, k: int, block_rows: int = 1024) -> torch.Tensor:
+    """Indices [N, k] of each memory slot's k most similar other slots (inner product), in row blocks so that
+    only ``block_rows`` x N similarities exist at a time."""
+    _check_k(k, memory.shape[0] - 1)
+    rows = memory.float()
+    table = torch.empty(len(rows), k, dtype=torch.long, device=memory.device)
+    for start in range(0, len(rows), block_rows):
+        similarity = rows[start : start + block_rows] @ rows.t()
+        own = torch.arange(start, start + len(similarity), device=memory.device)
+        similarity[torch.arange(len(similarity)), own] = float("-inf")  # a slot is not its own neighbour
+        table[start : start + len(similarity)] = similarity.topk(k, dim=1).indices
+    return table
+
+
+def reciprocal_mask(neighbours: torch.Tensor, indices: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """[B, k] bool: whether each of an image's nearest slots ``neighbours`` [B, k] holds the image's own slot
+    ``indices`` [B] among its own nearest slots (``table`` [N, k']): the k-reciprocal condition."""
+    return (table[neighbours] == indices.reshape(-1, 1, 1)).any(dim=2)
+
+
 def neighbourhood_targets(
-    logits: torch.Tensor, indices: torch.Tensor, k: int = 6, neighbours: torch.Tensor | None = None
+    logits: torch.Tensor,
+    indices: torch.Tensor,
+    k: int = 6,
+    neighbours: torch.Tensor | None = None,
+    keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Soft targets [B, N] of the official code: 1/k on the k nearest slots, then 1 on the image's own
     slot (overwriting, also when it is among the k), not renormalised.
 
     ``neighbours`` [B, k] may come precomputed (e.g. from faiss); by default the top-k of the logits.
+    ``keep`` [B, k] (bool) drops neighbours (weight 0), e.g. those failing ``reciprocal_mask``.
     """
     if neighbours is None:
         neighbours = nearest_slots(logits, k)
     targets = torch.zeros_like(logits, dtype=torch.float32)
-    targets.scatter_(1, neighbours, 1.0 / k)
+    if keep is None:
+        targets.scatter_(1, neighbours, 1.0 / k)
+    else:
+        targets.scatter_(1, neighbours, keep.float() / k)
     targets.scatter_(1, indices.reshape(-1, 1).long(), 1.0)
     return targets
 
 
 def neighbourhood_loss(
-    logits: torch.Tensor, indices: torch.Tensor, k: int = 6, neighbours: torch.Tensor | None = None
+    logits: torch.Tensor,
+    indices: torch.Tensor,
+    k: int = 6,
+    neighbours: torch.Tensor | None = None,
+    keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Neighbourhood invariance: ``−Σ_j w_j log softmax(z)_j``, averaged over the batch."""
-    targets = neighbourhood_targets(logits, indices, k, neighbours)
+    targets = neighbourhood_targets(logits, indices, k, neighbours, keep)
     log_probs = F.log_softmax(logits.float(), dim=1)
     return -(targets * log_probs).sum(dim=1).mean()
 
@@ -133,11 +166,12 @@ def target_invariance_loss(
     neighbour_start_epoch: int = 5,
     use_neighbourhood: bool = True,
     neighbours: torch.Tensor | None = None,
+    keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Target loss: exemplar cross-entropy before ``neighbour_start_epoch`` (0-based; official code
     ``epoch > 4``) or without neighbourhood invariance, the neighbourhood loss from then on."""
     if use_neighbourhood and epoch >= neighbour_start_epoch:
-        return neighbourhood_loss(logits, indices, k, neighbours)
+        return neighbourhood_loss(logits, indices, k, neighbours, keep)
     return exemplar_loss(logits, indices)
 
 

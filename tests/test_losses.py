@@ -150,3 +150,27 @@ def test_knn_backend_searches_on_the_device(monkeypatch: pytest.MonkeyPatch) -> 
     assert losses.knn_backend("faiss", torch.device("cuda")) == "topk"
     with pytest.raises(EcnreidError, match="--knn annoy"):
         losses.knn_backend("annoy", torch.device("cpu"))
+
+
+def test_memory_neighbour_table_is_each_slots_nearest_others_in_any_block_size() -> None:
+    from ecnreid.losses import memory_neighbour_table
+
+    generator = torch.Generator().manual_seed(0)
+    memory = torch.nn.functional.normalize(torch.randn(40, 8, generator=generator), dim=1)
+    similarity = memory @ memory.t()
+    similarity.fill_diagonal_(float("-inf"))
+    expected = similarity.topk(3, dim=1).indices
+    for block_rows in (1, 7, 64):
+        assert torch.equal(memory_neighbour_table(memory, 3, block_rows=block_rows), expected)
+
+
+def test_reciprocal_neighbours_keep_only_slots_that_hold_the_image_among_their_own() -> None:
+    from ecnreid.losses import reciprocal_mask
+
+    # Slot 0's neighbours by the image: 1 (whose own neighbours hold 0) and 2 (whose do not).
+    table = torch.tensor([[1, 2], [0, 3], [3, 1], [2, 1]])
+    keep = reciprocal_mask(torch.tensor([[1, 2]]), torch.tensor([0]), table)
+    assert keep.tolist() == [[True, False]]
+    logits = torch.zeros(1, 4)
+    targets = neighbourhood_targets(logits, torch.tensor([0]), k=2, neighbours=torch.tensor([[1, 2]]), keep=keep)
+    assert targets.tolist() == [[1.0, 0.5, 0.0, 0.0]]  # the dropped neighbour has weight 0, the own slot 1

@@ -28,6 +28,7 @@ from ecnreid.data.transforms import build_train_transform
 from ecnreid.engine.data import TwoDomainData, load_two_domains
 from ecnreid.engine.hooks import Hook, default_hooks
 from ecnreid.errors import EcnreidError
+from ecnreid.inference.card import build_card
 from ecnreid.io import ensure_output_dir, sweep_stale_temp_files, write_json
 from ecnreid.methods import build_method
 from ecnreid.methods.base import RunContext
@@ -106,6 +107,8 @@ class TwoDomainLoop:
             "config": config_to_dict(self.config),
             "provenance": self.method.provenance(),
             "signature": self.signature(),
+            # What `ecnreid extract/search/export` need to use the model; the history holds this epoch's row.
+            "card": build_card(self.config, self.method.model_card(), self.history, epoch).to_dict(),
         }
 
     def maybe_resume(self) -> None:
@@ -189,6 +192,7 @@ class TwoDomainLoop:
         if target is not None:
             target.set_epoch(epoch)
         iters = cfg.optim.iters_per_epoch or len(source)
+        self.method.before_epoch(epoch)
         self.network.train()
         sums: dict[str, float] = {}
         images_seen = 0

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from ecnreid.config import TrainConfig
 from ecnreid.data.batches import LabelledBatch, UnlabelledBatch
 from ecnreid.engine.data import TwoDomainData
+from ecnreid.inference.card import MethodCard
 from ecnreid.runtime import DistributedContext
 
 
@@ -76,6 +77,10 @@ class Method(ABC):
         """Runs after the optimiser step of a step whose losses were finite (e.g. a memory update)."""
         return None
 
+    def before_epoch(self, epoch: int) -> None:
+        """Runs at the start of every epoch, on resume too (state derived from the checkpoint's)."""
+        return None
+
     def before_training(self) -> None:
         """Runs once when a run starts from scratch (not on resume)."""
         return None
@@ -95,6 +100,25 @@ class Method(ABC):
     def provenance(self) -> dict[str, Any]:
         """What the run actually trained with, for config.json and metrics.json."""
         return {}
+
+    def model_card(self) -> MethodCard:
+        """The method's part of the checkpoint's model card: its test-time feature and the setting.
+
+        This default describes the model's eval-mode output, L2-normalised, and measures its width once on a
+        blank image (the forward runs without gradients and draws no random numbers in eval mode)."""
+        dim = getattr(self, "_card_feature_dim", None)
+        if dim is None:
+            was_training = self.model.training
+            height, width = self.config.input.height, self.config.input.width
+            try:
+                with torch.no_grad():
+                    output = self.model.eval()(torch.zeros(1, 3, height, width, device=self.run.device))
+            finally:
+                self.model.train(was_training)
+            if not isinstance(output, torch.Tensor) or output.dim() != 2:
+                raise ValueError(f"{type(self).__name__}: the eval-mode model must give [B, D] features")
+            dim = self._card_feature_dim = int(output.shape[1])
+        return MethodCard("the model's eval-mode output, L2-normalised", dim, self.provenance().get("setting"))
 
     def describe(self) -> str:
         """One line announcing the run."""

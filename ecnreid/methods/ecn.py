@@ -30,8 +30,18 @@ from ecnreid.data.records import ImageRecord, ReidDataset
 from ecnreid.engine.data import TwoDomainData
 from ecnreid.errors import EcnreidError
 from ecnreid.evaluation.features import PooledBackbone, extract_features
+from ecnreid.inference.card import ECN_FEATURE, MethodCard
 from ecnreid.io import require_dir
-from ecnreid.losses import ecn_total_loss, knn_backend, nearest_slots_faiss, source_loss, target_invariance_loss
+from ecnreid.losses import (
+    ecn_total_loss,
+    knn_backend,
+    memory_neighbour_table,
+    nearest_slots,
+    nearest_slots_faiss,
+    reciprocal_mask,
+    source_loss,
+    target_invariance_loss,
+)
 from ecnreid.memory import ExemplarMemory
 from ecnreid.methods.base import Method, RunContext, StepOutput
 from ecnreid.models.dg import build_rsc, dg_source_loss
@@ -120,6 +130,7 @@ class ECN(Method):
             ).to(run.device)
             self.knn = knn_backend(self.ecn.knn, run.device)
         self.network = TwoDomainForward(self.model, build_rsc(config.dg)).to(run.device)
+        self.neighbour_table: torch.Tensor | None = None  # --neighbours reciprocal: each slot's k nearest slots
 
     @property
     def uses_target(self) -> bool:
@@ -152,6 +163,16 @@ class ECN(Method):
         state = target_features.detach() if target_features is not None else None
         return StepOutput(total=total, parts=parts, state=state)
 
+    def neighbours_on(self, epoch: int) -> bool:
+        return self.memory is not None and self.ecn.use_neighbour and epoch >= self.ecn.neighbour_start_epoch
+
+    def before_epoch(self, epoch: int) -> None:
+        """``--neighbours reciprocal``: the memory's k-nearest-slot graph, once per epoch (a rebuild per step
+        would cost an N x N product every step)."""
+        if self.ecn.neighbours == "reciprocal" and self.neighbours_on(epoch):
+            assert self.memory is not None
+            self.neighbour_table = memory_neighbour_table(self.memory.features, self.ecn.k)
+
     def target_loss(self, features: torch.Tensor, indices: torch.Tensor, epoch: int) -> torch.Tensor:
         """ECN's target loss on the exemplar memory: the logits, the neighbour search and the loss run in
         float32 whatever autocast surrounds the call, as published."""
@@ -160,9 +181,14 @@ class ECN(Method):
         with torch.autocast(features.device.type, enabled=False):
             features = features.float()
             logits = self.memory.logits(features, ecn.beta)
-            neighbours = None
-            if self.knn != "topk" and ecn.use_neighbour and epoch >= ecn.neighbour_start_epoch:
-                neighbours = nearest_slots_faiss(features, self.memory.features, ecn.k)
+            neighbours = keep = None
+            if self.neighbours_on(epoch):
+                if self.knn != "topk":
+                    neighbours = nearest_slots_faiss(features, self.memory.features, ecn.k)
+                if ecn.neighbours == "reciprocal":
+                    assert self.neighbour_table is not None, "before_epoch builds the neighbour table"
+                    neighbours = neighbours if neighbours is not None else nearest_slots(logits, ecn.k)
+                    keep = reciprocal_mask(neighbours, indices, self.neighbour_table)
             return target_invariance_loss(
                 logits,
                 indices,
@@ -171,6 +197,7 @@ class ECN(Method):
                 neighbour_start_epoch=ecn.neighbour_start_epoch,
                 use_neighbourhood=ecn.use_neighbour,
                 neighbours=neighbours,
+                keep=keep,
             )
 
     def after_step(self, output: StepOutput, u: UnlabelledBatch | None, epoch: int) -> None:
@@ -214,11 +241,23 @@ class ECN(Method):
     def provenance(self) -> dict[str, Any]:
         """The setting, the backbone's initial weights, the CamStyle set and the neighbour search."""
         return {
-            "setting": self.ecn.setting_name,
+            "setting": self.ecn.setting_name
+            + (" (reciprocal neighbours)" if self.ecn.neighbours == "reciprocal" else ""),
             "backbone_weights": self.model.backbone.weights_origin,
             "camstyle": self.camstyle.to_dict() if self.camstyle is not None else None,
             "knn_backend": self.knn if self.memory is not None else None,
         }
+
+    def model_card(self) -> MethodCard:
+        """ECN tests with L2-normalised pool5 (``ECNModel.forward`` in eval mode), not with the embedding."""
+        dg = self.config.dg
+        modules = {"mixstyle": list(dg.mixstyle_stages), "snr": list(dg.snr_stages), "rsc": dg.rsc}
+        return MethodCard(
+            ECN_FEATURE,
+            self.model.backbone.out_channels,
+            self.ecn.setting_name,
+            {"backbone_weights": self.model.backbone.weights_origin, "dg": modules},
+        )
 
     def notices(self) -> list[str]:
         notes = []
