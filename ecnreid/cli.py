@@ -25,7 +25,10 @@ import typer
 from ecnreid.config import (
     DemoConfig,
     EvalConfig,
+    ExportConfig,
+    ExtractConfig,
     PrepareConfig,
+    SearchConfig,
     TrainConfig,
     config_from_dict,
     load_config_file,
@@ -357,6 +360,39 @@ def demo_command(config: DemoConfig) -> None:
     from ecnreid.demo import run_demo
 
     run_demo(config)
+
+
+@config_command(
+    "extract",
+    ExtractConfig,
+    help="Write the adapted model's features of a folder of images or a dataset split (resumes after a stop).",
+)
+def extract_command(config: ExtractConfig) -> None:
+    from ecnreid.inference.extract import run_extract
+
+    run_extract(config)
+
+
+@config_command(
+    "search",
+    SearchConfig,
+    help="Rank a gallery for each query image: rank-list PNGs, one HTML page and results.json.",
+)
+def search_command(config: SearchConfig) -> None:
+    from ecnreid.inference.search import run_search
+
+    run_search(config)
+
+
+@config_command(
+    "export",
+    ExportConfig,
+    help="Export the adapted model (L2-normalised feature) to ONNX or TorchScript, checked against PyTorch.",
+)
+def export_command(config: ExportConfig) -> None:
+    from ecnreid.inference.export import run_export
+
+    run_export(config)
 
 
 def main() -> None:

@@ -599,7 +599,14 @@ def config_from_dict(cls: type[C], data: dict[str, Any], *, where: str = "config
     unknown = sorted(set(data) - names)
     if unknown:
         raise EcnreidError(f"{where}: unknown setting {unknown[0]!r}; valid: {', '.join(sorted(names))}")
-    kwargs = {name: _coerce(hints[name], value, f"{where}.{name}") for name, value in data.items()}
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs = {}
+    for name, value in data.items():
+        default = fields[name].default_factory
+        if isinstance(value, dict) and default is not dataclasses.MISSING:
+            # A partial section keeps the defaults this tree gives it (eval's input has 2 workers, not 4).
+            value = merge_settings(config_to_dict(default()), value)
+        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}")
     try:
         return cls(**kwargs)
     except TypeError as exc:
@@ -753,7 +760,7 @@ class SearchConfig:
         "auto", "auto (exact up to 1,000,000 gallery images, IVF beyond), flat (exact) or ivf (approximate)."
     )
     nprobe: int | None = setting(None, "IVF cells visited per query (default: the value calibrated with the index).")
-    features: FeatureRunConfig = section(lambda: FeatureRunConfig(dtype="float16"), "Feature extraction")
+    features: FeatureRunConfig = section(FeatureRunConfig, "Feature extraction")
 
     def __post_init__(self) -> None:
         _require(self.top_k >= 1, "--top-k", self.top_k, "must be at least 1")

@@ -109,3 +109,8 @@ def test_override_finds_fields_by_name_and_refuses_ambiguity() -> None:
         override(config, learning_rate=1.0)
     both = override(EvalConfig(dataset="market1501", root=Path("m")), model=ModelConfig(arch="resnet18"))
     assert both.model.arch == "resnet18"
+
+
+def test_a_partial_section_keeps_the_defaults_its_command_gives_it() -> None:
+    config = config_from_dict(EvalConfig, {"dataset": "m", "root": "m", "input": {"batch_size": 64}})
+    assert config.input.batch_size == 64 and config.input.workers == 2  # eval's default, not training's 4

@@ -1,0 +1,94 @@
+"""`ecnreid export`: ONNX and TorchScript files whose output equals PyTorch's search feature on any batch
+size, the JSON beside them, and a failed parity check that writes nothing."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from inference_checkpoint import train_tiny_checkpoint
+from typer.testing import CliRunner
+
+import ecnreid.inference.export as export_module
+from ecnreid.cli import app
+from ecnreid.inference.adapted import load_adapted_model
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny_checkpoint(tmp_path_factory.mktemp("export"))[0]
+
+
+def export(checkpoint: Path, out: Path, fmt: str):
+    return runner.invoke(app, ["export", "--checkpoint", str(checkpoint), "--format", fmt, "--out", str(out)])
+
+
+def pytorch_features(checkpoint: Path, images: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return load_adapted_model(checkpoint).network(images).numpy()
+
+
+def check_sidecar(out: Path, fmt: str) -> None:
+    sidecar = json.loads(out.with_name(out.name + ".json").read_text())
+    assert sidecar["format"] == fmt and sidecar["file"] == out.name
+    assert sidecar["input"]["shape"] == ["batch", 3, 32, 16] and sidecar["input"]["channels"] == "RGB"
+    assert sidecar["input"]["mean"] == [0.485, 0.456, 0.406] and sidecar["input"]["std"] == [0.229, 0.224, 0.225]
+    assert sidecar["input"]["resize"] == {"height": 32, "width": 16, "interpolation": "bicubic"}
+    assert sidecar["output"]["shape"] == ["batch", 512] and "L2" in sidecar["output"]["feature"]
+    assert sidecar["parity"]["max_abs_diff"] <= sidecar["parity"]["tolerance"] == 1e-4
+    assert sidecar["card"]["feature_dim"] == 512
+
+
+def test_onnx_matches_pytorch_on_any_batch_size(checkpoint: Path, tmp_path: Path) -> None:
+    import onnxruntime
+
+    out = tmp_path / "model.onnx"
+    result = export(checkpoint, out, "onnx")
+    assert result.exit_code == 0, result.output
+    check_sidecar(out, "onnx")
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for batch in (1, 5):
+        images = torch.randn(batch, 3, 32, 16, generator=torch.Generator().manual_seed(batch))
+        got = session.run(["features"], {"images": images.numpy()})[0]
+        assert got.shape == (batch, 512)
+        assert np.abs(got - pytorch_features(checkpoint, images)).max() <= 1e-4
+        assert np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)  # the normalisation is in the graph
+
+
+def test_torchscript_matches_pytorch_on_any_batch_size(checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "model.pt"
+    result = export(checkpoint, out, "torchscript")
+    assert result.exit_code == 0, result.output
+    check_sidecar(out, "torchscript")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 deprecates TorchScript; services still load it
+        module = torch.jit.load(str(out))
+    for batch in (1, 5):
+        images = torch.randn(batch, 3, 32, 16, generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            got = module(images).numpy()
+        assert got.shape == (batch, 512)
+        assert np.abs(got - pytorch_features(checkpoint, images)).max() <= 1e-4
+
+
+def test_a_failed_parity_check_writes_nothing(checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
+    exporter, runner_of = export_module.EXPORTERS["torchscript"]
+    monkeypatch.setitem(export_module.EXPORTERS, "torchscript",
+                        (exporter, lambda model, images: runner_of(model, images) + 1e-3))
+    out = tmp_path / "model.pt"
+    result = export(checkpoint, out, "torchscript")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    message = " ".join(result.output.split())
+    assert "differs from PyTorch by up to 1.00e-03 (tolerance 0.0001)" in message and "nothing written" in message
+    assert not out.exists() and not out.with_name("model.pt.json").exists()
+
+
+def test_export_needs_a_file_not_a_folder(checkpoint: Path, tmp_path: Path) -> None:
+    result = export(checkpoint, tmp_path, "torchscript")
+    assert result.exit_code == 2 and "is a folder" in result.output
