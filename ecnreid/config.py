@@ -613,6 +613,34 @@ def config_from_dict(cls: type[C], data: dict[str, Any], *, where: str = "config
         raise EcnreidError(f"{where}: {exc}") from None
 
 
+# Field names of the flat training config of versions before the tree, where they differ from today's.
+LEGACY_TRAIN_NAMES = {"eval_every": "every", "flip_eval": "flip"}
+
+
+def train_config_from_record(data: dict[str, Any], *, where: str = "config") -> TrainConfig:
+    """The ``TrainConfig`` a checkpoint or ``config.json`` records: today's tree, or the flat config of
+    versions before it (each setting placed by its field name)."""
+    if "domains" in data:
+        return config_from_dict(TrainConfig, data, where=where)
+    paths = _leaf_paths(TrainConfig)
+    nested: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in ("model", "dg"):
+            nested[key] = dict(value)
+            continue
+        found = paths.get(LEGACY_TRAIN_NAMES.get(key, key), [])
+        if len(found) != 1:
+            raise EcnreidError(f"{where}: unknown setting {key!r} of an earlier version")
+        node = nested
+        for part in found[0][:-1]:
+            node = node.setdefault(part, {})
+        node[found[0][-1]] = value
+    model = nested.get("model", {})
+    if model.get("weights") is not None:
+        model["pretrained"] = True  # earlier versions marked a weights file as not pretrained
+    return config_from_dict(TrainConfig, nested, where=where)
+
+
 # Keys a run folder's config.json carries beside the configuration itself.
 RUN_RECORD_KEYS = ("provenance", "signature")
 

@@ -57,8 +57,7 @@ def test_defaults_are_the_published_setting() -> None:
         (lambda: DGConfig(rsc_batch=0.0), "--rsc-batch"),
         (lambda: StarGANConfig(image_size=(100, 50)), "--image-size"),
         (lambda: PrepareConfig(dataset="market1501", root=Path("m"), method="cyclegan"), "--method"),
-        (lambda: train_config(mixstyle_stages=("layer1",), mixstyle_mix="crossdomain", no_target=True),
-         "crossdomain"),
+        (lambda: train_config(mixstyle_stages=("layer1",), mixstyle_mix="crossdomain", no_target=True), "crossdomain"),
     ],
 )
 def test_a_library_user_gets_the_checks_of_the_command_line(build, flag: str) -> None:
@@ -78,7 +77,7 @@ def test_a_toml_file_gives_part_of_the_tree(tmp_path: Path) -> None:
     path = tmp_path / "run.toml"
     path.write_text(
         '[domains]\nsource = "dukemtmc"\nsource_root = "d"\ntarget = "market1501"\ntarget_root = "m"\n'
-        "[optim]\nlr = 0.01\nepochs = 10\n[dg]\nmixstyle_stages = [\"layer1\", \"layer2\"]\n"
+        '[optim]\nlr = 0.01\nepochs = 10\n[dg]\nmixstyle_stages = ["layer1", "layer2"]\n'
     )
     config = config_from_dict(TrainConfig, load_config_file(path))
     assert config.optim.lr == 0.01 and config.optim.epochs == 10 and config.dg.mixstyle_stages == ("layer1", "layer2")
@@ -114,3 +113,27 @@ def test_override_finds_fields_by_name_and_refuses_ambiguity() -> None:
 def test_a_partial_section_keeps_the_defaults_its_command_gives_it() -> None:
     config = config_from_dict(EvalConfig, {"dataset": "m", "root": "m", "input": {"batch_size": 64}})
     assert config.input.batch_size == 64 and config.input.workers == 2  # eval's default, not training's 4
+
+
+def test_a_flat_config_of_an_earlier_version_reads_into_the_tree() -> None:
+    from ecnreid.config import train_config_from_record
+
+    flat = {
+        "source": "dukemtmc",
+        "source_root": "d",
+        "target": "market1501",
+        "target_root": "m",
+        "model": {"arch": "mobilenet_v2", "weights": "w.pth", "pretrained": False},
+        "dg": {"snr_stages": ["layer1"]},
+        "lr": 0.01,
+        "eval_every": 10,
+        "flip_eval": True,
+        "use_camera": False,
+    }
+    config = train_config_from_record(flat)
+    assert config.domains.target_root == Path("m") and config.optim.lr == 0.01
+    assert config.evaluation.every == 10 and config.evaluation.flip and not config.ecn.use_camera
+    assert config.model.weights == Path("w.pth") and config.model.pretrained and config.dg.snr_stages == ("layer1",)
+    with pytest.raises(EcnreidError, match="unknown setting 'learning_rate'"):
+        train_config_from_record({**flat, "learning_rate": 1})
+    assert train_config_from_record(config_to_dict(config)) == config

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ecnreid.config import TrainConfig, config_from_dict
+from ecnreid.config import TrainConfig, train_config_from_record
 from ecnreid.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ecnreid.errors import EcnreidError
 from ecnreid.io import write_json
@@ -145,7 +145,7 @@ def card_from_checkpoint(state: dict[str, Any], path: Path, *, feature_dim: int)
     if "card" in state:
         return ModelCard.from_dict(state["card"], f"{path}")
     try:
-        config = config_from_dict(TrainConfig, state["config"], where="config")
+        config = train_config_from_record(state["config"])
     except EcnreidError as exc:
         raise EcnreidError(
             f"{path}: no model card, and its config cannot give one ({exc}); re-save it by training with this "
