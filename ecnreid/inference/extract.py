@@ -19,11 +19,10 @@ from numpy.lib.format import open_memmap
 from rich.table import Table
 
 from ecnreid.config import ExtractConfig
-from ecnreid.data.image_dataset import verify_images
 from ecnreid.errors import EcnreidError
 from ecnreid.inference.adapted import AdaptedModel, iter_features, load_adapted_model
 from ecnreid.inference.card import ecnreid_version, write_card_json
-from ecnreid.inference.images import ImageEntry, dataset_images, list_images
+from ecnreid.inference.images import ImageEntry, dataset_images, decodable, list_images
 from ecnreid.inference.messages import say
 from ecnreid.inference.store import (
     CARD,
@@ -85,9 +84,7 @@ def _start(
     progress; ``features.npy`` is allocated after them, so a kill in between leaves a record that says 0 done."""
     entries, skipped = listing, []
     if meta["skip_bad_images"]:
-        good, skipped = verify_images([entry.record() for entry in listing], workers=max(1, workers))
-        kept = {record.path for record in good}
-        entries = [entry for entry in listing if entry.path in kept]
+        entries, skipped = decodable(listing, workers)
         if skipped:
             say(f"skipping {len(skipped)} undecodable images (listed in {out / META})", warn=True)
         if not entries:

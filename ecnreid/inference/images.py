@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ecnreid.data.datasets import DUKE_NAME, GENERIC_NAME, MARKET_NAME, MSMT_NAME, is_image_name, read_dataset
+from ecnreid.data.image_dataset import verify_images
 from ecnreid.data.records import ImageRecord
 from ecnreid.errors import EcnreidError
 
@@ -68,3 +69,10 @@ def dataset_images(name: str, root: Path, split: str) -> list[ImageEntry]:
     dataset = read_dataset(name, root, require_test=split != "train")
     records = getattr(dataset, split)
     return [ImageEntry(str(Path(r.path).resolve()), r.pid, r.camid) for r in records]
+
+
+def decodable(entries: list[ImageEntry], workers: int) -> tuple[list[ImageEntry], list[str]]:
+    """The entries whose images decode, in order, and the paths of those that do not."""
+    good, bad = verify_images([entry.record() for entry in entries], workers=max(1, workers))
+    kept = {record.path for record in good}
+    return [entry for entry in entries if entry.path in kept], bad

@@ -20,11 +20,10 @@ import torch
 from rich.table import Table
 
 from ecnreid.config import SearchConfig
-from ecnreid.data.image_dataset import verify_images
 from ecnreid.errors import EcnreidError
 from ecnreid.inference.adapted import AdaptedModel, iter_features, load_adapted_model
 from ecnreid.inference.extract import extract_to_folder
-from ecnreid.inference.images import ImageEntry, list_images
+from ecnreid.inference.images import ImageEntry, decodable, list_images
 from ecnreid.inference.index import flat_search, index_kind, load_or_build_ivf
 from ecnreid.inference.messages import say
 from ecnreid.inference.report import rank_list_png, results_html
@@ -229,9 +228,7 @@ def run_search(config: SearchConfig) -> dict[str, Any]:
     adapted = load_adapted_model(config.checkpoint)
     queries = list_images(config.query, "--query")
     if run.skip_bad_images:
-        good, bad = verify_images([q.record() for q in queries], workers=max(1, run.workers))
-        kept = {r.path for r in good}
-        queries = [q for q in queries if q.path in kept]
+        queries, bad = decodable(queries, run.workers)
         if bad:
             say(f"skipped {len(bad)} undecodable query images", warn=True)
         if not queries:
