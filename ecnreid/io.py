@@ -29,6 +29,12 @@ def _temp_prefix(path: Path) -> str:
     return f".{path.name}."
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(data: bytes, path: str | os.PathLike, *, durable: bool = True) -> None:
     """Write ``data`` to ``path`` atomically.
 
@@ -41,6 +47,9 @@ def atomic_write_bytes(data: bytes, path: str | os.PathLike, *, durable: bool = 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file private (0600); give it the mode an ordinary write would (0666 less umask),
+        # so that a service running as another user can read an exported model or a feature folder.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             if durable:

@@ -113,3 +113,18 @@ def test_require_file_refuses_a_folder(tmp_path: Path) -> None:
         require_file(tmp_path / "absent.pt", "--generator", "checkpoint")
     with pytest.raises(EcnreidError, match=r"g\.pt is a file, not a folder"):
         require_file(tmp_path / "g.pt" / "inner.pt", "--generator", "checkpoint")
+
+
+def test_atomic_writes_get_the_mode_of_an_ordinary_write(tmp_path) -> None:
+    import os
+
+    from ecnreid.io import atomic_write_bytes
+
+    previous = os.umask(0o022)
+    try:
+        atomic_write_bytes(b"x", tmp_path / "model.onnx")
+        (tmp_path / "plain.txt").write_bytes(b"x")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "model.onnx").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "model.onnx").stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777
