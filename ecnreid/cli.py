@@ -136,6 +136,16 @@ class ConfigOption:
     def first_flag(self) -> str:
         return self.flag.split("/")[0]
 
+    def parameter(self) -> inspect.Parameter:
+        """The keyword parameter typer turns into this option."""
+        info = typer.Option(self.flag, help=self.help, rich_help_panel=self.panel, show_default=not self.required)
+        return inspect.Parameter(
+            self.param,
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=Annotated[self.annotation, info],
+            default=None if self.required else self.default,
+        )
+
 
 def _option_type(annotation: Any, default: Any) -> tuple[Any, Any, Callable[[Any, str], Any] | None]:
     """The type typer shows and parses, the default it shows, and how to turn the parsed value into the
@@ -256,17 +266,7 @@ def config_command(
             parameters.append(
                 inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=ConfigFile, default=None)
             )
-        for option in options:
-            info = typer.Option(option.flag, help=option.help, rich_help_panel=option.panel,
-                                show_default=not option.required)
-            parameters.append(
-                inspect.Parameter(
-                    option.param,
-                    inspect.Parameter.KEYWORD_ONLY,
-                    annotation=Annotated[option.annotation, info],
-                    default=None if option.required else option.default,
-                )
-            )
+        parameters += [option.parameter() for option in options]
         command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
         command.__annotations__ = {}
         command.__doc__ = help
@@ -333,16 +333,7 @@ def _attach_options(command: Callable[..., Any], options: list[ConfigOption]) ->
     """Give a hand-written command (``prepare``, whose --check needs no config) the generated options."""
     signature = inspect.signature(command, eval_str=True)
     fixed = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    extra = [
-        inspect.Parameter(
-            o.param,
-            inspect.Parameter.KEYWORD_ONLY,
-            annotation=Annotated[o.annotation, typer.Option(o.flag, help=o.help, rich_help_panel=o.panel,
-                                                            show_default=not o.required)],
-            default=None if o.required else o.default,
-        )
-        for o in options
-    ]
+    extra = [option.parameter() for option in options]
     command.__signature__ = signature.replace(parameters=[*fixed, *extra])  # type: ignore[attr-defined]
     command.__annotations__ = {}  # typer reads the signature; stripped annotations would drop the options' help
 
