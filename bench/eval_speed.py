@@ -2,6 +2,7 @@
 
     python bench/eval_speed.py [--preset market|msmt17] [--problem ecn|hard|all] [--dim 2048 --seed 0]
                                [--queries Q --gallery G] [--skip-rerank] [--skip-reference]
+                               [--fastreid-evaluator DIR]
 
 Features have planted identity structure: an identity centre, a camera style shared by every image of a
 camera, and per-image noise whose scale is log-normal, so a few images are hard (the long tail that sets
@@ -18,12 +19,18 @@ distractors and about 25 true matches per query. Everything runs block by block,
 
 Phases and keys:
 
+- ``first_call_s``: the first (tiny) evaluation of the process, where numba compiles the metrics' loop or
+  loads it from its cache;
 - metrics: ``iter_distance_blocks`` into ``evaluate_blocks``: ``distance_s``, ``metrics_s`` (the ranking
   protocol alone, best of ``--repeats`` per block), ``metrics_peak_rss_gb``;
 - reference (``--skip-reference`` skips it), on the same blocks: ``reference_s`` (the per-query NumPy loop
   ``evaluate_ranking_reference``, whose numbers must equal: ``max_abs_diff``), ``np_argsort_s`` (NumPy's
   row-wise ``argsort`` alone, the first step of any evaluator that sorts every row, fast-reid's compiled one
   included: a floor under their time) and ``argsort_s`` (torch's); ``speedup`` divides them by ``metrics_s``;
+- fast-reid's compiled evaluator (``--fastreid-evaluator DIR``, a folder holding the ``rank_cy`` extension
+  built from fast-reid's ``fastreid/evaluation/rank_cylib``; nothing of it is in this repository): its
+  ``evaluate_cy`` on the same blocks, ``fastreid_s``, its mAP (``fastreid_mAP``, float32 sums) and a
+  ``speedup`` entry;
 - re-ranking: ``iter_rerank_blocks`` into ``evaluate_blocks`` (k1 20, k2 6, lambda 0.3): ``rerank_s`` (all
   of it), ``rerank_metrics_s`` (its metrics part), ``rerank_peak_rss_gb`` and the re-ranked scores.
 
@@ -218,6 +225,32 @@ def metrics_phase(problem: dict[str, Tensor], ids: tuple[Tensor, ...], rows: int
     }
 
 
+def load_fastreid_evaluator(folder: str):
+    """fast-reid's compiled ``rank_cy`` module from ``folder``; stops with one line when it is not there."""
+    sys.path.insert(0, str(Path(folder).resolve()))
+    try:
+        import rank_cy
+    except ImportError as err:
+        raise SystemExit(f"--fastreid-evaluator {folder}: no built rank_cy extension there ({err})") from None
+    return rank_cy
+
+
+def fastreid_phase(problem: dict[str, Tensor], ids: tuple[Tensor, ...], rows: int, rank_cy) -> dict:
+    """fast-reid's ``evaluate_cy`` (argsort every row, then a compiled scan) on the same blocks."""
+    q_pids, g_pids, q_cams, g_cams = (ids_.numpy() for ids_ in ids)
+    clock = Clock()
+    ap_sum, num_valid = 0.0, 0
+    for start, block in iter_distance_blocks(problem["query_features"], problem["gallery_features"], block_size=rows):
+        queries = slice(start, start + len(block))
+        if not (q_pids[queries, None] == g_pids[None]).any():
+            continue  # fast-reid asserts on a block without a valid query
+        with clock:
+            _, ap, _ = rank_cy.evaluate_cy(block.numpy(), q_pids[queries], g_pids, q_cams[queries], g_cams, MAX_RANK)
+        ap_sum += float(np.sum(ap, dtype=np.float64))
+        num_valid += len(ap)
+    return {"fastreid_s": round(clock.wall, 3), "fastreid_mAP": round(ap_sum / max(num_valid, 1), 6)}
+
+
 def reference_phase(problem: dict[str, Tensor], ids: tuple[Tensor, ...], rows: int) -> dict:
     """The NumPy reference and the row-wise argsorts on the same distance blocks, ``REFERENCE_ROWS`` at a time.
 
@@ -301,6 +334,7 @@ def run(preset: str, problem_name: str, args: argparse.Namespace) -> dict:
         "torch_threads": torch.get_num_threads(),
         "block_rows": rows,
         "mean_true_matches": round(float(true_matches.mean()), 2),
+        "first_call_s": args.first_call_s,
     }
     metrics = metrics_phase(problem, ids, rows, args.repeats)
     fast = metrics.pop("result")
@@ -316,10 +350,13 @@ def run(preset: str, problem_name: str, args: argparse.Namespace) -> dict:
             abs(fast.mINP - reference.mINP),
             *(abs(a - b) for a, b in zip(fast.cmc, reference.cmc, strict=True)),
         )
-        report["speedup"] = {
-            key: round(report[f"{key}_s"] / max(report["metrics_s"], 1e-9), 1)
-            for key in ("reference", "np_argsort", "argsort")
-        }
+    if args.fastreid_evaluator:
+        report.update(fastreid_phase(problem, ids, rows, load_fastreid_evaluator(args.fastreid_evaluator)))
+    report["speedup"] = {
+        key: round(report[f"{key}_s"] / max(report["metrics_s"], 1e-9), 1)
+        for key in ("fastreid", "reference", "np_argsort", "argsort")
+        if f"{key}_s" in report
+    }
     if not args.skip_rerank:
         report.update(rerank_phase(problem, ids))
     # The machine may be shared: a 1-minute load average above the core count means inflated wall times.
@@ -340,9 +377,15 @@ def main() -> None:
     parser.add_argument("--skip-rerank", action="store_true")
     parser.add_argument("--skip-reference", action="store_true", help="skip the NumPy reference and the argsorts")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 keeps torch's default")
+    parser.add_argument("--fastreid-evaluator", default="", help="folder with fast-reid's built rank_cy extension")
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    # The metrics' compiled loop is compiled (or loaded from numba's cache) on first use: keep that out of the runs.
+    clock = Clock()
+    with clock:
+        evaluate_blocks([(0, torch.rand(2, 4))], [1, 2], [1, 2, 1, 2], [0, 0], [1, 1, 1, 1])
+    args.first_call_s = round(clock.wall, 3)
     for problem_name in PROBLEMS if args.problem == "all" else [args.problem]:
         print(json.dumps(run(args.preset, problem_name, args)), flush=True)
 

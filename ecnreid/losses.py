@@ -152,10 +152,16 @@ def neighbourhood_loss(
     neighbours: torch.Tensor | None = None,
     keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Neighbourhood invariance: ``−Σ_j w_j log softmax(z)_j``, averaged over the batch."""
-    targets = neighbourhood_targets(logits, indices, k, neighbours, keep)
+    """Neighbourhood invariance: ``−Σ_j w_j log softmax(z)_j`` with ``neighbourhood_targets``' weights,
+    averaged over the batch; the k + 1 non-zero weights are gathered, never spread over all N slots."""
+    if neighbours is None:
+        neighbours = nearest_slots(logits, k)
+    own = indices.reshape(-1, 1).long()
+    weights = torch.full(neighbours.shape, 1.0 / k, device=logits.device) if keep is None else keep.float() / k
+    weights = weights.masked_fill(neighbours == own, 0.0)  # the own slot's weight is 1, not 1 + 1/k
     log_probs = F.log_softmax(logits.float(), dim=1)
-    return -(targets * log_probs).sum(dim=1).mean()
+    picked = (weights * log_probs.gather(1, neighbours)).sum(dim=1) + log_probs.gather(1, own).squeeze(1)
+    return -picked.mean()
 
 
 def target_invariance_loss(

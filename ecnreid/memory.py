@@ -10,6 +10,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# Memory elements upcast at once by a float16 memory's product: 64 MB of float32, whatever the memory's size.
+_UPCAST_ELEMENTS = 1 << 24
+
+
+class _HalfMemoryProduct(torch.autograd.Function):
+    """``f · Mᵀ`` in float32 for a float16 memory, upcast in row blocks in forward and backward.
+
+    A whole-memory ``.float()`` would hold a float32 copy (saved for backward, too), more than the float32
+    memory that ``fp16`` exists to avoid; here only one block is ever float32.
+    """
+
+    @staticmethod
+    def forward(ctx, features: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(memory)
+        rows = max(1, _UPCAST_ELEMENTS // memory.shape[1])
+        out = features.new_empty(features.shape[0], memory.shape[0])
+        for start in range(0, memory.shape[0], rows):
+            out[:, start : start + rows] = features @ memory[start : start + rows].float().t()
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None]:  # type: ignore[override]
+        (memory,) = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None
+        rows = max(1, _UPCAST_ELEMENTS // memory.shape[1])
+        grad_features = grad.new_zeros(grad.shape[0], memory.shape[1])
+        for start in range(0, memory.shape[0], rows):
+            grad_features.addmm_(grad[:, start : start + rows], memory[start : start + rows].float())
+        return grad_features, None
+
 
 class ExemplarMemory(nn.Module):
     """Memory ``M`` [num_slots, dim], zero at the start; ``dtype=torch.float16`` halves its size."""
@@ -32,10 +63,12 @@ class ExemplarMemory(nn.Module):
 
         Autocast is switched off here, as published: an fp16 product rounds the logits by about 0.02 at
         β = 0.05 and ties more slots in the neighbour top-k. A float16 memory (``--memory-dtype fp16``) only
-        halves storage; it is upcast for the product.
+        halves storage; it is upcast block by block for the product.
         """
         with torch.autocast(features.device.type, enabled=False):
-            return features.float() @ self.features.float().t() / beta
+            if self.features.dtype == torch.float32:
+                return features.float() @ self.features.t() / beta
+            return _HalfMemoryProduct.apply(features.float(), self.features) / beta
 
     @torch.no_grad()
     def update(self, features: torch.Tensor, indices: torch.Tensor, alpha: float) -> None:

@@ -143,6 +143,25 @@ def line_plot(
     _save_png(figure, path)
 
 
+def panel_plot(
+    panels: Sequence[tuple[str, str, Series]],
+    path: str | os.PathLike,
+    *,
+    xlabel: str,
+    size: tuple[int, int] = (1200, 420),
+) -> None:
+    """Panels side by side, each ``(title, ylabel, series)`` drawn as ``line_plot`` draws one, sharing ``xlabel``;
+    save a ``size``-pixel PNG atomically."""
+    path = _check_png(path)
+    if not panels:
+        raise ValueError("panel_plot needs at least one panel")
+    figure = _new_figure(*_check_size(size))
+    for index, (title, ylabel, series) in enumerate(panels):
+        axes = figure.add_subplot(1, len(panels), index + 1)
+        _draw_panel(axes, series, title=title, xlabel=xlabel, ylabel=ylabel, ylim=None)
+    _save_png(figure, path)
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 

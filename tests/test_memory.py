@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import ecnreid.memory as memory_module
 from ecnreid.config import ECNConfig
 from ecnreid.memory import ExemplarMemory
 
@@ -114,6 +115,26 @@ def test_float16_memory() -> None:
     half.update(torch.randn(2, 16), torch.tensor([1, 4]), alpha=0.2)
     assert half.features.dtype == torch.float16
     assert torch.allclose(half.features[[1, 4]].float().norm(dim=1), torch.ones(2), atol=1e-3)
+
+
+@pytest.mark.parametrize("upcast_elements", [16, 48, 1 << 24])
+def test_float16_memory_product_in_blocks_equals_the_whole_upcast(
+    monkeypatch: pytest.MonkeyPatch, upcast_elements: int
+) -> None:
+    # One row per block, three rows, all at once: the logits and their gradient must not depend on blocks.
+    monkeypatch.setattr(memory_module, "_UPCAST_ELEMENTS", upcast_elements)
+    torch.manual_seed(1)
+    half = ExemplarMemory(7, dim=16, dtype=torch.float16)
+    half.features.copy_(F.normalize(torch.randn(7, 16), dim=1))
+    f = torch.randn(3, 16, requires_grad=True)
+    weights = torch.randn(3, 7)
+    (half.logits(f, beta=0.05) * weights).sum().backward()
+    g = f.detach().clone().requires_grad_(True)
+    expected = g @ half.features.float().t() / 0.05
+    (expected * weights).sum().backward()
+    assert torch.allclose(half.logits(f.detach(), beta=0.05), expected.detach(), rtol=1e-5, atol=1e-5)
+    assert torch.allclose(f.grad, g.grad, rtol=1e-5, atol=1e-5)
+    assert half.features.grad is None
 
 
 def test_update_with_the_published_momentum_schedule() -> None:

@@ -261,3 +261,19 @@ def test_infinite_extreme_and_equal_match_distances(evaluate) -> None:
         assert close(result.mAP, ap), row
         assert close(result.mINP, Fraction(len(positions), positions[-1])), row
         assert result.cmc[0] == float(positions[0] == 1), row
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_compiled_pass_gives_the_same_positions_on_any_number_of_threads(threads: int) -> None:
+    # Row ranges go to threads (one thread: a direct call); every split must give the reference's numbers.
+    problem = random_problem(30, 37, 120, 4, 0.25)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        fast = evaluate_ranking(*problem, max_rank=20)
+    finally:
+        torch.set_num_threads(before)
+    reference = evaluate_ranking_reference(*problem, max_rank=20)
+    assert fast.cmc == pytest.approx(reference.cmc, abs=1e-12)
+    assert fast.mAP == pytest.approx(reference.mAP, abs=1e-12)
+    assert fast.mINP == pytest.approx(reference.mINP, abs=1e-12)

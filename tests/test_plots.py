@@ -20,6 +20,7 @@ from ecnreid.plots import (
     _training_figure,
     cmc_curve_png,
     line_plot,
+    panel_plot,
     training_curves_png,
 )
 
@@ -195,3 +196,19 @@ def test_cmc_curve(tmp_path: Path):
     with pytest.raises(ValueError, match="fractions"):
         cmc_curve_png([50.0, 70.0], tmp_path / "pct.png")
     assert not (tmp_path / "pct.png").exists()
+
+
+def test_panel_plot_draws_each_panel_side_by_side(tmp_path: Path):
+    xs = [1000, 2000, 3000]
+    left = ("R1", "%", {"a": (xs, [10.0, 20.0, 30.0])})
+    right = ("ratio", "x", {"b": (xs, [1.0, 1.5, 2.0])})
+    panel_plot([left], tmp_path / "one.png", xlabel="step", size=(900, 300))
+    panel_plot([left, right], tmp_path / "two.png", xlabel="step", size=(900, 300))
+    one, two = _open_png(tmp_path / "one.png", (900, 300)), _open_png(tmp_path / "two.png", (900, 300))
+    # The second panel takes the right half: its curve and frame put ink where the single panel has its own.
+    assert (one != two).any()
+    assert (two[:, 450:] < 250).any(axis=2).sum() > 0
+    with pytest.raises(ValueError, match="at least one panel"):
+        panel_plot([], tmp_path / "none.png", xlabel="step")
+    with pytest.raises(EcnreidError, match="must end in .png"):
+        panel_plot([left], tmp_path / "plot.jpg", xlabel="step")

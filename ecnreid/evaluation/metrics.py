@@ -14,17 +14,9 @@ CMC rank-k is ``[p_1 <= k]``, AP is ``mean_m(m / p_m)`` and INP is ``n / p_n`` (
 
 ``evaluate_ranking`` never sorts a whole row: only the true matches' positions are needed, and the position
 of a match is the number of kept entries ranked at or before it. Per query the matches' (distance, index)
-keys are sorted, then two steps count the entries before each match:
-
-1. a monotone map of the distance (subtract the first match's distance, scale so the last match lands near
-   cell ``K = G / 8``, clamp, truncate) puts every entry in a cell; a per-row ``bincount`` + ``cumsum`` of
-   the cells counts, for each match, the entries in lower cells, which all rank before it;
-2. the few entries that share a cell with a match (ties included) are bucketed exactly into the matches'
-   keys with ``torch.searchsorted``.
-
-Step 1 is a handful of elementwise passes whatever the distances, so the cost no longer follows how deep
-the last match sits: hard problems (rank-1 about 0.3, the last matches deep in the ranking) cost about what
-easy ones do. ``_cells`` explains why the map is monotone on every kernel.
+keys are sorted here; ``positions.match_positions`` then counts, in one compiled pass per row, the entries
+before each match (a histogram over a monotone map of the distance, exact comparisons within a match's
+cell), so the cost no longer follows how deep the last match sits.
 """
 
 from __future__ import annotations
@@ -37,13 +29,12 @@ import torch
 from torch import Tensor
 
 from ecnreid.errors import EcnreidError
+from ecnreid.evaluation.positions import match_positions
 
 IdArray = Tensor | np.ndarray | Sequence[int]
 
-# Elements of distance matrix processed at once; bounds the boolean mask and the candidate index lists.
-_BLOCK_ELEMENTS = 1 << 20
-# Most histogram cells of one step: cell ids up to 2**24 are exact in float32 (see _cells).
-_MAX_CELLS = 1 << 24
+# Distance elements per step; bounds the per-step [rows, matches] tensors (more only saves Python overhead).
+_BLOCK_ELEMENTS = 1 << 24
 _MAGNITUDE = 0x7FFFFFFF
 
 
@@ -85,42 +76,9 @@ def _monotone_bits(values: Tensor) -> Tensor:
     return ((bits & _MAGNITUDE) ^ sign) - sign  # conditional negation in two's complement
 
 
-def _order_keys(values: Tensor, flat_index: Tensor, rows: Tensor, num_cols: int) -> Tensor:
-    """int64 keys ordered by (row, float32 value, column): an exact, tie-aware stable-sort key.
-
-    ``key = (row * 2**32 + monotone(value)) * G + column``, with ``flat_index = row * G + column``;
-    ``rows * G <= _BLOCK_ELEMENTS`` (or a single row) keeps it inside int64.
-    """
-    keys = rows * (num_cols * ((1 << 32) - 1))
-    keys += flat_index
-    return keys.add_(_monotone_bits(values).to(torch.int64), alpha=num_cols)
-
-
 def _cells_per_row(num_gallery: int) -> int:
     """Cells of a row's histogram: a few entries per cell, so few share a match's cell, and a small histogram."""
     return min(max(16, num_gallery // 8), 1 << 22)
-
-
-def _cells(dist: Tensor, first: Tensor, last: Tensor, scaled: Tensor, cells_per_row: int) -> Tensor:
-    """``[B, G]`` int32 cell of each distance: row ``r``'s are ``r * (K + 4)`` .. ``r * (K + 4) + K + 3``
-    (``B * (K + 4) <= 2**24``).
-
-    Per row ``cell = trunc(r * (K + 4) + 1 + clamp((d - first) * scale, -1, K + 2))`` with ``scale`` about
-    ``K / (last - first)`` (a row not ``scaled`` has all in a few cells). Each step is one correctly rounded
-    float operation or a clamp, so the map is non-decreasing in ``d`` on every kernel; NaN goes to the top cell.
-    """
-    k = float(cells_per_row)
-    scale = k / (last - first)
-    # Any positive finite scale keeps the map monotone; this one only spreads a zero-width row's entries.
-    fallback = k / first.abs().clamp_min(1.0)
-    scale = torch.where(scale.isfinite() & (scale > 0), scale, fallback)
-    scale = torch.where(scaled, scale, 0.0)
-    y = torch.sub(dist, torch.where(scaled, first, 0.0).unsqueeze(1))
-    y.mul_(scale.unsqueeze(1))
-    y.clamp_(-1.0, k + 2.0).nan_to_num_(nan=k + 2.0)  # clamp keeps NaN
-    # Offsets below 2**24 are exact in float32, so rows keep apart and the map stays monotone within a row.
-    y.add_((torch.arange(len(dist)) * (cells_per_row + 4) + 1).float().unsqueeze(1))
-    return y.to(torch.int32)
 
 
 class RankingAccumulator:
@@ -161,7 +119,7 @@ class RankingAccumulator:
         sorted_pids = self.gallery_pids[self._gallery_by_pid]
         self._group_start = torch.searchsorted(sorted_pids, self.query_pids)
         self._group_size = torch.searchsorted(sorted_pids, self.query_pids, right=True) - self._group_start
-        self._junk_columns = torch.nonzero(self.gallery_pids == -1).squeeze(1)
+        self._junk = self.gallery_pids == -1
         self._first_position = torch.zeros(num_queries, dtype=torch.int64)
         self._average_precision = torch.zeros(num_queries, dtype=torch.float64)
         self._inverse_negative_penalty = torch.zeros(num_queries, dtype=torch.float64)
@@ -179,8 +137,7 @@ class RankingAccumulator:
                 f"evaluation distance block rows {row_offset}..{row_offset + block.shape[0]} fall outside "
                 f"the {len(self.query_pids)} queries"
             )
-        # rows * G <= _BLOCK_ELEMENTS (or a single row) also keeps the int64 keys of _order_keys from overflowing.
-        rows_per_step = max(1, min(_BLOCK_ELEMENTS // num_gallery, _MAX_CELLS // (_cells_per_row(num_gallery) + 4)))
+        rows_per_step = max(1, _BLOCK_ELEMENTS // num_gallery)
         block = block.detach().to(device="cpu", dtype=torch.float32)
         for start in range(0, block.shape[0], rows_per_step):
             self._add_rows(row_offset + start, block[start : start + rows_per_step].contiguous())
@@ -191,7 +148,6 @@ class RankingAccumulator:
         if self._seen[queries].any():
             raise ValueError(f"evaluation distance rows from {offset} were given twice")
         self._seen[queries] = True
-        row_ids = torch.arange(num_rows)
 
         # Same-pid gallery entries of each query, padded to the largest group in these rows: [B, P].
         sizes = self._group_size[queries]
@@ -212,69 +168,18 @@ class RankingAccumulator:
         match_dist = dist.gather(1, cols)
         if bool(torch.isnan(match_dist[is_match]).any()):
             raise EcnreidError(f"evaluation distance rows from {offset} hold NaN at a true match")
-        rows2d = row_ids.unsqueeze(1).expand_as(cols)
-        # Non-match slots get the row's largest possible key, so each row's keys stay sorted and the rows
-        # stay in order once flattened (a global searchsorted then works row by row).
-        row_ceiling = ((rows2d << 32) + _MAGNITUDE) * num_gallery + (num_gallery - 1)
-        match_flat = rows2d * num_gallery + cols
-        match_keys = torch.where(is_match, _order_keys(match_dist, match_flat, rows2d, num_gallery), row_ceiling)
-        match_keys, order = match_keys.sort(dim=1)
+        # Matches in rank order: an exact, tie-aware (float32 distance, column) key; non-matches sort last.
+        keys = _monotone_bits(match_dist).to(torch.int64) * num_gallery + cols
+        order = torch.where(is_match, keys, (_MAGNITUDE + 1) * num_gallery).argsort(dim=1)
         matched = slot.unsqueeze(0) < num_matches.unsqueeze(1)  # slot m: the row's (m+1)-th match, in rank order
-        slot_cols = cols.gather(1, order)
-        slot_dist = match_dist.gather(1, order)
-        first = slot_dist[:, 0]
-        last = slot_dist.gather(1, (num_matches - 1).clamp_min(0).unsqueeze(1)).squeeze(1)
-
-        # Step 1: a histogram. Every entry gets a cell by a monotone map of its distance, so an entry in a lower
-        # cell than a match ranks before it, one in a higher cell after it; per row, the entries in cells below
-        # a match's cell are counted by a cumulative sum.
-        # A row whose first or last match is infinite is left to step 2 whole: its matches go to cell 0.
-        degenerate = valid & ~(first.isfinite() & last.isfinite())
-        stride = _cells_per_row(num_gallery) + 4
-        cells = _cells(dist, first, last, valid & ~degenerate, stride - 4)  # [B, G]; row r's from r * stride
-        # The histogram counts every entry; those removed from the ranking (same pid and camera, junk) go back out.
-        taken_out = cells[rows2d[removed], cols[removed]]
-        if len(self._junk_columns):
-            taken_out = torch.cat([taken_out, cells[:, self._junk_columns].reshape(-1)])
-        histogram = torch.bincount(cells.view(-1), minlength=num_rows * stride)
-        histogram -= torch.bincount(taken_out, minlength=num_rows * stride)
-        histogram = histogram.view(num_rows, stride)
-        below = histogram.cumsum(dim=1).sub_(histogram)
-        slot_cell = cells.gather(1, slot_cols).long()
-        slot_cell[degenerate] = (row_ids * stride)[degenerate].unsqueeze(1)
-        positions = below.view(-1)[slot_cell]
-
-        # Step 2: the entries in a cell that holds a match (ties included) are ranked exactly against the row's
-        # matches by their (distance, index) keys; an entry counts for the matches of its cell from its bucket
-        # (the number of match keys below its key) to the cell's last match. Cells are fine, so they are few.
-        match_cell = torch.zeros(num_rows * stride, dtype=torch.bool)
-        match_cell[slot_cell[matched]] = True
-        match_cell.view(num_rows, stride)[degenerate] = True
-        ambiguous = match_cell.index_select(0, cells.view(-1)).view(num_rows, num_gallery)
-        ambiguous[rows2d[removed], cols[removed]] = False
-        if len(self._junk_columns):
-            ambiguous[:, self._junk_columns] = False
-        # NumPy's flatnonzero is several times faster than torch's nonzero on the CPU here.
-        flat = torch.from_numpy(np.flatnonzero(ambiguous.view(-1).numpy()))
-        amb_rows = flat // num_gallery
-        amb_dist = dist.view(-1)[flat]
-        # Only entries no farther than the last match can come before a match (NaN never does).
-        near = amb_dist <= last[amb_rows]
-        flat, amb_rows, amb_dist = flat[near], amb_rows[near], amb_dist[near]
-        keys = _order_keys(amb_dist, flat, amb_rows, num_gallery)
-        # searchsorted over the flattened keys gives row * P + bucket.
-        at = torch.searchsorted(match_keys.view(-1), keys)
-        bucket = at - amb_rows * width
-        # The cell's matches end where the slots' cells pass the entry's cell; slots past the matches never match.
-        slot_cell = torch.where(matched, slot_cell, torch.iinfo(torch.int64).max)
-        cell_end = torch.searchsorted(slot_cell, slot_cell, right=True)  # [B, P]: one past the cell's last slot
-        at_slot = at.clamp_max(num_rows * width - 1)
-        same_cell = (bucket < width) & (slot_cell.view(-1)[at_slot] == cells.view(-1)[flat])
-        end = torch.where(same_cell, cell_end.view(-1)[at_slot], bucket)
-        end = torch.where(degenerate[amb_rows], num_matches[amb_rows], end)
-        steps = torch.bincount(amb_rows * (width + 1) + bucket, minlength=num_rows * (width + 1))
-        steps -= torch.bincount(amb_rows * (width + 1) + end, minlength=num_rows * (width + 1))
-        positions += steps.view(num_rows, width + 1).cumsum(dim=1)[:, :width]
+        positions = match_positions(
+            dist,
+            torch.where(matched, cols.gather(1, order), -1),
+            num_matches,
+            self._junk,
+            torch.where(removed, cols, -1),
+            _cells_per_row(num_gallery),
+        )
 
         ordinal = torch.arange(1, width + 1, dtype=torch.float64)
         precision = torch.where(matched, ordinal / positions.clamp_min(1), torch.zeros((), dtype=torch.float64))

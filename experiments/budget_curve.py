@@ -1,0 +1,100 @@
+"""Rank-1 and mAP against training steps for runs of one schedule, and their ratio to a source-only run.
+
+Reads each run's ``log.jsonl`` (the evaluations its ``--eval-every`` logged, for watching only) and
+``config.json`` (iterations per epoch), writes one PNG with three panels (rank-1, mAP, ratio to the baseline
+at the steps both evaluated) and prints a Markdown table and one JSON line. Nothing here selects anything:
+the number a run reports is its final evaluation.
+
+    python experiments/budget_curve.py --baseline "source only=runs/budget/source_only" \\
+        --run "+E+C+N (colour)=runs/budget/ecn_colour" --out docs/budget_curve.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ecnreid.plots import panel_plot  # noqa: E402
+
+METRICS = (("rank1", "rank-1 (%)"), ("mAP", "mAP (%)"))
+
+
+def labelled_folder(text: str) -> tuple[str, Path]:
+    label, sep, folder = text.partition("=")
+    if not sep or not label or not folder:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected LABEL=RUN_FOLDER")
+    return label, Path(folder)
+
+
+def evaluations(folder: Path) -> dict[int, dict[str, float]]:
+    """``{step: {"rank1": %, "mAP": %}}`` of the run's logged evaluations, steps = epochs x iterations."""
+    config = json.loads((folder / "config.json").read_text())
+    # Today's config tree, or the flat config.json of the earlier version the long runs started with.
+    steps_per_epoch = config["optim"]["iters_per_epoch"] if "optim" in config else config["iters_per_epoch"]
+    out = {}
+    for line in (folder / "log.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if all(key in row for key, _ in METRICS):
+            out[row["epoch"] * steps_per_epoch] = {key: float(row[key]) for key, _ in METRICS}
+    if not out:
+        raise SystemExit(f"{folder / 'log.jsonl'}: no evaluation logged yet")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", type=labelled_folder, required=True, help="LABEL=FOLDER of source only")
+    parser.add_argument("--run", type=labelled_folder, action="append", required=True, help="LABEL=FOLDER")
+    parser.add_argument("--out", type=Path, required=True, help="PNG to write")
+    args = parser.parse_args()
+
+    runs = {label: evaluations(folder) for label, folder in [args.baseline, *args.run]}
+    base_label = args.baseline[0]
+    base = runs[base_label]
+    panels = []
+    for key, name in METRICS:
+        series = {label: (list(rows), [rows[s][key] for s in rows]) for label, rows in runs.items()}
+        panels.append((name, name, series))
+    ratios = {}
+    for label, rows in runs.items():
+        if label == base_label:
+            continue
+        for key, _ in METRICS:
+            common = [s for s in rows if s in base]
+            ratios[f"{label}: {key}"] = (common, [rows[s][key] / base[s][key] for s in common])
+    panels.append(("ratio to " + base_label, "ratio", ratios))
+    panel_plot(panels, args.out, xlabel="training step")
+
+    steps = sorted({s for rows in runs.values() for s in rows})
+    header = (
+        "| step | "
+        + " | ".join(f"{label} R1 / mAP" for label in runs)
+        + " | "
+        + " | ".join(f"{label} / {base_label} (R1, mAP)" for label in runs if label != base_label)
+        + " |"
+    )
+    print(header)
+    print("|" + "---|" * (1 + len(runs) + len(runs) - 1))
+    for s in steps:
+        cells = [
+            f"{runs[label][s]['rank1']:.1f} / {runs[label][s]['mAP']:.1f}" if s in runs[label] else "" for label in runs
+        ]
+        for label in runs:
+            if label == base_label:
+                continue
+            if s in runs[label] and s in base:
+                r1 = runs[label][s]["rank1"] / base[s]["rank1"]
+                mp = runs[label][s]["mAP"] / base[s]["mAP"]
+                cells.append(f"×{r1:.2f}, ×{mp:.2f}")
+            else:
+                cells.append("")
+        print(f"| {s:,} | " + " | ".join(cells) + " |")
+    print(json.dumps({"runs": {label: {str(s): v for s, v in rows.items()} for label, rows in runs.items()}}))
+
+
+if __name__ == "__main__":
+    main()
