@@ -25,7 +25,7 @@ from torch import Tensor
 _MATCH_MARK = -(1 << 30)
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _cell(d, first, scale, whole, top):  # pragma: no cover - compiled
     if whole:
         return 0
