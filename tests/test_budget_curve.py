@@ -1,0 +1,53 @@
+"""Tests for experiments/budget_curve.py: steps from either config format, the ratio table, the figure."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+SCRIPT = Path(__file__).parents[1] / "experiments" / "budget_curve.py"
+
+
+def _main(monkeypatch: pytest.MonkeyPatch, *args: str) -> None:
+    spec = importlib.util.spec_from_file_location("budget_curve", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr("sys.argv", ["budget_curve.py", *args])
+    module.main()
+
+
+def _run_folder(folder: Path, config: dict, evaluations: dict[int, tuple[float, float]]) -> Path:
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    rows = []
+    for epoch in range(1, 21):
+        row = {"epoch": epoch, "loss_total": 1.0}
+        if epoch in evaluations:
+            row.update(rank1=evaluations[epoch][0], mAP=evaluations[epoch][1])
+        rows.append(json.dumps(row))
+    (folder / "log.jsonl").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def test_table_ratios_and_figure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    # The baseline has today's config tree, the other run an earlier flat config.json: both give 50 steps/epoch.
+    base = _run_folder(tmp_path / "base", {"optim": {"iters_per_epoch": 50}}, {10: (20.0, 10.0), 20: (25.0, 10.0)})
+    ecn = _run_folder(tmp_path / "ecn", {"iters_per_epoch": 50}, {10: (30.0, 15.0), 20: (50.0, 25.0)})
+    out = tmp_path / "curve.png"
+    _main(monkeypatch, "--baseline", f"src={base}", "--run", f"ecn={ecn}", "--out", str(out))
+    lines = capsys.readouterr().out.splitlines()
+    assert "| 500 | 20.0 / 10.0 | 30.0 / 15.0 | ×1.50, ×1.50 |" in lines
+    assert "| 1,000 | 25.0 / 10.0 | 50.0 / 25.0 | ×2.00, ×2.50 |" in lines
+    assert json.loads(lines[-1])["runs"]["ecn"]["1000"] == {"rank1": 50.0, "mAP": 25.0}
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.size == (1200, 420)
+
+
+def test_a_run_without_evaluations_stops_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = _run_folder(tmp_path / "base", {"iters_per_epoch": 50}, {})
+    with pytest.raises(SystemExit, match="no evaluation logged yet$"):
+        _main(monkeypatch, "--baseline", f"src={base}", "--run", f"ecn={base}", "--out", str(tmp_path / "c.png"))
