@@ -277,3 +277,27 @@ def test_compiled_pass_gives_the_same_positions_on_any_number_of_threads(threads
     assert fast.cmc == pytest.approx(reference.cmc, abs=1e-12)
     assert fast.mAP == pytest.approx(reference.mAP, abs=1e-12)
     assert fast.mINP == pytest.approx(reference.mINP, abs=1e-12)
+
+
+def test_compiled_loop_works_without_a_writable_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    # numba refuses cache=True where it finds nowhere to write; the loop must then compile uncached.
+    import numba
+
+    from ecnreid.evaluation import positions
+
+    real_njit = numba.njit
+    asked = []
+
+    def njit(*args, **kwargs):
+        asked.append(bool(kwargs.get("cache")))
+        if kwargs.get("cache"):
+            raise RuntimeError("cannot cache function 'f': no locator available for file 'f.py'")
+        return real_njit(*args, **kwargs)
+
+    monkeypatch.setattr(numba, "njit", njit)
+
+    def add(a, b):
+        return a + b
+
+    assert positions.compiled(add)(2, 3) == 5
+    assert asked == [True, False]

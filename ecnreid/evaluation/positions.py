@@ -25,7 +25,16 @@ from torch import Tensor
 _MATCH_MARK = -(1 << 30)
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+def compiled(function):
+    """``numba.njit`` with an on-disk cache, or without one where numba finds no writable place for it (a
+    read-only install and home): then each process compiles on first use, a few seconds, and works the same."""
+    try:
+        return numba.njit(cache=True, nogil=True, error_model="numpy")(function)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return numba.njit(nogil=True, error_model="numpy")(function)
+
+
+@compiled
 def _cell(d, first, scale, whole, top):  # pragma: no cover - compiled
     if whole:
         return 0
@@ -37,7 +46,7 @@ def _cell(d, first, scale, whole, top):  # pragma: no cover - compiled
     return np.int64(y + np.float32(1.0))
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@compiled
 def _row_positions(
     row, slot_cols, num_matches, excluded, is_excluded, cells_per_row, histogram, first_slot, shared, out
 ):
@@ -105,7 +114,7 @@ def _row_positions(
             m += 1
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@compiled
 def _rows_positions(dist, slot_cols, num_matches, junk, removed_cols, cells_per_row, start, end, positions):
     # pragma: no cover - compiled
     histogram = np.zeros(cells_per_row + 4, np.int32)
