@@ -8,7 +8,7 @@
 # 90 s per epoch on machine A); then the figure:
 #
 #   DATA=../shared/data WEIGHTS=../shared/weights/mobilenet_v2_imagenet_features.pth OUT=runs/budget \
-#       bash experiments/duke2market_budget.sh source-only ECN-colour ECN-colour-reciprocal
+#       bash experiments/duke2market_budget.sh source-only ECN-colour ECN-colour-reciprocal EC-colour
 #   python experiments/budget_curve.py --baseline "source only=runs/budget/source_only" \
 #       --run "+E+C+N (colour)=runs/budget/ecn_colour" \
 #       --run "+E+C+N (colour), reciprocal=runs/budget/ecn_colour_reciprocal" --out docs/budget_curve.png
@@ -37,6 +37,9 @@ for run in "$@"; do
       colour_set
       "$ECNREID" train "${common[@]}" --camstyle-dir "$camstyle_colour" --neighbours reciprocal \
         --out "$OUT/ecn_colour_reciprocal" ;;
-    *) echo "unknown run: $run (source-only, ECN-colour, ECN-colour-reciprocal)" >&2; exit 2 ;;
+    EC-colour)  # the neighbourhood ablation: +E+C
+      colour_set
+      "$ECNREID" train "${common[@]}" --camstyle-dir "$camstyle_colour" --no-neighbour --out "$OUT/ec_colour" ;;
+    *) echo "unknown run: $run (source-only, ECN-colour, ECN-colour-reciprocal, EC-colour)" >&2; exit 2 ;;
   esac
 done
