@@ -196,7 +196,6 @@ class OptimConfig:
 MEMORY_DTYPES = ("fp32", "fp16")
 MEMORY_INITS = ("zeros", "features")
 KNN_METHODS = ("topk", "faiss")  # topk of the logits is ~100x faster on CPU (bench/knn_speed.py)
-NEIGHBOUR_SELECTIONS = ("topk", "reciprocal")
 
 
 @dataclass(frozen=True)
@@ -215,11 +214,6 @@ class ECNConfig:
     memory_dtype: str = setting("fp32", "fp32 or fp16 exemplar memory.")
     memory_init: str = setting("zeros", "zeros (published) or features: fill the memory from one pass over the target.")
     knn: str = setting("topk", "Nearest memory slots by topk (of the logits) or faiss.")
-    neighbours: str = setting(
-        "topk",
-        "Which nearest slots neighbourhood invariance pulls together: topk (published), or reciprocal: only"
-        " those that also hold the image among their own k nearest slots (memory graph refreshed every epoch).",
-    )
     use_camera: bool = setting(True, "Camera invariance (needs a CamStyle set).", flag="--camera/--no-camera")
     use_neighbour: bool = setting(True, "Neighbourhood invariance.", flag="--neighbour/--no-neighbour")
     source_only: bool = setting(False, "Train on the source only (the ablation baseline).")
@@ -236,7 +230,6 @@ class ECNConfig:
         _one_of(self.memory_dtype, MEMORY_DTYPES, "--memory-dtype")
         _one_of(self.memory_init, MEMORY_INITS, "--memory-init")
         _one_of(self.knn, KNN_METHODS, "--knn")
-        _one_of(self.neighbours, NEIGHBOUR_SELECTIONS, "--neighbours")
         if self.source_only and self.no_target:
             raise EcnreidError("--source-only and --no-target: choose one")
 

@@ -115,32 +115,21 @@ def memory_neighbour_table(memory: torch.Tensor, k: int, block_rows: int = 1024)
     return table
 
 
-def reciprocal_mask(neighbours: torch.Tensor, indices: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """[B, k] bool: whether each of an image's nearest slots ``neighbours`` [B, k] holds the image's own slot
-    ``indices`` [B] among its own nearest slots (``table`` [N, k']): the k-reciprocal condition."""
-    return (table[neighbours] == indices.reshape(-1, 1, 1)).any(dim=2)
-
-
 def neighbourhood_targets(
     logits: torch.Tensor,
     indices: torch.Tensor,
     k: int = 6,
     neighbours: torch.Tensor | None = None,
-    keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Soft targets [B, N] of the official code: 1/k on the k nearest slots, then 1 on the image's own
     slot (overwriting, also when it is among the k), not renormalised.
 
     ``neighbours`` [B, k] may come precomputed (e.g. from faiss); by default the top-k of the logits.
-    ``keep`` [B, k] (bool) drops neighbours (weight 0), e.g. those failing ``reciprocal_mask``.
     """
     if neighbours is None:
         neighbours = nearest_slots(logits, k)
     targets = torch.zeros_like(logits, dtype=torch.float32)
-    if keep is None:
-        targets.scatter_(1, neighbours, 1.0 / k)
-    else:
-        targets.scatter_(1, neighbours, keep.float() / k)
+    targets.scatter_(1, neighbours, 1.0 / k)
     targets.scatter_(1, indices.reshape(-1, 1).long(), 1.0)
     return targets
 
@@ -150,14 +139,13 @@ def neighbourhood_loss(
     indices: torch.Tensor,
     k: int = 6,
     neighbours: torch.Tensor | None = None,
-    keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Neighbourhood invariance: ``−Σ_j w_j log softmax(z)_j`` with ``neighbourhood_targets``' weights,
     averaged over the batch; the k + 1 non-zero weights are gathered, never spread over all N slots."""
     if neighbours is None:
         neighbours = nearest_slots(logits, k)
     own = indices.reshape(-1, 1).long()
-    weights = torch.full(neighbours.shape, 1.0 / k, device=logits.device) if keep is None else keep.float() / k
+    weights = torch.full(neighbours.shape, 1.0 / k, device=logits.device)
     weights = weights.masked_fill(neighbours == own, 0.0)  # the own slot's weight is 1, not 1 + 1/k
     log_probs = F.log_softmax(logits.float(), dim=1)
     picked = (weights * log_probs.gather(1, neighbours)).sum(dim=1) + log_probs.gather(1, own).squeeze(1)
@@ -172,12 +160,11 @@ def target_invariance_loss(
     neighbour_start_epoch: int = 5,
     use_neighbourhood: bool = True,
     neighbours: torch.Tensor | None = None,
-    keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Target loss: exemplar cross-entropy before ``neighbour_start_epoch`` (0-based; official code
     ``epoch > 4``) or without neighbourhood invariance, the neighbourhood loss from then on."""
     if use_neighbourhood and epoch >= neighbour_start_epoch:
-        return neighbourhood_loss(logits, indices, k, neighbours, keep)
+        return neighbourhood_loss(logits, indices, k, neighbours)
     return exemplar_loss(logits, indices)
 
 

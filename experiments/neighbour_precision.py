@@ -2,7 +2,7 @@
 
 Reads the memory of an ECN checkpoint (``last.pt``) and the target's training records, and reports, over all
 slots, the precision of each slot's k nearest other slots (same identity, by the target's labels) for plain
-top-k and for the k-reciprocal subset (``--neighbours reciprocal``), how many neighbours the reciprocal
+top-k and for the k-reciprocal subset (slots that also hold the image among their own k), how many the reciprocal
 condition keeps, and how many true neighbours sit in another camera. The labels are read here and nowhere in
 training; nothing is selected with them.
 

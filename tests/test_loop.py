@@ -291,22 +291,3 @@ def test_memory_init_takes_the_training_path(two_domains, tmp_path: Path) -> Non
     with torch.no_grad():
         trained_path = ecn.model(images)["target_embedding"]
     torch.testing.assert_close(initial, trained_path, atol=1e-5, rtol=1e-4)
-
-
-def test_reciprocal_neighbours_train_and_resume_exactly(two_domains, tmp_path: Path) -> None:
-    source, target = two_domains
-    settings = {"neighbours": "reciprocal", "every": 0, "neighbour_start_epoch": 1, "k": 2}
-    train(tiny_config(source, target, tmp_path / "straight", epochs=3, **settings))
-    train(tiny_config(source, target, tmp_path / "resumed", epochs=2, **settings))
-    summary = train(tiny_config(source, target, tmp_path / "resumed", epochs=3, resume=True, **settings))
-    straight = load_checkpoint(tmp_path / "straight" / "last.pt")
-    resumed = load_checkpoint(tmp_path / "resumed" / "last.pt")
-    assert torch.equal(straight["method"]["memory"]["features"], resumed["method"]["memory"]["features"])
-    assert straight["history"][-1]["loss_total"] == resumed["history"][-1]["loss_total"]
-    assert summary["setting"] == "+E+N (reciprocal neighbours)"
-    plain = train(tiny_config(source, target, tmp_path / "topk", epochs=3, **{**settings, "neighbours": "topk"}))
-    assert plain["setting"] == "+E+N"
-    topk = load_checkpoint(tmp_path / "topk" / "last.pt")["history"]
-    # The first epoch (exemplar loss only) is the same; with neighbours on, the selection changes the loss.
-    assert topk[0]["loss_total"] == straight["history"][0]["loss_total"]
-    assert topk[-1]["loss_total"] != straight["history"][-1]["loss_total"]

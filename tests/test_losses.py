@@ -164,26 +164,12 @@ def test_memory_neighbour_table_is_each_slots_nearest_others_in_any_block_size()
         assert torch.equal(memory_neighbour_table(memory, 3, block_rows=block_rows), expected)
 
 
-def test_reciprocal_neighbours_keep_only_slots_that_hold_the_image_among_their_own() -> None:
-    from ecnreid.losses import reciprocal_mask
-
-    # Slot 0's neighbours by the image: 1 (whose own neighbours hold 0) and 2 (whose do not).
-    table = torch.tensor([[1, 2], [0, 3], [3, 1], [2, 1]])
-    keep = reciprocal_mask(torch.tensor([[1, 2]]), torch.tensor([0]), table)
-    assert keep.tolist() == [[True, False]]
-    logits = torch.zeros(1, 4)
-    targets = neighbourhood_targets(logits, torch.tensor([0]), k=2, neighbours=torch.tensor([[1, 2]]), keep=keep)
-    assert targets.tolist() == [[1.0, 0.5, 0.0, 0.0]]  # the dropped neighbour has weight 0, the own slot 1
-
-
-@pytest.mark.parametrize("with_keep", [False, True])
-def test_neighbourhood_loss_equals_the_dense_targets_formula(with_keep: bool) -> None:
+def test_neighbourhood_loss_equals_the_dense_targets_formula() -> None:
     # The loss gathers k + 1 weights; it must equal the official dense form, own slot among its neighbours or not.
     torch.manual_seed(3)
     logits = torch.randn(5, 40)
     indices = torch.tensor([0, 7, 12, 30, 39])
     logits[1, 7] = 50.0  # image 1's own slot is its nearest: weight 1, not 1 + 1/k
-    keep = torch.rand(5, 4) > 0.4 if with_keep else None
-    dense = neighbourhood_targets(logits, indices, k=4, keep=keep)
+    dense = neighbourhood_targets(logits, indices, k=4)
     expected = -(dense * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
-    assert torch.allclose(neighbourhood_loss(logits, indices, k=4, keep=keep), expected, rtol=1e-6, atol=1e-6)
+    assert torch.allclose(neighbourhood_loss(logits, indices, k=4), expected, rtol=1e-6, atol=1e-6)

@@ -35,10 +35,7 @@ from ecnreid.io import require_dir
 from ecnreid.losses import (
     ecn_total_loss,
     knn_backend,
-    memory_neighbour_table,
-    nearest_slots,
     nearest_slots_faiss,
-    reciprocal_mask,
     source_loss,
     target_invariance_loss,
 )
@@ -130,7 +127,6 @@ class ECN(Method):
             ).to(run.device)
             self.knn = knn_backend(self.ecn.knn, run.device)
         self.network = TwoDomainForward(self.model, build_rsc(config.dg)).to(run.device)
-        self.neighbour_table: torch.Tensor | None = None  # --neighbours reciprocal: each slot's k nearest slots
 
     @property
     def uses_target(self) -> bool:
@@ -166,13 +162,6 @@ class ECN(Method):
     def neighbours_on(self, epoch: int) -> bool:
         return self.memory is not None and self.ecn.use_neighbour and epoch >= self.ecn.neighbour_start_epoch
 
-    def before_epoch(self, epoch: int) -> None:
-        """``--neighbours reciprocal``: the memory's k-nearest-slot graph, once per epoch (a rebuild per step
-        would cost an N x N product every step)."""
-        if self.ecn.neighbours == "reciprocal" and self.neighbours_on(epoch):
-            assert self.memory is not None
-            self.neighbour_table = memory_neighbour_table(self.memory.features, self.ecn.k)
-
     def target_loss(self, features: torch.Tensor, indices: torch.Tensor, epoch: int) -> torch.Tensor:
         """ECN's target loss on the exemplar memory: the logits, the neighbour search and the loss run in
         float32 whatever autocast surrounds the call, as published."""
@@ -181,14 +170,9 @@ class ECN(Method):
         with torch.autocast(features.device.type, enabled=False):
             features = features.float()
             logits = self.memory.logits(features, ecn.beta)
-            neighbours = keep = None
-            if self.neighbours_on(epoch):
-                if self.knn != "topk":
-                    neighbours = nearest_slots_faiss(features, self.memory.features, ecn.k)
-                if ecn.neighbours == "reciprocal":
-                    assert self.neighbour_table is not None, "before_epoch builds the neighbour table"
-                    neighbours = neighbours if neighbours is not None else nearest_slots(logits, ecn.k)
-                    keep = reciprocal_mask(neighbours, indices, self.neighbour_table)
+            neighbours = None
+            if self.neighbours_on(epoch) and self.knn != "topk":
+                neighbours = nearest_slots_faiss(features, self.memory.features, ecn.k)
             return target_invariance_loss(
                 logits,
                 indices,
@@ -197,7 +181,6 @@ class ECN(Method):
                 neighbour_start_epoch=ecn.neighbour_start_epoch,
                 use_neighbourhood=ecn.use_neighbour,
                 neighbours=neighbours,
-                keep=keep,
             )
 
     def after_step(self, output: StepOutput, u: UnlabelledBatch | None, epoch: int) -> None:
@@ -241,8 +224,7 @@ class ECN(Method):
     def provenance(self) -> dict[str, Any]:
         """The setting, the backbone's initial weights, the CamStyle set and the neighbour search."""
         return {
-            "setting": self.ecn.setting_name
-            + (" (reciprocal neighbours)" if self.ecn.neighbours == "reciprocal" else ""),
+            "setting": self.ecn.setting_name,
             "backbone_weights": self.model.backbone.weights_origin,
             "camstyle": self.camstyle.to_dict() if self.camstyle is not None else None,
             "knn_backend": self.knn if self.memory is not None else None,
