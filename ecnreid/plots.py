@@ -159,6 +159,7 @@ def panel_plot(
     for index, (title, ylabel, series) in enumerate(panels):
         axes = figure.add_subplot(1, len(panels), index + 1)
         _draw_panel(axes, series, title=title, xlabel=xlabel, ylabel=ylabel, ylim=None)
+        axes.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))  # narrow panels: labels must not touch
     _save_png(figure, path)
 
 
