@@ -302,22 +302,67 @@ class TrainConfig:
             )
 
 
+def fill_defaults(section: Any, base: type[C]) -> C:
+    """``base`` built from the fields of ``section`` that were given (not None): its defaults fill the rest."""
+    names = [f.name for f in dataclasses.fields(base)]  # type: ignore[arg-type]
+    return base(**{name: getattr(section, name) for name in names if getattr(section, name) is not None})
+
+
+_FROM_CARD = "with --checkpoint, the checkpoint's model card gives it"
+
+
+@dataclass(frozen=True)
+class EvalInputConfig(InputConfig):
+    """`eval`'s input: the size is None unless given, so that a checkpoint's model card can give it."""
+
+    height: int | None = setting(None, f"Input height (default {InputConfig.height}; {_FROM_CARD}).")
+    width: int | None = setting(None, f"Input width (default {InputConfig.width}; {_FROM_CARD}).")
+
+    def __post_init__(self) -> None:
+        fill_defaults(self, InputConfig)  # the given values pass the same checks
+
+
+@dataclass(frozen=True)
+class EvalModelConfig(ModelConfig):
+    """`eval`'s backbone without a checkpoint; each field is None unless given, so that with --checkpoint an
+    option that contradicts the model card can be told from one left out."""
+
+    arch: str | None = setting(
+        None, f"Backbone: {', '.join(ARCHS)} (default {ModelConfig.arch}; {_FROM_CARD})."
+    )
+    pretrained: bool | None = setting(
+        None,
+        "Start from torchvision's ImageNet weights (downloaded once into torch's cache), as published;"
+        " --no-pretrained starts from random weights (default pretrained; with --checkpoint, its trained weights).",
+    )
+    last_stride: int | None = setting(
+        None, f"Stride of the last stage, 1 or 2 (default {ModelConfig.last_stride}; {_FROM_CARD})."
+    )
+
+    def __post_init__(self) -> None:
+        fill_defaults(self, ModelConfig)  # the given values pass the same checks
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """`ecnreid eval`: extract features of a query/gallery split and score the ranking."""
 
     dataset: str = setting(help="market1501, dukemtmc, msmt17, custom or synthetic.")
     root: Path = setting(help="Dataset folder (or its parent).")
-    checkpoint: Path | None = setting(None, "An ecnreid training checkpoint (last.pt).")
+    checkpoint: Path | None = setting(
+        None, "An ecnreid training checkpoint (last.pt); its model card gives the architecture and input."
+    )
     out: Path = setting(Path("runs/eval"), "Folder for metrics.json and pictures.")
-    input: InputConfig = section(lambda: InputConfig(workers=2), "Input")
-    model: ModelConfig = section(ModelConfig, "Model")
+    input: EvalInputConfig = section(lambda: EvalInputConfig(workers=2), "Input")
+    model: EvalModelConfig = section(EvalModelConfig, "Model")
     evaluation: EvaluationConfig = section(EvaluationConfig, "Evaluation")
     runtime: RuntimeConfig = section(RuntimeConfig, "Runtime")
 
     def __post_init__(self) -> None:
         if self.checkpoint is not None and self.model.weights is not None:
-            raise EcnreidError("--checkpoint already holds the weights; leave out --weights")
+            raise EcnreidError(
+                f"--weights {self.model.weights}: --checkpoint already holds the trained weights; leave out --weights"
+            )
 
 
 # ---------------------------------------------------------------------------------------------- CamStyle

@@ -154,12 +154,17 @@ def build_train_transform(height: int = 256, width: int = 128) -> Callable[[Imag
     )
 
 
-def build_test_transform(height: int = 256, width: int = 128) -> Callable[[Image.Image], Tensor]:
+def build_test_transform(
+    height: int = 256,
+    width: int = 128,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> Callable[[Image.Image], Tensor]:
     """PIL image → normalised (3, height, width) tensor: bicubic resize, no randomness."""
     return T.Compose(
         [
             T.Resize((height, width), interpolation=T.InterpolationMode.BICUBIC),
             T.ToTensor(),
-            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            T.Normalize(list(mean), list(std)),
         ]
     )

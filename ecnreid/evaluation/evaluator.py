@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ecnreid.data.records import ImageRecord
+from ecnreid.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ecnreid.evaluation.distances import iter_distance_blocks
 from ecnreid.evaluation.features import extract_features
 from ecnreid.evaluation.metrics import RankingResult, evaluate_blocks
@@ -72,13 +73,15 @@ class Evaluation:
 
 @dataclass
 class Evaluator:
-    """Scores models on one query/gallery split with fixed input settings."""
+    """Scores models on one query/gallery split with fixed input settings (size and normalisation)."""
 
     query: Sequence[ImageRecord]
     gallery: Sequence[ImageRecord]
     height: int
     width: int
     device: torch.device
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
     batch_size: int = 128
     workers: int = 2
     flip: bool = False
@@ -92,6 +95,8 @@ class Evaluator:
             records,
             height=self.height,
             width=self.width,
+            mean=self.mean,
+            std=self.std,
             batch_size=self.batch_size,
             workers=self.workers,
             device=self.device,

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from ecnreid.data.image_dataset import ImageDataset
 from ecnreid.data.records import ImageRecord
-from ecnreid.data.transforms import build_test_transform
+from ecnreid.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_test_transform
 from ecnreid.progress import make_progress
 
 
@@ -37,6 +37,8 @@ def extract_features(
     *,
     height: int = 256,
     width: int = 128,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
     batch_size: int = 128,
     workers: int = 2,
     device: torch.device | str = "cpu",
@@ -48,6 +50,7 @@ def extract_features(
     """Return L2-normalised features [N, D] (float32, on CPU) for ``records`` in order (as the model gives
     them with ``normalize=False``).
 
+    Images are resized to ``height`` x ``width`` and normalised with ``mean`` / ``std`` (the model card's).
     ``model`` in eval mode must map an image batch to features. With ``flip`` the features of the image and
     its mirror are summed before normalisation.
     """
@@ -55,7 +58,7 @@ def extract_features(
     was_training = model.training
     model.eval()
     loader = DataLoader(
-        ImageDataset(records, build_test_transform(height, width)),
+        ImageDataset(records, build_test_transform(height, width, mean, std)),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,18 +11,22 @@ import torch
 from rich.table import Table
 from torch import nn
 
-from ecnreid.config import EvalConfig, config_to_dict
+from ecnreid.config import EvalConfig, InputConfig, ModelConfig, config_to_dict, fill_defaults
 from ecnreid.data.datasets import read_dataset
 from ecnreid.data.image_dataset import verify_images
 from ecnreid.data.records import ImageRecord
+from ecnreid.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ecnreid.errors import EcnreidError
 from ecnreid.evaluation.distances import pairwise_distance
 from ecnreid.evaluation.evaluator import Evaluator, metrics_row
 from ecnreid.evaluation.features import PooledBackbone
 from ecnreid.evaluation.metrics import RankingResult
+from ecnreid.inference.adapted import AdaptedModel, load_adapted_model
+from ecnreid.inference.card import ECN_FEATURE, ModelCard
+from ecnreid.inference.messages import say
 from ecnreid.io import write_json
 from ecnreid.models.backbones import build_backbone
 from ecnreid.progress import console
-from ecnreid.runstate import load_checkpoint
 from ecnreid.runtime import resolve_device
 
 
@@ -65,15 +70,72 @@ def save_pictures(
     return written
 
 
-def build_eval_model(config: EvalConfig) -> nn.Module:
-    """A trained ECN model from ``--checkpoint``, or a bare backbone (``--weights`` / ``--pretrained``) pooled."""
-    if config.checkpoint is not None:
-        from ecnreid.models.factory import model_from_checkpoint
+@dataclass
+class ScoredModel:
+    """The network ``eval`` scores, the input it takes, and what ``metrics.json`` records of it."""
 
-        return model_from_checkpoint(load_checkpoint(config.checkpoint))
-    mc = config.model
+    network: nn.Module
+    height: int
+    width: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    record: dict[str, Any]
+
+
+def _card_pretrained(card: ModelCard) -> bool | None:
+    """Whether the card's training started from pretrained weights (None when the card does not say)."""
+    kind = (card.details.get("backbone_weights") or {}).get("kind")
+    return None if kind is None else kind != "random"
+
+
+def check_options_agree_with_card(config: EvalConfig, adapted: AdaptedModel) -> None:
+    """Stop at the first model option given with ``--checkpoint`` that contradicts its model card; an
+    option equal to the card's value is fine."""
+    card, where = adapted.card, f"--checkpoint {adapted.checkpoint} holds a model with"
+    given, model = config.input, config.model
+    stated = [
+        ("--arch", model.arch, card.arch, "architecture"),
+        ("--height", given.height, card.input_height, "input height"),
+        ("--width", given.width, card.input_width, "input width"),
+        ("--last-stride", model.last_stride, adapted.network.backbone.last_stride, "last stride"),
+    ]
+    for flag, value, held, what in stated:
+        if value is not None and value != held:
+            raise EcnreidError(
+                f"{flag} {value}: {where} {what} {held}; leave out {flag} (eval takes it from the model card)"
+            )
+    if model.pretrained is not None and model.pretrained != _card_pretrained(card):
+        flag = "--pretrained" if model.pretrained else "--no-pretrained"
+        raise EcnreidError(f"{flag}: --checkpoint {adapted.checkpoint} holds the trained weights; leave out {flag}")
+
+
+def build_eval_model(config: EvalConfig) -> ScoredModel:
+    """The trained model of ``--checkpoint``, with the input its model card states; else a bare backbone
+    (``--arch``, ``--weights`` / ``--pretrained``) pooled, at ``--height`` x ``--width``."""
+    if config.checkpoint is not None:
+        adapted = load_adapted_model(config.checkpoint)
+        check_options_agree_with_card(config, adapted)
+        card = adapted.card
+        say(f"{adapted.checkpoint}: {card.arch} at {card.input_height}x{card.input_width}, as its model card states")
+        record = {"checkpoint": str(adapted.checkpoint), "checkpoint_sha256": adapted.checkpoint_sha256}
+        return ScoredModel(
+            adapted.network, card.input_height, card.input_width, card.mean, card.std, {**record, **card.to_dict()}
+        )
+    mc = fill_defaults(config.model, ModelConfig)
+    size = fill_defaults(config.input, InputConfig)
     backbone = build_backbone(mc.arch, weights=mc.weights, pretrained=mc.pretrained, last_stride=mc.last_stride)
-    return PooledBackbone(backbone)
+    record = {
+        "arch": mc.arch,
+        "weights": backbone.weights_origin,
+        "last_stride": mc.last_stride,
+        "input_height": size.height,
+        "input_width": size.width,
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "feature": ECN_FEATURE,
+        "feature_dim": backbone.out_channels,
+    }
+    return ScoredModel(PooledBackbone(backbone), size.height, size.width, IMAGENET_MEAN, IMAGENET_STD, record)
 
 
 def run_eval(config: EvalConfig) -> dict[str, Any]:
@@ -86,13 +148,15 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
         gallery, bad_g = verify_images(gallery)
         if bad_q or bad_g:
             console.print(f"[yellow]skipped {len(bad_q) + len(bad_g)} undecodable images")
-    model = build_eval_model(config).to(device)
+    scored_model = build_eval_model(config)
     evaluation = config.evaluation
     evaluate = Evaluator(
         query,
         gallery,
-        height=config.input.height,
-        width=config.input.width,
+        height=scored_model.height,
+        width=scored_model.width,
+        mean=scored_model.mean,
+        std=scored_model.std,
         device=device,
         batch_size=config.input.batch_size,
         workers=config.input.workers,
@@ -100,7 +164,7 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
         metric=evaluation.metric,
         rerank=evaluation.rerank,
     )
-    scored = evaluate(model)
+    scored = evaluate(scored_model.network.to(device))
     results = scored.results
     out = Path(config.out)
     pictures = save_pictures(
@@ -117,7 +181,7 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
         "dataset": config.dataset,
         "query": len(query),
         "gallery": len(gallery),
-        "model": config.model.arch if config.checkpoint is None else str(config.checkpoint),
+        "model": scored_model.record,
         "results": {name: {**metrics_row(r), "num_valid_queries": r.num_valid_queries} for name, r in results.items()},
         "cmc": {name: r.cmc for name, r in results.items()},
         "timings": scored.timings,

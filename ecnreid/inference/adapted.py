@@ -86,7 +86,7 @@ def iter_features(
     """The features of ``records`` batch by batch, in order, on the CPU (the test transform of the card)."""
     card = adapted.card
     loader = DataLoader(
-        ImageDataset(records, build_test_transform(card.input_height, card.input_width)),
+        ImageDataset(records, build_test_transform(card.input_height, card.input_width, card.mean, card.std)),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,

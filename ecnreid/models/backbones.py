@@ -133,6 +133,12 @@ class Backbone(nn.Module):
         """The wrapped torchvision model (shares its modules with :attr:`stages`)."""
         return self._network
 
+    @property
+    def last_stride(self) -> int:
+        """The stride of the last stage as built: 1 when its down-sampling block no longer halves the map."""
+        block = _last_downsampling_block(self.arch, self.network)
+        return 2 if any(isinstance(m, nn.Conv2d) and m.stride == (2, 2) for m in block.modules()) else 1
+
     def insert_after(self, stage: str, module: nn.Module) -> None:
         """Run ``module`` on the output of ``stage``; several modules per stage run in insertion order.
 
