@@ -67,7 +67,17 @@ def _locate(path: Path) -> tuple[Path, Path]:
         raise EcnreidError(f"--check {path}: folder does not exist")
     if (path / CAMSTYLE_FOLDER).is_dir():
         return path / CAMSTYLE_FOLDER, path
+    if _holds_train_split(path):
+        raise EcnreidError(
+            f"--check {path}: a dataset folder without a CamStyle set ({path / CAMSTYLE_FOLDER} does not exist); "
+            f"make one with `ecnreid prepare --dataset NAME --root {path}`, or give --check the CamStyle folder itself"
+        )
     return path, path.parent
+
+
+def _holds_train_split(folder: Path) -> bool:
+    """Whether ``folder`` is a dataset folder: a Market-style train folder, or MSMT17's train list."""
+    return (folder / TRAIN_DIR).is_dir() or (folder / "list_train.txt").is_file()
 
 
 def _train_records(camstyle_dir: Path, dataset_root: Path) -> tuple[str, list[ImageRecord]]:
@@ -78,10 +88,16 @@ def _train_records(camstyle_dir: Path, dataset_root: Path) -> tuple[str, list[Im
             info = json.loads(manifest.read_text())
             name, root = info["dataset"], Path(info["root"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise EcnreidError(f"{manifest}: unreadable ({type(exc).__name__}); delete it to check by folder") from exc
+            raise EcnreidError(
+                f"{manifest}: not the record `ecnreid prepare` writes (no dataset and root in readable JSON); "
+                "delete it to check the set against the folder beside it"
+            ) from exc
         return name, list(read_dataset(name, root, require_test=False).train)
-    if not (dataset_root / TRAIN_DIR).is_dir() and not (dataset_root / "list_train.txt").is_file():
-        raise EcnreidError(f"{camstyle_dir}: no {TRAIN_DIR}/ beside it to check against")
+    if not _holds_train_split(dataset_root):
+        raise EcnreidError(
+            f"--check {camstyle_dir}: no {TRAIN_DIR}/ beside it to check against; give --check the dataset folder "
+            f"(holding {TRAIN_DIR}/ and {CAMSTYLE_FOLDER}/) or the {CAMSTYLE_FOLDER}/ inside it"
+        )
     errors = []
     for name in _READER_ORDER:
         try:

@@ -70,12 +70,15 @@ def terminate_as_interrupt() -> Iterator[None]:
 
 
 def user_errors(command: F) -> F:
-    """Turn an ``EcnreidError`` into one red line on stderr and exit code 2 (never a traceback)."""
+    """Turn an ``EcnreidError`` into one red line on stderr and exit code 2 (never a traceback); a failed
+    command leaves no output folder it made that still holds no file."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from ecnreid.io import created_folders_removed_on_failure
+
         try:
-            with terminate_as_interrupt():
+            with terminate_as_interrupt(), created_folders_removed_on_failure():
                 return command(*args, **kwargs)
         except EcnreidError as exc:
             console.print(f"[bold red]error:[/] {one_line(exc)}", markup=True, highlight=False, soft_wrap=True)

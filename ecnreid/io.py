@@ -6,11 +6,14 @@ leave is the hidden temp file, which ``sweep_stale_temp_files`` removes when a c
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import re
 import tempfile
+from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +124,49 @@ def _first_non_folder(path: Path) -> Path | None:
     return None
 
 
+# The folders ``ensure_output_dir`` made while a command runs (None outside one): removed again, when still
+# without a file, if the command fails (``created_folders_removed_on_failure``).
+_CREATED_FOLDERS: ContextVar[list[Path] | None] = ContextVar("ecnreid_created_folders", default=None)
+
+
+def _outermost_missing(path: Path) -> Path | None:
+    """The outermost of ``path`` and its ancestors that does not exist yet (what ``mkdir -p`` will make)."""
+    missing = None
+    for candidate in (path, *path.parents):
+        if candidate.exists() or candidate.is_symlink():
+            break
+        missing = candidate
+    return missing
+
+
+def _remove_if_fileless(folder: Path) -> None:
+    """Remove ``folder`` and the folders inside it when none of them holds a file (or anything but a folder)."""
+    if folder.is_symlink() or not folder.is_dir():
+        return
+    walked = list(os.walk(folder, topdown=False))
+    if any(files or any(Path(top, d).is_symlink() for d in dirs) for top, dirs, files in walked):
+        return
+    with contextlib.suppress(OSError):  # something appeared meanwhile: keep it
+        for top, _, _ in walked:
+            os.rmdir(top)
+
+
+@contextlib.contextmanager
+def created_folders_removed_on_failure() -> Iterator[None]:
+    """Around one command: when it fails (an error or a stop), the output folders ``ensure_output_dir`` made
+    during it, with the parents made for them, are removed again if they still hold no file. A folder that
+    existed before, or that holds any file (a resumable job's state, a partial result), stays as it is."""
+    token = _CREATED_FOLDERS.set([])
+    try:
+        yield
+    except BaseException:
+        for folder in reversed(_CREATED_FOLDERS.get() or []):
+            _remove_if_fileless(folder)
+        raise
+    finally:
+        _CREATED_FOLDERS.reset(token)
+
+
 def ensure_output_dir(path: str | os.PathLike, option: str) -> Path:
     """Create the output folder ``path`` (and its parents) for the command-line ``option``; returns it.
 
@@ -130,6 +176,7 @@ def ensure_output_dir(path: str | os.PathLike, option: str) -> Path:
     """
     path = Path(path)
     label = f"{option} {path}" if option else str(path)
+    created, made = _CREATED_FOLDERS.get(), _outermost_missing(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
@@ -138,7 +185,9 @@ def ensure_output_dir(path: str | os.PathLike, option: str) -> Path:
         where = "exists and" if blocker == path else str(blocker)
         raise EcnreidError(f"{label}: {where} is {what}") from None
     except OSError as exc:  # permission denied, read-only file system, name too long, ...
-        raise EcnreidError(f"{label}: cannot create the folder ({exc.strerror or type(exc).__name__})") from None
+        raise EcnreidError(f"{label}: cannot create the folder ({exc.strerror or 'not permitted'})") from None
+    if created is not None and made is not None:
+        created.append(made)
     return path
 
 

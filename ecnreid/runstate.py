@@ -25,9 +25,17 @@ def _article(noun: str) -> str:
     return f"an {noun}" if noun[:1].lower() in "aeiou" else f"a {noun}"
 
 
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0].strip()}" if lines else type(error).__name__
+# What a user is told to give where an ecnreid training checkpoint is expected.
+CHECKPOINT_EXPECTED = "an ecnreid checkpoint, the last.pt that `ecnreid train --out DIR` writes into DIR"
+
+
+def _unreadable(error: BaseException, kind: str) -> str:
+    """Why ``torch.load`` failed, in words: an OS error, a refused pickle, else not a torch file at all."""
+    if isinstance(error, OSError) and error.strerror:  # permission denied, an I/O error
+        return f"cannot be read ({error.strerror.lower()})"
+    if "weights only load failed" in str(error).lower():
+        return f"not a {kind}: it holds Python objects besides tensors (a whole model saved with torch.save(model)?)"
+    return f"not a {kind} (not written by torch.save, or cut short)"
 
 
 def load_torch_file(
@@ -38,30 +46,34 @@ def load_torch_file(
     weights_only: bool = True,
     option: str | None = None,
     keys: Iterable[str] = (),
+    expected: str | None = None,
 ) -> Any:
-    """``torch.load(path)``, with every failure a one-line ``EcnreidError`` that names the path and ``what``
-    was expected (``"training checkpoint"``, ``"generator checkpoint"``, ...).
+    """``torch.load(path)``, with every failure a one-line ``EcnreidError`` that names the path and what was
+    expected: ``expected`` in words when given (where such a file comes from), else ``what``
+    (``"ecnreid checkpoint"``, ``"StarGAN generator checkpoint"``, ...).
 
-    A folder, a missing file, a truncated or foreign file, and (when ``keys`` are given) a file that is not a
-    dict holding all of ``keys`` each raise ``"{option} {path}: ..."`` (``option``, e.g. ``--weights``, only
-    when the path came from one). ``weights_only=True`` (the default) unpickles tensors and plain containers
-    only; our own checkpoints, which hold configs and RNG states, pass ``False``.
+    A folder, a missing file, an unreadable, truncated or foreign file, and (when ``keys`` are given) a file
+    that is not a dict holding all of ``keys`` each raise ``"{option} {path}: ..."`` (``option``, e.g.
+    ``--weights``, only when the path came from one). ``weights_only=True`` (the default) unpickles tensors and
+    plain containers only; our own checkpoints, which hold configs and RNG states, pass ``False``.
     """
     path = Path(path)
     label = f"{option} {path}" if option else str(path)
+    wanted = f"expected {expected or _article(what)}"
     if path.is_dir():
-        raise EcnreidError(f"{label}: is a folder; expected {_article(what)}")
+        raise EcnreidError(f"{label}: is a folder; {wanted}")
     if not path.is_file():
-        raise EcnreidError(f"{label}: {what} not found")
+        raise EcnreidError(f"{label}: no such file; {wanted}")
     try:
         loaded = torch.load(path, map_location=map_location, weights_only=weights_only)
     except Exception as exc:  # torch raises many types for truncated or foreign files
-        raise EcnreidError(f"{label}: cannot read {what} ({_first_line(exc)})") from exc
+        kind = "torch state_dict file" if weights_only else "torch checkpoint file"
+        raise EcnreidError(f"{label}: {_unreadable(exc, kind)}; {wanted}") from exc
     required = list(keys)
     if required and (not isinstance(loaded, Mapping) or not set(required) <= loaded.keys()):
         quoted = [f"{key!r}" for key in required]
         entries = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} and {quoted[-1]}"
-        raise EcnreidError(f"{label}: not {_article(what)} (expected {entries} entries)")
+        raise EcnreidError(f"{label}: not {_article(what)} (no {entries} entries); {wanted}")
     return loaded
 
 
@@ -73,7 +85,10 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """A training checkpoint written by ``save_checkpoint`` (it holds ``model`` and ``config``); a missing,
     unreadable or foreign file is a one-line ``EcnreidError``."""
-    return load_torch_file(path, "ecnreid checkpoint", map_location, weights_only=False, keys=("model", "config"))
+    return load_torch_file(
+        path, "ecnreid checkpoint", map_location, weights_only=False, keys=("model", "config"),
+        expected=CHECKPOINT_EXPECTED,
+    )
 
 
 def check_resume_compatible(

@@ -19,6 +19,9 @@ from PIL import Image
 from ecnreid.data.records import ImageRecord
 from ecnreid.errors import EcnreidError
 
+# The remedy every undecodable-image error names (prepare has no skip: its set must be complete).
+BAD_IMAGE_REMEDY = "replace or delete it, or skip such images with --skip-bad-images (train, eval, extract, search)"
+
 
 def load_image(path: str) -> Image.Image:
     """Open ``path`` with Pillow as RGB, fully decoded; one-line ``EcnreidError`` when that fails."""
@@ -29,12 +32,17 @@ def load_image(path: str) -> Image.Image:
         raise EcnreidError(f"{path}: image file not found") from exc
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         # Pillow reports broken files as OSError (truncated), UnidentifiedImageError (an OSError) or SyntaxError.
-        raise EcnreidError(f"{path}: cannot decode image ({_one_line(exc)})") from exc
+        raise EcnreidError(f"{path}: cannot decode image ({_why_undecodable(exc)}); {BAD_IMAGE_REMEDY}") from exc
 
 
-def _one_line(exc: BaseException) -> str:
+def _why_undecodable(exc: BaseException) -> str:
+    """Pillow's reason in a few words (its unidentified-image message repeats the path)."""
+    if isinstance(exc, Image.UnidentifiedImageError):
+        return "not an image format Pillow reads"
+    if isinstance(exc, Image.DecompressionBombError):
+        return "too many pixels"
     text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text or "damaged file"
 
 
 class ImageDataset(torch.utils.data.Dataset):

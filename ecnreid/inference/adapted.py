@@ -21,7 +21,7 @@ from ecnreid.evaluation.features import PooledBackbone
 from ecnreid.inference.card import ModelCard, card_from_checkpoint
 from ecnreid.inference.messages import say
 from ecnreid.models.backbones import file_sha256
-from ecnreid.runstate import load_torch_file
+from ecnreid.runstate import CHECKPOINT_EXPECTED, load_torch_file
 
 
 @dataclass
@@ -44,12 +44,17 @@ def load_adapted_model(path: Path, option: str = "--checkpoint") -> AdaptedModel
     from ecnreid.models.factory import model_from_checkpoint
 
     path = Path(path)
-    state = load_torch_file(path, "ecnreid checkpoint", weights_only=False, option=option, keys=("model", "config"))
+    state = load_torch_file(
+        path, "ecnreid checkpoint", weights_only=False, option=option, keys=("model", "config"),
+        expected=CHECKPOINT_EXPECTED,
+    )
     try:
         model = model_from_checkpoint(state)
     except (KeyError, TypeError, RuntimeError) as exc:  # a foreign method's weights, a damaged config
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EcnreidError(f"{option} {path}: cannot rebuild the model ({type(exc).__name__}: {first})") from None
+        raise EcnreidError(
+            f"{option} {path}: the model it holds does not rebuild with this ecnreid version (its config or "
+            f"weights do not fit: {_first_line(exc)}); expected {CHECKPOINT_EXPECTED} with this version"
+        ) from None
     network = PooledBackbone(model.backbone).eval()
     card = card_from_checkpoint(state, path, feature_dim=model.backbone.out_channels)
     if card.feature_dim != model.backbone.out_channels:
@@ -60,6 +65,13 @@ def load_adapted_model(path: Path, option: str = "--checkpoint") -> AdaptedModel
     if card.derived_from_config:
         say(f"{path}: no model card (written before cards); derived one from its config", warn=True)
     return AdaptedModel(network, card, path, file_sha256(path))
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an error's text; a bare ``KeyError`` has only the missing key."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0].strip() if lines else "no detail"
+    return f"no {text} entry" if isinstance(exc, KeyError) else text
 
 
 @torch.no_grad()

@@ -176,6 +176,16 @@ def read_card_json(path: Path) -> ModelCard:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise EcnreidError(f"{path}: model card not found") from None
-    except (OSError, ValueError) as exc:
-        raise EcnreidError(f"{path}: cannot read the model card ({type(exc).__name__}: {exc})") from None
+    except OSError as exc:
+        raise EcnreidError(f"{path}: cannot read the model card ({exc.strerror or 'read error'})") from None
+    except json.JSONDecodeError as exc:
+        raise EcnreidError(
+            f"{path}: not a model card (not JSON: {exc.msg} at line {exc.lineno}); expected the card.json that "
+            "`ecnreid extract` writes beside its features"
+        ) from None
+    except ValueError:  # bytes that are not UTF-8 text
+        raise EcnreidError(
+            f"{path}: not a model card (not a text file); expected the card.json that `ecnreid extract` writes "
+            "beside its features"
+        ) from None
     return ModelCard.from_dict(data, str(path))

@@ -12,9 +12,11 @@ the protocol :class:`AuxModule`: a ``forward_with_aux(x) -> (x, aux)`` method an
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import sys
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,6 +39,9 @@ STAGE_NAMES: tuple[str, ...] = ("stem", "layer1", "layer2", "layer3", "layer4")
 
 # Keys of the ImageNet classifier, which a re-ID backbone never uses: they may be absent from a weights file.
 _CLASSIFIER_PREFIXES = ("fc.", "classifier.")
+
+# What --weights must be, in a user's words.
+STATE_DICT_EXPECTED = "a torchvision backbone's state_dict saved with torch.save(model.state_dict(), PATH)"
 
 # torchvision's original ImageNet weights; ECN's official code used ResNet-50 "V1".
 _PRETRAINED_TAG = "IMAGENET1K_V1"
@@ -206,9 +211,52 @@ class Backbone(nn.Module):
         return xs, auxes
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+def _download_failure(error: BaseException) -> str:
+    """Why a download failed, without the exception's class: the URL error's reason, else its first line."""
+    reason = getattr(error, "reason", None)  # URLError: the socket error or a message
+    text = str(getattr(reason, "strerror", None) or reason or error).strip()
+    return text.splitlines()[0] if text else "no connection"
+
+
+class _HeldStream:
+    """Stands in for stdout or stderr while torch downloads weights: stdout's text (torch's "Downloading: URL"
+    line, written before it connects) is held until the download shows progress on stderr or succeeds, so a
+    machine offline sees the one-line error alone."""
+
+    def __init__(self, stream: Any, held: list[str] | None, release: Callable[[], None]) -> None:
+        self._stream, self._held, self._release = stream, held, release
+
+    def write(self, text: str) -> int:
+        if self._held is not None:
+            self._held.append(text)
+            return len(text)
+        self._release()
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _download_notice_held_back() -> Iterator[None]:
+    held: list[str] = []
+    stdout, stderr = sys.stdout, sys.stderr
+
+    def release() -> None:
+        if held:
+            stdout.write("".join(held))
+            held.clear()
+
+    sys.stdout = _HeldStream(stdout, held, release)  # type: ignore[assignment]
+    sys.stderr = _HeldStream(stderr, None, release)  # type: ignore[assignment]
+    try:
+        yield
+    except BaseException:
+        held.clear()
+        raise
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr
+        release()
 
 
 def _unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
@@ -248,7 +296,8 @@ def file_sha256(path: Path) -> str:
 def load_backbone_weights(network: nn.Module, weights: Path, arch: str) -> None:
     """Load a torchvision-layout state_dict into ``network``; only the ImageNet classifier may be missing."""
     weights = Path(weights)
-    loaded = load_torch_file(weights, "torch weights file", weights_only=True, option="--weights")
+    loaded = load_torch_file(weights, "torch state_dict file", weights_only=True, option="--weights",
+                             expected=STATE_DICT_EXPECTED)
     state = _unwrap_state_dict(loaded, weights)
     expected = network.state_dict()
     missing = [
@@ -307,10 +356,11 @@ def build_backbone(
         origin: dict[str, str] = {"kind": "file", "path": str(weights), "sha256": file_sha256(Path(weights))}
     elif pretrained:
         try:
-            network = ARCHITECTURES[arch](weights=_PRETRAINED_TAG)
+            with _download_notice_held_back():
+                network = ARCHITECTURES[arch](weights=_PRETRAINED_TAG)
         except (OSError, RuntimeError) as error:  # URLError is an OSError; a bad download fails its hash check
             raise EcnreidError(
-                f"cannot download torchvision's ImageNet weights for {arch} ({_first_line(error)}); "
+                f"cannot download torchvision's ImageNet weights for {arch} ({_download_failure(error)}); "
                 "give a local state_dict with --weights PATH, or start from random weights with --no-pretrained"
             ) from None
         origin = {"kind": "torchvision", "name": f"{arch}:{_PRETRAINED_TAG}"}
