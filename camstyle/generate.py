@@ -72,7 +72,10 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") 
         generator = spec.build_generator()
         generator.load_state_dict(state["generator"])
     except (TypeError, KeyError, ValueError, RuntimeError) as exc:
-        raise EcnreidError(f"{path}: generator weights do not match its model entry ({type(exc).__name__})") from exc
+        raise EcnreidError(
+            f"{path}: its generator weights do not match its model entry; expected a StarGAN checkpoint written by "
+            "`ecnreid prepare` (generator.pt in its --work-dir)"
+        ) from exc
     return generator.to(device).eval(), spec
 
 

@@ -26,13 +26,14 @@ def _article(noun: str) -> str:
 
 
 # What a user is told to give where an ecnreid training checkpoint is expected.
-CHECKPOINT_EXPECTED = "an ecnreid checkpoint, the last.pt that `ecnreid train --out DIR` writes into DIR"
+CHECKPOINT_EXPECTED = "the last.pt that `ecnreid train --out DIR` writes into DIR"
 
 
 def _unreadable(error: BaseException, kind: str) -> str:
-    """Why ``torch.load`` failed, in words: an OS error, a refused pickle, else not a torch file at all."""
-    if isinstance(error, OSError) and error.strerror:  # permission denied, an I/O error
-        return f"cannot be read ({error.strerror.lower()})"
+    """Why ``torch.load`` failed, in words: no permission, a refused pickle, else not a torch file at all (a cut
+    zip archive reports an OSError too, so only a permission error is read as one)."""
+    if isinstance(error, PermissionError):
+        return "cannot be read (permission denied)"
     if "weights only load failed" in str(error).lower():
         return f"not a {kind}: it holds Python objects besides tensors (a whole model saved with torch.save(model)?)"
     return f"not a {kind} (not written by torch.save, or cut short)"
@@ -60,10 +61,11 @@ def load_torch_file(
     path = Path(path)
     label = f"{option} {path}" if option else str(path)
     wanted = f"expected {expected or _article(what)}"
+    hint = f"; expected {expected}" if expected else ""
     if path.is_dir():
         raise EcnreidError(f"{label}: is a folder; {wanted}")
     if not path.is_file():
-        raise EcnreidError(f"{label}: no such file; {wanted}")
+        raise EcnreidError(f"{label}: {what} not found{hint}")
     try:
         loaded = torch.load(path, map_location=map_location, weights_only=weights_only)
     except Exception as exc:  # torch raises many types for truncated or foreign files
@@ -73,7 +75,7 @@ def load_torch_file(
     if required and (not isinstance(loaded, Mapping) or not set(required) <= loaded.keys()):
         quoted = [f"{key!r}" for key in required]
         entries = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} and {quoted[-1]}"
-        raise EcnreidError(f"{label}: not {_article(what)} (no {entries} entries); {wanted}")
+        raise EcnreidError(f"{label}: not {_article(what)} (no {entries} entries){hint}")
     return loaded
 
 

@@ -276,7 +276,10 @@ def test_corrupted_weights_file(tmp_path: Path) -> None:
     path = tmp_path / "broken.pth"
     path.write_bytes(b"this is not a torch file")
     message = _one_line_error(arch="resnet18", weights=path)
-    assert str(path) in message and "cannot read" in message
+    assert message == (
+        f"--weights {path}: not a torch state_dict file (not written by torch.save, or cut short); expected a "
+        "torchvision backbone's state_dict saved with torch.save(model.state_dict(), PATH)"
+    )
 
 
 def test_missing_weights_file(tmp_path: Path) -> None:

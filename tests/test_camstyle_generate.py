@@ -134,7 +134,7 @@ def test_load_generator(tmp_path):
     atomic_torch_save(wrong, tmp_path / "wrong.pt")
     for name, message in [
         ("absent.pt", "StarGAN generator checkpoint not found"),
-        ("bad.pt", "cannot read StarGAN generator checkpoint"),
+        ("bad.pt", "not a torch checkpoint file"),
         ("foreign.pt", "not a StarGAN generator checkpoint"),
         ("wrong.pt", "do not match"),
         (".", "is a folder"),
@@ -228,7 +228,7 @@ def test_prepare_unreadable_generator_and_single_camera(tmp_path):
     with pytest.raises(EcnreidError, match="one camera"):
         _prepare(tmp_path)
     _market_tree(tmp_path / "ok", [0, 1])
-    with pytest.raises(EcnreidError, match="cannot read StarGAN generator checkpoint"):
+    with pytest.raises(EcnreidError, match="not a torch checkpoint file.*expected a StarGAN generator checkpoint"):
         _prepare(tmp_path / "ok", generator=tmp_path / "g.pt")
 
 

@@ -40,7 +40,10 @@ def test_load_torch_file_round_trip_and_weights_only(tmp_path: Path) -> None:
 
     torch.save({"object": Foreign()}, tmp_path / "pickle.pt")
     message = _one_line(lambda: load_torch_file(tmp_path / "pickle.pt", "weights file"))
-    assert message.startswith(f"{tmp_path / 'pickle.pt'}: cannot read weights file (")
+    assert message == (
+        f"{tmp_path / 'pickle.pt'}: not a torch state_dict file: it holds Python objects besides tensors "
+        "(a whole model saved with torch.save(model)?); expected a weights file"
+    )
     loaded = load_torch_file(tmp_path / "pickle.pt", "weights file", weights_only=False)
     assert isinstance(loaded["object"], Foreign)
 
@@ -58,10 +61,15 @@ def test_missing_folder_truncated_and_foreign_files_are_one_line_errors(tmp_path
     folder = _one_line(lambda: load_torch_file(tmp_path, "ecnreid checkpoint"))
     assert folder == f"{tmp_path}: is a folder; expected an ecnreid checkpoint"
     for name in ("cut.pt", "text.pt"):
-        message = _one_line(lambda name=name: load_torch_file(tmp_path / name, "ecnreid checkpoint"))
-        assert message.startswith(f"{tmp_path / name}: cannot read ecnreid checkpoint (")
+        message = _one_line(
+            lambda name=name: load_torch_file(tmp_path / name, "ecnreid checkpoint", weights_only=False)
+        )
+        assert message == (
+            f"{tmp_path / name}: not a torch checkpoint file (not written by torch.save, or cut short); "
+            "expected an ecnreid checkpoint"
+        )
     foreign = _one_line(lambda: load_torch_file(tmp_path / "other.pt", "StarGAN checkpoint", keys=("generator",)))
-    assert foreign == f"{tmp_path / 'other.pt'}: not a StarGAN checkpoint (expected 'generator' entries)"
+    assert foreign == f"{tmp_path / 'other.pt'}: not a StarGAN checkpoint (no 'generator' entries)"
     # A path that came from an option names it first.
     flagged = _one_line(lambda: load_torch_file(tmp_path / "absent.pt", "weights file", option="--weights"))
     assert flagged == f"--weights {tmp_path / 'absent.pt'}: weights file not found"
@@ -75,7 +83,10 @@ def test_checkpoints_round_trip_and_need_model_and_config(tmp_path: Path) -> Non
     assert not [p for p in (tmp_path / "run").iterdir() if p.name != "last.pt"]  # no temp file left
     save_checkpoint({"model": {}}, tmp_path / "half.pt")
     message = _one_line(lambda: load_checkpoint(tmp_path / "half.pt"))
-    assert message == f"{tmp_path / 'half.pt'}: not an ecnreid checkpoint (expected 'model' and 'config' entries)"
+    assert message == (
+        f"{tmp_path / 'half.pt'}: not an ecnreid checkpoint (no 'model' and 'config' entries); expected the last.pt "
+        "that `ecnreid train --out DIR` writes into DIR"
+    )
     assert "not found" in _one_line(lambda: load_checkpoint(tmp_path / "none.pt"))
 
 

@@ -104,8 +104,8 @@ def _features_file(out: Path, meta: dict[str, Any]) -> np.memmap:
     try:
         features = open_memmap(path, mode="r+")
     except (OSError, ValueError) as exc:
-        raise EcnreidError(f"{path}: cannot continue the extraction ({type(exc).__name__}: {exc}); delete "
-                           f"{out} and extract again") from None
+        raise EcnreidError(f"{path}: cannot continue the extraction (not a readable .npy array: "
+                           f"{getattr(exc, 'strerror', None) or exc}); delete {out} and extract again") from None
     if features.shape != shape or features.dtype != dtype:
         raise EcnreidError(f"{path}: holds {features.dtype} {features.shape}, but {out / META} expects "
                            f"{np.dtype(dtype)} {shape}; delete {out} and extract again")

@@ -169,8 +169,8 @@ def load_or_build_ivf(folder: Path, gallery: np.ndarray, *, show_progress: bool 
             if meta.get("features") == stamp and meta.get("index_size") == index_path.stat().st_size:
                 return IVFIndex(faiss.read_index(str(index_path)), int(meta["nprobe"]), float(meta["recall"]), False)
             say(f"{folder}: the features changed since the IVF index was built; rebuilding it")
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            say(f"{index_path}: unreadable ({type(exc).__name__}); rebuilding it", warn=True)
+        except (OSError, ValueError, KeyError, RuntimeError):
+            say(f"{index_path}: unreadable or damaged; rebuilding it", warn=True)
     index = build_ivf(gallery, show_progress=show_progress)
     nprobe, recall = calibrate_nprobe(index, gallery)
     say(f"IVF: nprobe {nprobe} of {index.nlist} cells gives recall@10 {recall:.3f} on sampled gallery rows")
@@ -180,7 +180,7 @@ def load_or_build_ivf(folder: Path, gallery: np.ndarray, *, show_progress: bool 
                 "target_recall": TARGET_RECALL, "kind": type(index).__name__, "index_size": index_path.stat().st_size}
         write_json(meta, meta_path)
     except (OSError, RuntimeError) as exc:  # faiss reports a failed write as a RuntimeError
-        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        reason = getattr(exc, "strerror", None) or "write failed"
         say(f"{folder}: cannot save the IVF index ({reason}); it is rebuilt next time", warn=True)
     return IVFIndex(index, nprobe, recall, True)
 

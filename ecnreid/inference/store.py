@@ -77,7 +77,10 @@ def read_meta(folder: Path) -> dict[str, Any] | None:
     try:
         meta = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise EcnreidError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
+        raise EcnreidError(
+            f"{path}: not the extraction record `ecnreid extract` writes (unreadable or not JSON: "
+            f"{getattr(exc, 'strerror', None) or exc}); delete the folder and extract again"
+        ) from None
     if not isinstance(meta, dict):
         raise EcnreidError(f"{path}: not an extraction record")
     return meta
@@ -121,7 +124,10 @@ def open_feature_folder(path: Path, option: str) -> FeatureFolder:
     try:
         features = np.load(folder / FEATURES, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise EcnreidError(f"{label}: cannot read {FEATURES} ({type(exc).__name__}: {exc})") from None
+        raise EcnreidError(
+            f"{label}: cannot read {FEATURES} (not a .npy array: {getattr(exc, 'strerror', None) or exc}); "
+            "extract the features again"
+        ) from None
     if features.ndim != 2 or features.dtype not in (np.float16, np.float32):
         raise EcnreidError(
             f"{label}: {FEATURES} holds {features.dtype} {tuple(features.shape)}; expected [N, D] float16 or float32"
