@@ -337,3 +337,27 @@ def test_shared_mobilenet_weights_load() -> None:
     assert backbone.stages["layer4"][0].conv[1][0].stride == (1, 1)
     with torch.no_grad():
         assert backbone.eval()(torch.randn(1, 3, 64, 32)).shape == (1, 1280, 4, 2)
+
+
+def test_a_download_that_works_still_shows_its_notice(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import sys
+
+    state = torchvision.models.resnet18().state_dict()
+
+    def online(url: str, *args, **kwargs):
+        sys.stdout.write(f'Downloading: "{url}" to cache\n')
+        sys.stderr.write("progress 100%\n")
+        return state
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", online)
+    backbone = build_backbone("resnet18", pretrained=True)
+    assert backbone.weights_origin == {"kind": "torchvision", "name": "resnet18:IMAGENET1K_V1"}
+    captured = capsys.readouterr()
+    assert "Downloading:" in captured.out and "progress 100%" in captured.err
+    assert sys.stdout is not None and not type(sys.stdout).__name__.startswith("_Held")
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2"])
+def test_last_stride_is_read_from_the_built_network(arch: str) -> None:
+    assert build_backbone(arch, pretrained=False).last_stride == 2
+    assert build_backbone(arch, pretrained=False, last_stride=1).last_stride == 1

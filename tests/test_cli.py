@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -431,3 +432,108 @@ def test_train_help_is_grouped_by_section() -> None:
     for panel in ("Input", "Model", "Optimisation", "ECN", "Domain generalisation", "Evaluation", "Runtime"):
         assert f"─ {panel} ─" in result.output, panel
     assert "--no-pretrained" in result.output and "--no-camera" in result.output
+
+
+# ---------------------------------------------------------------------------------------------- bad input in words
+EXCEPTION_CLASS = re.compile(r"\b[A-Z][A-Za-z]*(Error|Exception|Interrupt)\b")
+
+
+def assert_user_line(result, *fragments: str, alone: bool = True) -> str:
+    """Exit code 2 and one error line, naming every fragment, with no exception class name in it; ``alone``:
+    nothing else was printed (else the error is the last line of a command that had started work)."""
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2, result.output
+    assert lines[-1].startswith("error:") and "Traceback" not in result.output, result.output
+    assert len(lines) == 1 or not alone, result.output
+    assert not EXCEPTION_CLASS.search(lines[-1]), lines[-1]
+    for fragment in fragments:
+        assert fragment in lines[-1], (fragment, lines[-1])
+    return lines[-1]
+
+
+def test_a_text_file_as_checkpoint_or_weights_says_what_is_expected(two_domains, tmp_path: Path) -> None:
+    _, target = two_domains
+    text = tmp_path / "notes.pt"
+    text.write_text("hello, this is not a checkpoint\n" * 20)
+    result = runner.invoke(app, tiny_eval_args(target, "--checkpoint", str(text), "--out", str(tmp_path / "e")))
+    assert_user_line(result, f"--checkpoint {text}", "not a torch checkpoint file", "last.pt", "ecnreid train")
+    args = tiny_eval_args(target, "--arch", "resnet18", "--weights", str(text), "--out", str(tmp_path / "e"))
+    assert_user_line(runner.invoke(app, args), f"--weights {text}", "not a torch state_dict file", "state_dict()")
+
+
+def test_a_missing_checkpoint_is_worded_the_same_by_every_command(two_domains, tmp_path: Path) -> None:
+    _, target = two_domains
+    absent = tmp_path / "absent.pt"
+    images = str(target / "query")
+    commands = [
+        tiny_eval_args(target, "--checkpoint", str(absent), "--out", str(tmp_path / "eval")),
+        ["search", "--checkpoint", str(absent), "--query", images, "--gallery", images, "--out", str(tmp_path / "s")],
+        ["extract", "--checkpoint", str(absent), "--images", images, "--out", str(tmp_path / "x")],
+        ["export", "--checkpoint", str(absent), "--out", str(tmp_path / "m.onnx")],
+    ]
+    lines = {assert_user_line(runner.invoke(app, args), f"--checkpoint {absent}", "not found", "last.pt")
+             for args in commands}
+    assert len(lines) == 1, lines
+
+
+def test_prepare_check_on_a_dataset_root_points_at_its_camstyle_folder(two_domains) -> None:
+    _, target = two_domains
+    result = runner.invoke(app, ["prepare", "--check", str(target)])
+    assert_user_line(result, f"--check {target}", str(target / "bounding_box_train_camstyle"), "ecnreid prepare")
+
+
+def test_an_undecodable_training_image_names_skip_bad_images(two_domains, tmp_path: Path) -> None:
+    source, target = two_domains
+    for image in (source / "bounding_box_train").glob("*.jpg"):
+        image.write_bytes(b"not a jpeg at all")
+    # Two workers: the error arrives wrapped in a loader worker's traceback.
+    args = tiny_train_args(source, target, tmp_path / "run", "--no-camera", "--no-pretrained", "--workers", "2")
+    result = runner.invoke(app, args)
+    fragments = (str(source / "bounding_box_train"), "cannot decode image", "--skip-bad-images")
+    assert_user_line(result, *fragments, alone=False)
+
+
+def test_offline_nothing_is_printed_before_the_one_line(two_domains, tmp_path: Path, monkeypatch) -> None:
+    import sys
+    import urllib.error
+
+    import torchvision
+
+    def offline_as_torch_is(url: str, *args: object, **kwargs: object) -> None:
+        sys.stdout.write(f'Downloading: "{url}" to {tmp_path}\n')  # torch's notice, before it connects
+        raise urllib.error.URLError(OSError(101, "Network is unreachable"))
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline_as_torch_is)
+    result = runner.invoke(app, tiny_eval_args(two_domains[1], "--arch", "resnet18", "--out", str(tmp_path / "e")))
+    assert_user_line(result, "ImageNet weights for resnet18", "Network is unreachable", "--weights PATH")
+
+
+def test_a_failed_command_leaves_no_folder_it_created(two_domains, tmp_path: Path) -> None:
+    source, target = two_domains
+    absent = str(tmp_path / "absent.pt")
+    images = str(target / "query")
+    new = tmp_path / "new"
+    generator = tmp_path / "generator.pt"
+    generator.write_text("not a generator")
+    failing = [
+        ["search", "--checkpoint", absent, "--query", images, "--gallery", images, "--out", str(new / "search")],
+        ["export", "--checkpoint", absent, "--out", str(new / "deep" / "model.onnx")],
+        ["prepare", "--dataset", "synthetic", "--root", str(target), "--generator", str(generator),
+         "--out", str(new / "camstyle")],
+        # Camera invariance without a CamStyle set stops at validation.
+        tiny_train_args(source, target, new / "run", "--no-pretrained"),
+    ]
+    for args in failing:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert not new.exists(), (args[0], sorted(new.rglob("*")))
+    # What existed stays: an empty folder, and a folder holding a file (an unfinished job's state).
+    empty, kept = tmp_path / "empty", tmp_path / "kept"
+    empty.mkdir()
+    kept.mkdir()
+    (kept / "extract.json").write_text("{}")
+    for out in (empty, kept):
+        result = runner.invoke(app, ["search", "--checkpoint", absent, "--query", images, "--gallery", images,
+                                     "--out", str(out)])
+        assert result.exit_code == 2, result.output
+    assert empty.is_dir() and (kept / "extract.json").read_text() == "{}"
