@@ -80,6 +80,7 @@ def test_demo_prepares_and_evaluates_on_the_synthetic_domains(tmp_path: Path) ->
     prepare = demo_prepare_config(config, tmp_path / "data")
     assert (prepare.dataset, prepare.root, prepare.method) == ("synthetic", tmp_path / "data" / "target", "colour")
     assert (prepare.runtime.seed, prepare.runtime.device) == (2, "cpu")
+    assert prepare.workers == config.workers == 0  # tiny images: no loader processes, as in training
     evaluation = demo_eval_config(config, tmp_path / "data")
     assert (evaluation.dataset, evaluation.root) == ("synthetic", tmp_path / "data" / "source")
     assert evaluation.checkpoint == tmp_path / "runs" / "source_only" / "last.pt"
