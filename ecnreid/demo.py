@@ -81,6 +81,7 @@ def demo_prepare_config(config: DemoConfig, data_root: Path) -> PrepareConfig:
         dataset="synthetic",
         root=data_root / "target",
         method="colour",
+        workers=config.workers,
         runtime=RuntimeConfig(seed=config.seed, device=config.device),
     )
 

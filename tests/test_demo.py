@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
+
 from ecnreid.config import (
     DEMO_SOURCE,
     DEMO_TARGET,
@@ -78,6 +80,7 @@ def test_demo_prepares_and_evaluates_on_the_synthetic_domains(tmp_path: Path) ->
     prepare = demo_prepare_config(config, tmp_path / "data")
     assert (prepare.dataset, prepare.root, prepare.method) == ("synthetic", tmp_path / "data" / "target", "colour")
     assert (prepare.runtime.seed, prepare.runtime.device) == (2, "cpu")
+    assert prepare.workers == config.workers == 0  # tiny images: no loader processes, as in training
     evaluation = demo_eval_config(config, tmp_path / "data")
     assert (evaluation.dataset, evaluation.root) == ("synthetic", tmp_path / "data" / "source")
     assert evaluation.checkpoint == tmp_path / "runs" / "source_only" / "last.pt"
@@ -113,3 +116,34 @@ def test_demo_data_shifts_fashion_between_the_domains(tmp_path: Path) -> None:
     assert (DEMO_SOURCE.layout.cameras, DEMO_TARGET.layout.cameras) == (4, 5)
     assert DEMO_SOURCE.layout.train_ids == DEMO_TARGET.layout.train_ids == 60
     assert DEMO_TARGET.camera.strength == 0.4 and not DEMO_TARGET.camera.textured
+
+
+@pytest.mark.slow
+def test_the_demo_runs_end_to_end_on_tiny_domains(tmp_path: Path) -> None:
+    """generate → prepare → train the four rows → eval, at 32x16 for one epoch on a few ids: every row trains,
+    and the table's numbers are the runs' own final results."""
+    import json
+
+    from ecnreid.data.datasets import read_dataset
+    from ecnreid.demo import run_demo
+
+    config = DemoConfig(
+        out=tmp_path / "demo", epochs=1, device="cpu", height=32, width=16, batch_size=8,
+        source=_tiny(DEMO_SOURCE, 2), target=_tiny(DEMO_TARGET, 3),
+    )
+    report = run_demo(config)
+    assert json.loads((tmp_path / "demo" / "demo.json").read_text())["results"] == report["results"]
+    rows = {"source only": "source_only", "+E": "plus_E", "+E+N": "plus_Eplus_N", "+E+C+N": "plus_Eplus_Cplus_N"}
+    for name, folder in rows.items():
+        metrics = json.loads((tmp_path / "demo" / "runs" / folder / "metrics.json").read_text())
+        assert metrics["setting"] == name and metrics["final"]["epoch"] == 1
+        assert report["results"][name] == metrics["final"]
+    camstyle = json.loads((tmp_path / "demo" / "runs" / "plus_Eplus_Cplus_N" / "metrics.json").read_text())["camstyle"]
+    target_train = read_dataset("synthetic", tmp_path / "demo" / "data" / "target", require_test=False).train
+    assert camstyle["coverage"] == 1.0 and camstyle["expected"] == 2 * len(target_train)  # 2 other cameras each
+    on_source = json.loads((tmp_path / "demo" / "eval_source_only_on_source" / "metrics.json").read_text())
+    assert report["results"]["source only, on the source test split"] == on_source["results"]["plain"]
+    results = report["results"]
+    assert report["gap_ecn_over_source_only"]["rank1"] == pytest.approx(
+        results["+E+C+N"]["rank1"] - results["source only"]["rank1"]
+    )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
@@ -39,8 +37,18 @@ def test_flip_averaging_sums_image_and_mirror(two_domains) -> None:
     assert torch.allclose(flipped, torch.tensor([[0.0, 0.0, 0.0, 1.0]]).expand(3, 4), atol=1e-6)
 
 
-def test_pooled_backbone_is_unit_norm_and_restores_train_mode(tmp_path: Path) -> None:
+def test_pooled_backbone_is_unit_norm_and_extraction_restores_train_mode(two_domains) -> None:
+    _, target = two_domains
+    records = read_dataset("synthetic", target).query[:3]
     model = PooledBackbone(nn.Conv2d(3, 5, 3))
     model.train()
     out = model(torch.randn(2, 3, 8, 8))
     assert out.shape == (2, 5) and torch.allclose(out.norm(dim=1), torch.ones(2))
+    modes: list[bool] = []
+    model.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+    extract_features(model, records, height=32, width=16, batch_size=2, workers=0, show_progress=False)
+    assert modes == [False, False]  # features come from the eval-mode model...
+    assert model.training  # ...which is handed back in the mode it came in
+    model.eval()
+    extract_features(model, records, height=32, width=16, workers=0, show_progress=False)
+    assert not model.training

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from test_ecn_method import spec_target_loss
 
 from ecnreid.config import DomainsConfig, ModelConfig, TrainConfig, override
 from ecnreid.engine.loop import TwoDomainLoop, train
@@ -263,6 +264,8 @@ def test_target_loss_is_float32_under_autocast(two_domains, tmp_path: Path) -> N
     features = torch.nn.functional.normalize(torch.randn(8, 64, generator=generator), dim=1).requires_grad_()
     indices = torch.arange(8)
     reference = ecn.target_loss(features, indices, epoch=1)  # epoch 1: neighbourhood invariance is on
+    by_hand = spec_target_loss(features.tolist(), memory.tolist(), indices.tolist(), beta=0.05, k=6)
+    assert reference.item() == pytest.approx(by_hand, rel=1e-5)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         under_autocast = ecn.target_loss(features, indices, epoch=1)
         logits = ecn.memory.logits(features, 0.05)

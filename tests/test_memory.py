@@ -138,8 +138,9 @@ def test_float16_memory_product_in_blocks_equals_the_whole_upcast(
 
 
 def test_update_with_the_published_momentum_schedule() -> None:
-    """α = alpha × epoch (0-based; ECNConfig's alpha 0.01, as the official code): epoch 0 overwrites each slot,
-    epoch 5 keeps 5% of it, epoch 59 keeps 59%."""
+    """The update at the published schedule's momenta (α = 0.01 × epoch, 0-based): epoch 0 overwrites each slot,
+    epoch 5 keeps 5% of it, epoch 59 keeps 59%. That ``ECN.after_step`` hands the memory this α is tested in
+    test_ecn_method.py."""
     old, new = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
     for epoch, kept in ((0, 0.0), (5, 0.05), (59, 0.59)):
         alpha = ECNConfig().alpha * epoch

@@ -7,6 +7,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ecnreid.errors import EcnreidError
 from ecnreid.evaluation import metrics
@@ -183,6 +184,10 @@ def test_blocks_from_features_equal_full_matrix() -> None:
     )
     # In every row a match and a non-match lie at least 1e-4 apart, far above a matmul's float32 rounding, so
     # blocked and whole distance matrices put the matches at the same positions: the CMC is compared exactly.
+    exact = 1.0 - F.normalize(query.double(), dim=1) @ F.normalize(gallery.double(), dim=1).t()
+    is_match = ids[0][:, None] == ids[1][None, :]
+    gaps = (exact[:, :, None] - exact[:, None, :]).abs()  # [Q, G, G]: every pair of gallery distances of a row
+    assert float(gaps[is_match[:, :, None] & ~is_match[:, None, :]].min()) >= 1e-4
     full = evaluate_ranking(pairwise_distance(query, gallery), *ids)
     blocked = evaluate_blocks(iter_distance_blocks(query, gallery, "cosine", block_size=6), *ids)
     assert blocked.mAP == pytest.approx(full.mAP, abs=1e-12) and blocked.cmc == full.cmc

@@ -102,6 +102,33 @@ def test_rerank_orders_by_the_re_ranked_distance(site, tmp_path: Path) -> None:
         assert Path(entry["matches"][0]["path"]).name.startswith("copy_of_")
 
 
+def test_rerank_gives_the_reference_re_ranked_order_not_the_plain_one(site, tmp_path: Path) -> None:
+    from test_reranking import reference_rerank
+
+    queries = tmp_path / "query_feats"
+    args = ["extract", "--checkpoint", str(site["checkpoint"]), "--images", str(site["queries"]), "--out"]
+    result = runner.invoke(app, [*args, str(queries), "--device", "cpu", "--workers", "0", "--dtype", "float32"])
+    assert result.exit_code == 0, result.output
+    query_names = [line.split(",")[0] for line in (queries / "index.csv").read_text().splitlines()[1:]]
+    query_features = np.load(queries / "features.npy")
+    gallery_features = np.load(site["feats"] / "features.npy").astype(np.float32)  # what search reads
+    expected = reference_rerank(query_features, gallery_features, 20, 6, 0.3)
+    plain = 1.0 - query_features.astype(np.float64) @ gallery_features.T.astype(np.float64)
+    out = tmp_path / "rerank"
+    result = search(site, out, "--rerank", "--top-k", "22")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "results.json").read_text())
+    differs = False
+    for entry in summary["results"]:
+        q = next(i for i, name in enumerate(query_names) if Path(name).name == Path(entry["query"]["path"]).name)
+        rows = [m["row"] for m in entry["matches"]]
+        distances = np.array([m["rerank_distance"] for m in entry["matches"]])
+        np.testing.assert_allclose(distances, np.sort(expected[q]), atol=1e-4)
+        np.testing.assert_allclose(expected[q][rows], distances, atol=1e-4)  # each row has its own distance
+        differs |= rows != np.argsort(plain[q], kind="stable").tolist()
+    assert differs  # the re-ranked order is not the plain one on this gallery
+
+
 def test_rerank_that_would_not_fit_is_refused_in_one_line(site, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(search_module, "available_memory", lambda device: 1 << 20)
     result = search(site, tmp_path / "out", "--rerank")

@@ -1,0 +1,255 @@
+"""ECN's settings reach their effect through the code a run executes: ``ECN.step`` on a hand-made memory against the
+spec's formulas written out here, ``after_step``'s momentum schedule, the neighbourhood term's start, and the
+camera-invariance inputs of the training batches.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import ecnreid.methods.ecn as ecn_module
+from ecnreid.config import DomainsConfig, ModelConfig, TrainConfig, override
+from ecnreid.data.batches import LabelledBatch, UnlabelledBatch
+from ecnreid.engine.loop import TwoDomainLoop
+from ecnreid.methods.base import StepOutput
+
+EMBEDDING = 4
+
+
+def tiny_config(source: Path, target: Path, out: Path, **settings) -> TrainConfig:
+    config = TrainConfig(
+        domains=DomainsConfig("synthetic", source, "synthetic", target),
+        out=out,
+        model=ModelConfig(arch="resnet18", pretrained=False, embedding_dim=EMBEDDING),
+    )
+    defaults = dict(epochs=1, batch_size=8, height=32, width=16, workers=0, every=0, seed=0, device="cpu")
+    return override(config, **{**defaults, "use_camera": False, **settings})
+
+
+def spec_target_loss(f: list[list[float]], memory: list[list[float]], own: list[int], beta: float, k: int | None):
+    """The spec's target loss in plain Python: ``z = f·Mᵀ/β``; exemplar cross-entropy, or with ``k`` the
+    neighbourhood loss ``−Σ_j w_j log softmax(z)_j`` (w 1/k on the k most similar slots, 1 on the own slot)."""
+    total = 0.0
+    for row, i in zip(f, own, strict=True):
+        z = [sum(a * b for a, b in zip(row, slot, strict=True)) / beta for slot in memory]
+        log_norm = math.log(sum(math.exp(v) for v in z))
+        log_p = [v - log_norm for v in z]
+        weights = [0.0] * len(memory)
+        if k is not None:
+            for j in sorted(range(len(z)), key=lambda j: -z[j])[:k]:
+                weights[j] = 1.0 / k
+        weights[i] = 1.0
+        total -= sum(w * lp for w, lp in zip(weights, log_p, strict=True))
+    return total / len(f)
+
+
+# Five unit slots of a 24-slot memory (the rest zero) and two unit target features whose three most similar
+# slots are distinct (no ties) and exclude their own slot: the neighbourhood term then differs from the exemplar one.
+SLOTS = {
+    0: [1.0, 0.0, 0.0, 0.0],
+    1: [0.8, 0.6, 0.0, 0.0],
+    2: [0.0, 1.0, 0.0, 0.0],
+    3: [0.0, 0.6, 0.8, 0.0],
+    4: [0.0, 0.0, 0.0, 1.0],
+}
+FEATURES = [[0.6, 0.8, 0.0, 0.0], [v / math.sqrt(0.99) for v in (0.1, 0.3, 0.5, 0.8)]]
+OWN = [4, 0]
+
+
+def hand_made(loop: TwoDomainLoop) -> list[list[float]]:
+    memory = loop.method.memory.features
+    memory.zero_()
+    for slot, row in SLOTS.items():
+        memory[slot] = torch.tensor(row)
+    return memory.tolist()
+
+
+def fixed_network(source_logits: torch.Tensor, target_embedding: torch.Tensor):
+    """A stand-in for the two-domain forward: fixed outputs, so the losses are known in advance."""
+
+    def network(source_images, source_labels, target_images):
+        return {"source_logits": source_logits}, {"target_embedding": target_embedding}
+
+    return network
+
+
+def one_step(loop: TwoDomainLoop, epoch: int) -> StepOutput:
+    source_logits = torch.tensor([[2.0, 0.0, -1.0, 0.5], [0.0, 1.0, 0.0, 3.0]])
+    images, cameras = torch.zeros(2, 3, 32, 16), torch.zeros(2, dtype=torch.long)
+    x = LabelledBatch(images, torch.tensor([0, 3]), cameras, torch.arange(2))
+    u = UnlabelledBatch(images, cameras, torch.tensor(OWN))
+    return loop.method.step(fixed_network(source_logits, torch.tensor(FEATURES)), x, u, epoch)
+
+
+def spec_source_loss() -> float:
+    logits, labels = [[2.0, 0.0, -1.0, 0.5], [0.0, 1.0, 0.0, 3.0]], [0, 3]
+    return sum(math.log(sum(math.exp(v) for v in row)) - row[y] for row, y in zip(logits, labels, strict=True)) / 2
+
+
+@pytest.mark.parametrize(("beta", "k", "lam"), [(0.05, 3, 0.3), (0.2, 2, 0.5)])
+def test_one_step_gives_the_spec_losses_for_beta_k_lambda_and_epoch(two_domains, tmp_path: Path, beta, k, lam) -> None:
+    source, target = two_domains
+    config = tiny_config(source, target, tmp_path / "run", beta=beta, k=k, lam=lam, neighbour_start_epoch=3)
+    loop = TwoDomainLoop(config)
+    memory = hand_made(loop)
+    for epoch, neighbours in ((2, None), (3, k), (7, k)):  # exemplar before --neighbour-start, neighbourhood from it
+        output = one_step(loop, epoch)
+        expected_target = spec_target_loss(FEATURES, memory, OWN, beta, neighbours)
+        assert output.parts["target"].item() == pytest.approx(expected_target, rel=1e-5), (epoch, beta, k)
+        assert output.parts["source"].item() == pytest.approx(spec_source_loss(), rel=1e-6)
+        expected_total = (1 - lam) * spec_source_loss() + lam * expected_target
+        assert output.total.item() == pytest.approx(expected_total, rel=1e-5)
+    # The hand-made case is one where the settings matter: another β, or the neighbour term, moves the loss.
+    exemplar = spec_target_loss(FEATURES, memory, OWN, beta, None)
+    assert spec_target_loss(FEATURES, memory, OWN, 1.0, None) != pytest.approx(exemplar, rel=1e-2)
+    assert spec_target_loss(FEATURES, memory, OWN, beta, k) != pytest.approx(exemplar, rel=1e-2)
+
+
+def test_without_neighbourhood_invariance_every_epoch_is_exemplar(two_domains, tmp_path: Path) -> None:
+    source, target = two_domains
+    loop = TwoDomainLoop(tiny_config(source, target, tmp_path / "run", use_neighbour=False, neighbour_start_epoch=0))
+    memory = hand_made(loop)
+    assert not loop.method.neighbours_on(9)
+    output = one_step(loop, 9)
+    assert output.parts["target"].item() == pytest.approx(spec_target_loss(FEATURES, memory, OWN, 0.05, None), rel=1e-5)
+
+
+def test_neighbour_search_runs_from_neighbour_start_on(two_domains, tmp_path: Path, monkeypatch) -> None:
+    """With ``--knn faiss`` the method searches the memory itself: never before ``--neighbour-start``, every step
+    from it on, and its neighbours give the spec's loss."""
+    pytest.importorskip("faiss")
+    source, target = two_domains
+    loop = TwoDomainLoop(tiny_config(source, target, tmp_path / "run", knn="faiss", k=2, neighbour_start_epoch=4))
+    assert loop.method.knn == "faiss-cpu"
+    memory = hand_made(loop)
+    searches = []
+    real = ecn_module.nearest_slots_faiss
+
+    def counted(features, slots, k):
+        searches.append(k)
+        return real(features, slots, k)
+
+    monkeypatch.setattr(ecn_module, "nearest_slots_faiss", counted)
+    assert [loop.method.neighbours_on(e) for e in (0, 3, 4, 9)] == [False, False, True, True]
+    before = one_step(loop, 3)
+    assert searches == []
+    assert before.parts["target"].item() == pytest.approx(spec_target_loss(FEATURES, memory, OWN, 0.05, None), rel=1e-5)
+    after = one_step(loop, 4)
+    assert searches == [2]
+    assert after.parts["target"].item() == pytest.approx(spec_target_loss(FEATURES, memory, OWN, 0.05, 2), rel=1e-5)
+
+
+@pytest.mark.parametrize(("alpha", "epoch"), [(0.01, 0), (0.01, 7), (0.1, 4)])
+def test_after_step_updates_the_memory_with_momentum_alpha_times_epoch(
+    two_domains, tmp_path: Path, alpha: float, epoch: int
+) -> None:
+    source, target = two_domains
+    loop = TwoDomainLoop(tiny_config(source, target, tmp_path / "run", alpha=alpha))
+    memory = loop.method.memory.features
+    old = F.normalize(torch.tensor([[1.0, 2.0, 0.0, 0.0], [0.0, 0.0, 1.0, -1.0]]), dim=1)
+    memory[[3, 10]] = old
+    untouched = memory.clone()
+    new = torch.tensor([[0.0, 1.0, 1.0, 0.0], [2.0, 0.0, 0.0, 1.0]])
+    u = UnlabelledBatch(torch.zeros(2, 3, 32, 16), torch.zeros(2, dtype=torch.long), torch.tensor([3, 10]))
+    loop.method.after_step(StepOutput(torch.zeros(()), {}, state=new), u, epoch)
+    momentum = alpha * epoch  # the spec: α = 0.01 × epoch, so epoch 0 overwrites the slot
+    for row, slot in enumerate((3, 10)):
+        mixed = [momentum * a + (1 - momentum) * b for a, b in zip(old[row].tolist(), new[row].tolist(), strict=True)]
+        norm = math.sqrt(sum(v * v for v in mixed))
+        assert memory[slot].tolist() == pytest.approx([v / norm for v in mixed], abs=1e-6), (alpha, epoch, slot)
+    others = [i for i in range(len(memory)) if i not in (3, 10)]
+    assert torch.equal(memory[others], untouched[others])
+
+
+def test_a_training_step_moves_the_memory_with_the_epochs_momentum(two_domains, tmp_path: Path) -> None:
+    """Through the loop's own step: slot ``i`` becomes ``α·M[i] + (1−α)·f_i``, normalised, with the batch's
+    target features ``f``."""
+    source, target = two_domains
+    loop = TwoDomainLoop(tiny_config(source, target, tmp_path / "run", alpha=0.1))
+    loader_x, loader_u = loop.loaders()
+    loader_x.set_epoch(3)
+    loader_u.set_epoch(3)
+    x, u = next(loader_x), next(loader_u)
+    memory = loop.method.memory.features
+    memory.copy_(F.normalize(torch.randn(memory.shape, generator=torch.Generator().manual_seed(0)), dim=1))
+    before = memory.clone()
+    captured = {}
+    real_after_step = loop.method.after_step
+
+    def capture(output, batch, epoch):
+        captured["f"] = output.state.clone()
+        real_after_step(output, batch, epoch)
+
+    loop.method.after_step = capture
+    loop.train_step(x, u, epoch=3)
+    f, slots = captured["f"], u.indices
+    expected = F.normalize(0.3 * before[slots] + 0.7 * f, dim=1)  # α = 0.1 × 3
+    torch.testing.assert_close(memory[slots], expected, atol=1e-6, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- camera invariance inputs
+CAMERA_COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]  # the fakes in camera c's style: one solid colour each
+
+
+def write_solid_camstyle_set(target: Path, folder: Path) -> None:
+    """Every target training image rendered into each other camera as that camera's solid colour
+    (StarGAN names, 1-based cameras)."""
+    folder.mkdir()
+    for path in sorted((target / "bounding_box_train").glob("*.jpg")):
+        own = int(path.stem.split("_c")[1].split("_")[0])
+        width, height = Image.open(path).size
+        for camera in range(1, len(CAMERA_COLOURS) + 1):
+            if camera != own:
+                fake = Image.new("RGB", (width, height), CAMERA_COLOURS[camera - 1])
+                fake.save(folder / f"{path.stem}_fake_{camera}.jpg")
+
+
+def style_of(image: torch.Tensor) -> int | None:
+    """The camera whose solid colour the (normalised) training image shows, or None for an original image.
+
+    The median pixel survives the crop, flip and random erasing (at most a fifth of the image)."""
+    mean = torch.tensor([0.485, 0.456, 0.406])
+    std = torch.tensor([0.229, 0.224, 0.225])
+    rgb = (image.flatten(1).median(dim=1).values * std + mean) * 255
+    for camera, colour in enumerate(CAMERA_COLOURS):
+        if (rgb - torch.tensor(colour, dtype=torch.float32)).abs().max() < 30:
+            return camera
+    return None
+
+
+def test_training_batches_hold_camstyle_images_in_the_spec_proportion(two_domains, tmp_path: Path) -> None:
+    """Camera ``c`` is drawn uniformly from the target's 3 cameras; the own camera gives the original image.
+    So each (own camera, style) cell of the draws is a binomial with p = 1/3 and never a fake of the own camera."""
+    source, target = two_domains
+    camstyle = tmp_path / "camstyle"
+    write_solid_camstyle_set(target, camstyle)
+    loop = TwoDomainLoop(tiny_config(source, target, tmp_path / "run", use_camera=True, camstyle_dir=camstyle))
+    assert loop.method.ecn.setting_name == "+E+C+N"
+    # Originals are noisy non-primary colours: none passes for a fake.
+    originals = loop.method.target_dataset(None).records
+    assert all(np.abs(np.asarray(Image.open(r.path)).astype(int) - np.array(c)).max() >= 30
+               for r in originals for c in CAMERA_COLOURS)
+    _, target_loader = loop.loaders()
+    counts = np.zeros((3, 4), dtype=int)  # own camera x (style camera 0..2, original)
+    for epoch in range(10):
+        target_loader.set_epoch(epoch)
+        for _ in range(len(originals) // 8):
+            batch = next(target_loader)
+            for image, own in zip(batch.images, batch.camids.tolist(), strict=True):
+                style = style_of(image)
+                counts[own, 3 if style is None else style] += 1
+    draws = counts.sum(axis=1)
+    assert draws.tolist() == [80, 80, 80]  # 8 images per camera, 10 epochs
+    assert counts[[0, 1, 2], [0, 1, 2]].tolist() == [0, 0, 0]  # the own camera's style is the original image
+    # Each of the 9 cells that may fill is Binomial(80, 1/3): mean 26.7, sd 4.2. Hoeffding gives
+    # P(|X − 26.7| ≥ 16) ≤ 2·exp(−2·16²/80) = 3e-3 per cell; the draws are seeded, so the test is deterministic.
+    for own in range(3):
+        for cell in [c for c in range(3) if c != own] + [3]:
+            assert abs(counts[own, cell] - 80 / 3) < 16, counts
