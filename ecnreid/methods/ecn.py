@@ -171,7 +171,8 @@ class ECN(Method):
             features = features.float()
             logits = self.memory.logits(features, ecn.beta)
             neighbours = None
-            if self.neighbours_on(epoch) and self.knn != "topk":
+            use_neighbours = self.neighbours_on(epoch)  # the one place that decides, for top-k and faiss alike
+            if use_neighbours and self.knn != "topk":
                 neighbours = nearest_slots_faiss(features, self.memory.features, ecn.k)
             return target_invariance_loss(
                 logits,
@@ -179,7 +180,7 @@ class ECN(Method):
                 epoch,
                 k=ecn.k,
                 neighbour_start_epoch=ecn.neighbour_start_epoch,
-                use_neighbourhood=ecn.use_neighbour,
+                use_neighbourhood=use_neighbours,
                 neighbours=neighbours,
             )
 
