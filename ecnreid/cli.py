@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from ecnreid import __version__
@@ -120,7 +121,8 @@ def user_errors(command: F) -> F:
             with terminate_as_interrupt():
                 return command(*args, **kwargs)
         except EcnreidError as exc:
-            console.print(f"[bold red]error:[/] {one_line(exc)}", markup=True, highlight=False, soft_wrap=True)
+            # The message is text: a "[section]" in it is not markup.
+            console.print(f"[bold red]error:[/] {escape(one_line(exc))}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except (KeyboardInterrupt, RuntimeError) as exc:
             if not is_interruption(exc):
@@ -324,18 +326,13 @@ def with_capped_workers(config: Any, settings: dict[str, Any]) -> Any:
     return dataclasses.replace(config, **changes)
 
 
-def config_file_option(help: str) -> Any:
+def config_file_option(example: str, *, run_record: bool = False) -> Any:
+    """The ``--config FILE`` option of a command; ``run_record``: it also takes a training run's config.json."""
+    # Help texts are rich markup: "[optim]" must be escaped to show.
+    help = f"A TOML or JSON file of this command's settings by field name, in their sections (e.g. {escape(example)})"
+    help += ", or a run's own config.json to train it again" if run_record else ""
+    help += "; command-line options win."
     return Annotated[Path | None, typer.Option("--config", help=help, metavar="FILE")]
-
-
-ConfigFile = config_file_option(
-    "A TOML or JSON file of this command's settings (keys as the options, with - as _, in their sections); "
-    "command-line options win."
-)
-TrainConfigFile = config_file_option(
-    "A TOML or JSON file of settings (keys as the options, with - as _, in their sections), or a run's own "
-    "config.json to train it again; command-line options win."
-)
 
 
 def config_command(
@@ -346,10 +343,10 @@ def config_command(
     rename: dict[str, str] | None = None,
     exclude: frozenset[str] = frozenset(),
     helps: dict[str, str] | None = None,
-    accepts_file: bool = True,
-    config_file: Any = ConfigFile,
+    config_file: Any = None,
 ) -> Callable[[Callable[[Any], None]], Callable[[Any], None]]:
-    """Register ``run(config)`` as command ``name`` with one option per field of ``cls``."""
+    """Register ``run(config)`` as command ``name`` with one option per field of ``cls`` (and ``--config``
+    when ``config_file``, from ``config_file_option``, is given)."""
     options = config_options(cls, rename=rename, exclude=exclude, helps=helps)
 
     def register(run: Callable[[Any], None]) -> Callable[[Any], None]:
@@ -359,7 +356,7 @@ def config_command(
             run(build_config(cls, options, path, settings_from_options(ctx, options, values)))
 
         parameters = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
-        if accepts_file:
+        if config_file is not None:
             parameters.append(
                 inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=config_file, default=None)
             )
@@ -381,7 +378,7 @@ def config_command(
     help="Train ECN: source cross-entropy + exemplar, camera and neighbourhood invariance on the target.",
     exclude=frozenset({"evaluation.rerank", "evaluation.metric", "evaluation.save_ranks"}),
     helps={"input.batch_size": "Source images per batch (the target's too, unless --target-batch-size)."},
-    config_file=TrainConfigFile,
+    config_file=config_file_option("[optim] lr = 0.01", run_record=True),
 )
 def train_command(config: TrainConfig) -> None:
     from ecnreid.engine.loop import train
@@ -398,6 +395,7 @@ def train_command(config: TrainConfig) -> None:
     help="Extract features and score query against gallery: CMC, mAP, mINP (optionally re-ranked).",
     exclude=frozenset({"evaluation.every", "runtime.seed", "runtime.resume", "model.frozen_stages",
                        "model.embedding_dim", "model.dropout"}),
+    config_file=config_file_option("[input] batch_size = 64"),
 )
 def eval_command(config: EvalConfig) -> None:
     from ecnreid.evaluation.runner import run_eval
@@ -417,7 +415,7 @@ PREPARE_OPTIONS = config_options(
 def prepare_command(
     ctx: typer.Context,
     check: Annotated[Path | None, typer.Option(help="Only validate an existing CamStyle set in this folder.")] = None,
-    config: ConfigFile = None,
+    config: config_file_option('method = "colour"') = None,  # type: ignore[valid-type]
     **values: Any,
 ) -> None:
     from camstyle.prepare import render_check_table, render_prepare_summary, run_check, run_prepare
@@ -448,7 +446,6 @@ _attach_options(prepare_command, PREPARE_OPTIONS)
     "demo",
     DemoConfig,
     help="Generate the built-in synthetic two-domain dataset and run prepare → train → eval on it.",
-    accepts_file=False,
 )
 def demo_command(config: DemoConfig) -> None:
     from ecnreid.demo import run_demo
@@ -460,6 +457,7 @@ def demo_command(config: DemoConfig) -> None:
     "extract",
     ExtractConfig,
     help="Write the adapted model's features of a folder of images or a dataset split (resumes after a stop).",
+    config_file=config_file_option("[features] batch_size = 64"),
 )
 def extract_command(config: ExtractConfig) -> None:
     from ecnreid.inference.extract import run_extract
@@ -471,6 +469,7 @@ def extract_command(config: ExtractConfig) -> None:
     "search",
     SearchConfig,
     help="Rank a gallery for each query image: rank-list PNGs, one HTML page and results.json.",
+    config_file=config_file_option("top_k = 20"),
 )
 def search_command(config: SearchConfig) -> None:
     from ecnreid.inference.search import run_search
@@ -482,6 +481,7 @@ def search_command(config: SearchConfig) -> None:
     "export",
     ExportConfig,
     help="Export the adapted model (L2-normalised feature) to ONNX or TorchScript, checked against PyTorch.",
+    config_file=config_file_option('format = "torchscript"'),
 )
 def export_command(config: ExportConfig) -> None:
     from ecnreid.inference.export import run_export

@@ -477,6 +477,8 @@ def test_help_is_true_for_each_command(command: str) -> None:
     if command != "demo":
         config_help = help_row(text, "--config")
         assert ("config.json" in config_help) == (command == "train"), config_help
+        example = config_help.split("(e.g. ")[1].split(")")[0]
+        assert "=" in example and (example.startswith("[") or " " not in example.split("=")[0].strip())
     if "--workers" in text:
         assert "[default: 4]" in help_row(text, "--workers")
     if command in ("train", "eval", "prepare", "extract"):
@@ -559,6 +561,8 @@ def test_each_commands_config_file_gives_settings_and_an_unknown_one_names_the_f
     run_json.write_text(json.dumps({"dg": {"rsc": True}, "provenance": {}}))
     result = runner.invoke(app, [command, "--config", str(run_json), *required])
     assert_one_line_error(result, f"--config {run_json}", "unknown setting 'dg'", "valid:")
+    if command != "export":  # export's settings have no sections
+        assert "; sections: [" in result.output
 
 
 def test_train_takes_the_config_json_a_run_wrote(two_domains, tmp_path: Path, monkeypatch) -> None:
