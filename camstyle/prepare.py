@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.table import Table
 
 from camstyle.check import PREPARE_FILE, CheckReport, render_check_table, run_check
 from camstyle.colour import generate_colour_camstyle
@@ -36,7 +37,7 @@ from ecnreid.progress import console
 from ecnreid.runstate import interruption_guard
 from ecnreid.runtime import resolve_device
 
-__all__ = ["CheckReport", "render_check_table", "run_check", "run_prepare"]
+__all__ = ["CheckReport", "render_check_table", "render_prepare_summary", "run_check", "run_prepare"]
 
 
 def _validate(config: PrepareConfig) -> None:
@@ -233,8 +234,26 @@ def run_prepare(config: PrepareConfig, *, progress: bool = True) -> dict[str, An
     summary["seconds"] = round(time.perf_counter() - started, 3)
     summary["config"] = config_to_dict(config)
     write_json(summary, out / PREPARE_FILE)
-    console.print(
-        f"CamStyle ({config.method}): {counts.written} written, {counts.skipped} already there, "
-        f"{len(records)} images x {num_cameras - 1} other cameras in {out}"
-    )
     return summary
+
+
+def render_prepare_summary(summary: dict[str, Any]) -> Table:
+    """What ``run_prepare`` made, in a few rows (everything else is in ``prepare.json``)."""
+    out = Path(summary["paths"]["out"])
+    table = Table(title=f"CamStyle set of {summary['dataset']} ({summary['method']})", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")  # paths whole, never cut with an ellipsis
+    cameras = summary["cameras"]
+    rows = [
+        ("images", f"{summary['images']:,} training images x {cameras - 1} other cameras"),
+        ("written", f"{summary['written']:,} ({summary['skipped']:,} already there)"),
+        ("folder", str(out)),
+    ]
+    if "pseudo_cameras" in summary:
+        rows.append(("cameras", f"{cameras} pseudo cameras (style clusters)"))
+    if "generator" in summary["paths"]:
+        rows.append(("generator", summary["paths"]["generator"]))
+    rows += [("time", f"{summary['seconds']:.1f} s on {summary['device']}"), ("details", str(out / PREPARE_FILE))]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table

@@ -2,8 +2,8 @@
 library call.
 
 The options are generated from the config dataclasses (help, defaults and flags are written there once) and
-grouped into help panels by section. ``--config FILE`` (TOML or JSON, a run's own ``config.json`` included)
-gives the settings; options given on the command line override it.
+grouped into help panels by section. ``--config FILE`` (TOML or JSON; for ``train``, a run's own ``config.json``
+too) gives the settings; options given on the command line override it.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import functools
 import inspect
+import os
 import signal
 import threading
 import typing
@@ -21,7 +22,10 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
+from ecnreid import __version__
 from ecnreid.config import (
     DemoConfig,
     EvalConfig,
@@ -30,6 +34,7 @@ from ecnreid.config import (
     PrepareConfig,
     SearchConfig,
     TrainConfig,
+    check_setting_names,
     config_from_dict,
     load_config_file,
     merge_settings,
@@ -38,6 +43,26 @@ from ecnreid.config import (
 from ecnreid.errors import EcnreidError
 from ecnreid.progress import console
 from ecnreid.runtime import is_interruption
+from ecnreid.workers import capped_workers
+
+
+class _PlainHelpOption:
+    """--help is a flag: its help row shows no value type."""
+
+    def get_help_option(self, ctx: Any) -> TyperOption | None:
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class Command(_PlainHelpOption, TyperCommand):
+    pass
+
+
+class Group(_PlainHelpOption, TyperGroup):
+    pass
+
 
 app = typer.Typer(
     name="ecnreid",
@@ -45,7 +70,25 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=Group,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"ecnreid {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", is_eager=True, callback=_print_version,
+                     metavar=""),
+    ] = False,
+) -> None:
+    """Unsupervised domain-adaptive person re-identification (ECN, CamStyle, MixStyle/SNR/RSC)."""
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXPLICIT_SOURCES = ("COMMANDLINE", "ENVIRONMENT", "PROMPT")
@@ -81,7 +124,8 @@ def user_errors(command: F) -> F:
             with terminate_as_interrupt(), created_folders_removed_on_failure():
                 return command(*args, **kwargs)
         except EcnreidError as exc:
-            console.print(f"[bold red]error:[/] {one_line(exc)}", markup=True, highlight=False, soft_wrap=True)
+            # The message is text: a "[section]" in it is not markup.
+            console.print(f"[bold red]error:[/] {escape(one_line(exc))}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except (KeyboardInterrupt, RuntimeError) as exc:
             if not is_interruption(exc):
@@ -112,6 +156,14 @@ def parse_size(value: str, option: str) -> tuple[int, int]:
     return height, width
 
 
+def parse_ints(value: str, option: str) -> tuple[int, ...]:
+    """``20,40`` → (20, 40)."""
+    try:
+        return tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise EcnreidError(f"{option} {value}: expected comma-separated whole numbers, e.g. 20,40") from None
+
+
 def parse_stages(value: str | None) -> tuple[str, ...]:
     """``layer1,layer2`` → ("layer1", "layer2"); empty → ()."""
     return tuple(part.strip() for part in value.split(",") if part.strip()) if value else ()
@@ -130,6 +182,7 @@ class ConfigOption:
     panel: str
     required: bool
     parse: Callable[[Any, str], Any] | None = None
+    unset: str | None = None  # what a None default means, shown as the default
 
     @property
     def param(self) -> str:
@@ -141,7 +194,11 @@ class ConfigOption:
 
     def parameter(self) -> inspect.Parameter:
         """The keyword parameter typer turns into this option."""
-        info = typer.Option(self.flag, help=self.help, rich_help_panel=self.panel, show_default=not self.required)
+        show_default: bool | str = self.unset if self.unset else not self.required
+        metavar = "" if strip_optional(self.annotation) is bool else None  # a flag takes no value
+        info = typer.Option(
+            self.flag, help=self.help, rich_help_panel=self.panel, show_default=show_default, metavar=metavar
+        )
         return inspect.Parameter(
             self.param,
             inspect.Parameter.KEYWORD_ONLY,
@@ -162,7 +219,12 @@ def _option_type(annotation: Any, default: Any) -> tuple[Any, Any, Callable[[Any
         if typing.get_args(base) == (int, int):
             shown = f"{default[0]}x{default[1]}" if default else None
             return str | None, shown, lambda value, flag: parse_size(value, flag)
-        return str | None, ",".join(default) if default else None, lambda value, flag: parse_stages(value)
+        shown = ",".join(map(str, default)) if default else None
+        if typing.get_args(base) == (int, ...):
+            return str | None, shown, lambda value, flag: parse_ints(value, flag)
+        return str | None, shown, lambda value, flag: parse_stages(value)
+    if isinstance(default, float) and len(repr(default)) > 7:
+        default = float(f"{default:.3g}")  # only shown: 0.333, not 0.3333333333333333
     return annotation, default, None
 
 
@@ -171,12 +233,15 @@ def config_options(
     *,
     rename: dict[str, str] | None = None,
     exclude: frozenset[str] = frozenset(),
+    helps: dict[str, str] | None = None,
     panel: str = "Run",
     prefix: tuple[str, ...] = (),
     defaults: Any = None,
 ) -> list[ConfigOption]:
-    """The options of ``cls``'s fields (sections recursively), keyed by dotted path for ``rename``/``exclude``."""
+    """The options of ``cls``'s fields (sections recursively), keyed by dotted path for ``rename``/``exclude``
+    and for ``helps``, a command's own help text of a field it shares."""
     rename = rename or {}
+    helps = helps or {}
     hints = typing.get_type_hints(cls)
     options: list[ConfigOption] = []
     for f in dataclasses.fields(cls):
@@ -195,18 +260,20 @@ def config_options(
         if f.metadata.get("section") or dataclasses.is_dataclass(hints[f.name]):
             sub_panel = f.metadata["help"] if f.metadata.get("section") else panel
             sub_defaults = None if default is dataclasses.MISSING else default
-            options += config_options(hints[f.name], rename=rename, exclude=exclude, panel=sub_panel, prefix=path,
-                                      defaults=sub_defaults)
+            options += config_options(hints[f.name], rename=rename, exclude=exclude, helps=helps, panel=sub_panel,
+                                      prefix=path, defaults=sub_defaults)
             continue
         required = default is dataclasses.MISSING
         annotation, shown, parse = _option_type(hints[f.name], None if required else default)
         if required:
             annotation = annotation | None
         flag = rename.get(dotted) or f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-        if strip_optional(hints[f.name]) is bool and "/" not in flag:
+        # A switch gets its --no- form unless its flag is written out or is itself a --no- flag (one-way).
+        if strip_optional(hints[f.name]) is bool and not f.metadata.get("flag") and not flag.startswith("--no-"):
             flag = f"{flag}/--no-{flag[2:]}"
-        help_text = f.metadata["help"] + (" Required (here or in --config)." if required else "")
-        options.append(ConfigOption(path, flag, annotation, shown, help_text, panel, required, parse))
+        help_text = helps.get(dotted, f.metadata["help"]) + (" Required (here or in --config)." if required else "")
+        unset = f.metadata.get("unset") if shown is None and not required else None
+        options.append(ConfigOption(path, flag, annotation, shown, help_text, panel, required, parse, unset))
     return options
 
 
@@ -227,8 +294,14 @@ def settings_from_options(ctx: typer.Context, options: list[ConfigOption], value
     return settings
 
 
-def build_config(cls: type, options: list[ConfigOption], file_settings: dict[str, Any], cli_settings: dict) -> Any:
-    """``cls`` from the dataclass defaults, then the --config file, then the command line."""
+def build_config(
+    cls: type, options: list[ConfigOption], config_file: Path | None, cli_settings: dict[str, Any]
+) -> Any:
+    """``cls`` from the dataclass defaults, then the --config file, then the command line; its DataLoader
+    workers capped at the CPUs this process may use."""
+    file_settings = load_config_file(config_file) if config_file is not None else {}
+    if config_file is not None:
+        check_setting_names(cls, file_settings, where=f"--config {config_file}")
     settings = merge_settings(file_settings, cli_settings)
     for option in options:
         node: Any = settings
@@ -236,13 +309,33 @@ def build_config(cls: type, options: list[ConfigOption], file_settings: dict[str
             node = node.get(key) if isinstance(node, dict) else None
         if option.required and node is None:
             raise EcnreidError(f"{option.first_flag}: required (on the command line or in --config)")
-    return config_from_dict(cls, settings, where="settings")
+    where = f"--config {config_file}" if config_file is not None else "settings"
+    return with_capped_workers(config_from_dict(cls, settings, where=where), settings)
 
 
-ConfigFile = Annotated[
-    Path | None,
-    typer.Option("--config", help="TOML or JSON settings (a run's config.json too); command-line options win."),
-]
+def with_capped_workers(config: Any, settings: dict[str, Any]) -> Any:
+    """``config`` with every ``workers`` setting of its tree at most the usable CPUs (``capped_workers``); a
+    number the user gave (``settings``: file and command line) is capped with a notice, the default silently,
+    so that a small machine's errors stay one line."""
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        given = settings.get(f.name) if isinstance(settings, dict) else None
+        if f.name == "workers" and isinstance(value, int):
+            announce = given is not None and os.environ.get("RANK", "0") == "0"  # torchrun: rank 0 speaks
+            changes[f.name] = capped_workers(value, announce=announce)
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            changes[f.name] = with_capped_workers(value, given or {})
+    return dataclasses.replace(config, **changes)
+
+
+def config_file_option(example: str, *, run_record: bool = False) -> Any:
+    """The ``--config FILE`` option of a command; ``run_record``: it also takes a training run's config.json."""
+    # Help texts are rich markup: "[optim]" must be escaped to show.
+    help = f"A TOML or JSON file of this command's settings by field name, in their sections (e.g. {escape(example)})"
+    help += ", or a run's own config.json to train it again" if run_record else ""
+    help += "; command-line options win."
+    return Annotated[Path | None, typer.Option("--config", help=help, metavar="FILE")]
 
 
 def config_command(
@@ -252,29 +345,30 @@ def config_command(
     help: str,
     rename: dict[str, str] | None = None,
     exclude: frozenset[str] = frozenset(),
-    accepts_file: bool = True,
+    helps: dict[str, str] | None = None,
+    config_file: Any = None,
 ) -> Callable[[Callable[[Any], None]], Callable[[Any], None]]:
-    """Register ``run(config)`` as command ``name`` with one option per field of ``cls``."""
-    options = config_options(cls, rename=rename, exclude=exclude)
+    """Register ``run(config)`` as command ``name`` with one option per field of ``cls`` (and ``--config``
+    when ``config_file``, from ``config_file_option``, is given)."""
+    options = config_options(cls, rename=rename, exclude=exclude, helps=helps)
 
     def register(run: Callable[[Any], None]) -> Callable[[Any], None]:
         @user_errors
         def command(ctx: typer.Context, **values: Any) -> None:
-            config_file = values.pop("config", None)
-            file_settings = load_config_file(config_file) if config_file is not None else {}
-            run(build_config(cls, options, file_settings, settings_from_options(ctx, options, values)))
+            path = values.pop("config", None)
+            run(build_config(cls, options, path, settings_from_options(ctx, options, values)))
 
         parameters = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
-        if accepts_file:
+        if config_file is not None:
             parameters.append(
-                inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=ConfigFile, default=None)
+                inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=config_file, default=None)
             )
         parameters += [option.parameter() for option in options]
         command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
         command.__annotations__ = {}
         command.__doc__ = help
         command.__name__ = f"{name}_command"
-        app.command(name, help=help)(command)
+        app.command(name, help=help, cls=Command)(command)
         return run
 
     return register
@@ -285,14 +379,17 @@ def config_command(
     "train",
     TrainConfig,
     help="Train ECN: source cross-entropy + exemplar, camera and neighbourhood invariance on the target.",
-    rename={"evaluation.flip": "--flip-eval"},
     exclude=frozenset({"evaluation.rerank", "evaluation.metric", "evaluation.save_ranks"}),
+    helps={"input.batch_size": "Source images per batch (the target's too, unless --target-batch-size)."},
+    config_file=config_file_option("[optim] lr = 0.01", run_record=True),
 )
 def train_command(config: TrainConfig) -> None:
     from ecnreid.engine.loop import train
     from ecnreid.evaluation.runner import render_train_summary
 
-    console.print(render_train_summary(train(config)))
+    summary = train(config)
+    if summary:  # under torchrun, only rank 0 has one to print
+        console.print(render_train_summary(summary))
 
 
 @config_command(
@@ -301,6 +398,7 @@ def train_command(config: TrainConfig) -> None:
     help="Extract features and score query against gallery: CMC, mAP, mINP (optionally re-ranked).",
     exclude=frozenset({"evaluation.every", "runtime.seed", "runtime.resume", "model.frozen_stages",
                        "model.embedding_dim", "model.dropout"}),
+    config_file=config_file_option("[input] batch_size = 64"),
 )
 def eval_command(config: EvalConfig) -> None:
     from ecnreid.evaluation.runner import run_eval
@@ -308,18 +406,22 @@ def eval_command(config: EvalConfig) -> None:
     run_eval(config)
 
 
-PREPARE_OPTIONS = config_options(PrepareConfig)
+PREPARE_OPTIONS = config_options(
+    PrepareConfig, helps={"runtime.resume": "Continue StarGAN training from the last checkpoint in --work-dir."}
+)
 
 
-@app.command("prepare", help="Make the CamStyle set of a target (StarGAN or colour), or check one with --check.")
+@app.command(
+    "prepare", help="Make the CamStyle set of a target (StarGAN or colour), or check one with --check.", cls=Command
+)
 @user_errors
 def prepare_command(
     ctx: typer.Context,
     check: Annotated[Path | None, typer.Option(help="Only validate an existing CamStyle set in this folder.")] = None,
-    config: ConfigFile = None,
+    config: config_file_option('method = "colour"') = None,  # type: ignore[valid-type]
     **values: Any,
 ) -> None:
-    from camstyle.prepare import render_check_table, run_check, run_prepare
+    from camstyle.prepare import render_check_table, render_prepare_summary, run_check, run_prepare
 
     if check is not None:
         report = run_check(check)
@@ -327,9 +429,8 @@ def prepare_command(
         if not report.complete:
             raise typer.Exit(1)
         return
-    file_settings = load_config_file(config) if config is not None else {}
     settings = settings_from_options(ctx, PREPARE_OPTIONS, values)
-    console.print(run_prepare(build_config(PrepareConfig, PREPARE_OPTIONS, file_settings, settings)))
+    console.print(render_prepare_summary(run_prepare(build_config(PrepareConfig, PREPARE_OPTIONS, config, settings))))
 
 
 def _attach_options(command: Callable[..., Any], options: list[ConfigOption]) -> None:
@@ -348,7 +449,6 @@ _attach_options(prepare_command, PREPARE_OPTIONS)
     "demo",
     DemoConfig,
     help="Generate the built-in synthetic two-domain dataset and run prepare → train → eval on it.",
-    accepts_file=False,
 )
 def demo_command(config: DemoConfig) -> None:
     from ecnreid.demo import run_demo
@@ -360,6 +460,7 @@ def demo_command(config: DemoConfig) -> None:
     "extract",
     ExtractConfig,
     help="Write the adapted model's features of a folder of images or a dataset split (resumes after a stop).",
+    config_file=config_file_option("[features] batch_size = 64"),
 )
 def extract_command(config: ExtractConfig) -> None:
     from ecnreid.inference.extract import run_extract
@@ -371,6 +472,7 @@ def extract_command(config: ExtractConfig) -> None:
     "search",
     SearchConfig,
     help="Rank a gallery for each query image: rank-list PNGs, one HTML page and results.json.",
+    config_file=config_file_option("top_k = 20"),
 )
 def search_command(config: SearchConfig) -> None:
     from ecnreid.inference.search import run_search
@@ -382,6 +484,7 @@ def search_command(config: SearchConfig) -> None:
     "export",
     ExportConfig,
     help="Export the adapted model (L2-normalised feature) to ONNX or TorchScript, checked against PyTorch.",
+    config_file=config_file_option('format = "torchscript"'),
 )
 def export_command(config: ExportConfig) -> None:
     from ecnreid.inference.export import run_export

@@ -18,14 +18,18 @@ from typing import Any, TypeVar
 
 import tomllib
 
+from ecnreid.data.datasets import DATASET_HELP
 from ecnreid.errors import EcnreidError
 
 C = TypeVar("C")
 
 
-def setting(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None) -> Any:
-    """A config field with its help text and (when it is not ``--field-name``) its command-line flag."""
-    metadata = {"help": help, "flag": flag}
+def setting(
+    default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None, unset: str | None = None
+) -> Any:
+    """A config field with its help text, (when it is not ``--field-name``) its command-line flag, and for a
+    ``None`` default what ``None`` means (``unset``, shown as the default)."""
+    metadata = {"help": help, "flag": flag, "unset": unset}
     return field(default=default, metadata=metadata)
 
 
@@ -97,8 +101,8 @@ class DGConfig:
     )
     snr_weight: float | None = setting(
         None,
-        "One weight for every SNR's dual causality loss (default: the paper's, 0.1 after layer1 and layer2,"
-        " 0.5 after layer3 and layer4).",
+        "One weight for every SNR's dual causality loss.",
+        unset="the paper's, 0.1 after layer1 and layer2, 0.5 after layer3 and layer4",
     )
     rsc: bool = setting(False, "Representation Self-Challenging on the source branch.")
     rsc_spatial: float = setting(1 / 3, "RSC fraction of spatial positions masked.")
@@ -131,16 +135,17 @@ class DGConfig:
 
 
 # ---------------------------------------------------------------------------------------------- data
+WORKERS_HELP = "DataLoader worker processes (at most the CPUs this process may use)."
+
+
 @dataclass(frozen=True)
 class InputConfig:
     """How images enter the network."""
 
     height: int = setting(256, "Input height.")
     width: int = setting(128, "Input width.")
-    batch_size: int = setting(
-        128, "Images per batch (training: the source batch; the target's is the same unless --target-batch-size)."
-    )
-    workers: int = setting(4, "DataLoader worker processes.")
+    batch_size: int = setting(128, "Images per batch.")
+    workers: int = setting(4, WORKERS_HELP)
     skip_bad_images: bool = setting(False, "Skip and count undecodable images.")
 
     def __post_init__(self) -> None:
@@ -158,12 +163,12 @@ class InputConfig:
 class DomainsConfig:
     """The labelled source (x) and the unlabelled target (u) of a training run."""
 
-    source: str = setting(help="Labelled source dataset name.")
+    source: str = setting(help=f"Labelled source dataset: {DATASET_HELP}.")
     source_root: Path = setting(help="Source dataset folder.")
-    target: str = setting(help="Unlabelled target dataset name (its query/gallery split is evaluated).")
+    target: str = setting(help=f"Unlabelled target dataset (its query/gallery split is evaluated): {DATASET_HELP}.")
     target_root: Path = setting(help="Target dataset folder.")
-    target_batch_size: int | None = setting(None, "Target batch size.")
-    camstyle_dir: Path | None = setting(None, "CamStyle folder of the target (default: beside the target).")
+    target_batch_size: int | None = setting(None, "Target images per batch.", unset="--batch-size")
+    camstyle_dir: Path | None = setting(None, "CamStyle folder of the target.", unset="beside the target's images")
 
     def __post_init__(self) -> None:
         if self.target_batch_size is not None:
@@ -173,13 +178,18 @@ class DomainsConfig:
 # ---------------------------------------------------------------------------------------------- training
 @dataclass(frozen=True)
 class OptimConfig:
-    """SGD with Nesterov momentum and one 10x learning-rate step, as published."""
+    """SGD with Nesterov momentum and one 10x learning-rate step at epoch 40, as published."""
 
     epochs: int = setting(60, "Epochs (one pass over the source loader each).")
-    iters_per_epoch: int | None = setting(None, "Cap iterations per epoch (budget runs).")
+    iters_per_epoch: int | None = setting(
+        None, "Iterations per epoch (budget runs).", unset="one pass over the source"
+    )
     lr: float = setting(0.1, "Learning rate of new layers (backbone gets --backbone-lr-mult of it).")
     backbone_lr_mult: float = setting(0.1, "Learning rate of the trainable backbone stages as a multiple of --lr.")
-    lr_step: int = setting(40, "Epoch at which the learning rate drops 10x.")
+    lr_steps: tuple[int, ...] = setting(
+        (40,), "Epochs at which the learning rate is multiplied by --lr-gamma, comma-separated (e.g. 20,40)."
+    )
+    lr_gamma: float = setting(0.1, "Learning-rate factor at each of --lr-steps.")
     momentum: float = setting(0.9, "SGD momentum.")
     weight_decay: float = setting(5e-4, "SGD weight decay.")
     amp: bool = setting(True, "Mixed precision on CUDA.")
@@ -190,7 +200,10 @@ class OptimConfig:
             _require(self.iters_per_epoch >= 1, "--iters-per-epoch", self.iters_per_epoch, "must be at least 1")
         _require(self.lr > 0, "--lr", self.lr, "must be positive")
         _require(self.backbone_lr_mult >= 0, "--backbone-lr-mult", self.backbone_lr_mult, "must not be negative")
-        _require(self.lr_step >= 1, "--lr-step", self.lr_step, "must be at least 1")
+        steps = ",".join(map(str, self.lr_steps))
+        _require(all(step >= 1 for step in self.lr_steps), "--lr-steps", steps, "epochs must be at least 1")
+        _require(list(self.lr_steps) == sorted(set(self.lr_steps)), "--lr-steps", steps, "must increase")
+        _require(0 < self.lr_gamma <= 1, "--lr-gamma", self.lr_gamma, "must lie in (0, 1]")
 
 
 MEMORY_DTYPES = ("fp32", "fp16")
@@ -216,7 +229,7 @@ class ECNConfig:
     knn: str = setting("topk", "Nearest memory slots by topk (of the logits) or faiss.")
     use_camera: bool = setting(True, "Camera invariance (needs a CamStyle set).", flag="--camera/--no-camera")
     use_neighbour: bool = setting(True, "Neighbourhood invariance.", flag="--neighbour/--no-neighbour")
-    source_only: bool = setting(False, "Train on the source only (the ablation baseline).")
+    source_only: bool = setting(False, "Train on the source only (the ablation baseline).", flag="--source-only")
     no_target: bool = setting(False, "Domain generalisation: never read target train images.")
 
     def __post_init__(self) -> None:
@@ -253,7 +266,7 @@ class RuntimeConfig:
 
     seed: int = setting(0, "Random seed (runs are deterministic on CPU).")
     device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
-    resume: bool = setting(False, "Continue the job in --out from its last checkpoint.")
+    resume: bool = setting(False, "Continue the run in --out from its last checkpoint.")
 
     def __post_init__(self) -> None:
         ok = self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit())
@@ -347,13 +360,13 @@ class EvalModelConfig(ModelConfig):
 class EvalConfig:
     """`ecnreid eval`: extract features of a query/gallery split and score the ranking."""
 
-    dataset: str = setting(help="market1501, dukemtmc, msmt17, custom or synthetic.")
+    dataset: str = setting(help=f"Dataset: {DATASET_HELP}.")
     root: Path = setting(help="Dataset folder (or its parent).")
     checkpoint: Path | None = setting(
         None, "An ecnreid training checkpoint (last.pt); its model card gives the architecture and input."
     )
     out: Path = setting(Path("runs/eval"), "Folder for metrics.json and pictures.")
-    input: EvalInputConfig = section(lambda: EvalInputConfig(workers=2), "Input")
+    input: EvalInputConfig = section(EvalInputConfig, "Input")
     model: EvalModelConfig = section(EvalModelConfig, "Model")
     evaluation: EvaluationConfig = section(EvaluationConfig, "Evaluation")
     runtime: RuntimeConfig = section(RuntimeConfig, "Runtime")
@@ -431,14 +444,16 @@ CAMSTYLE_METHODS = ("stargan", "colour")
 class PrepareConfig:
     """`ecnreid prepare`: the CamStyle set of ``dataset`` at ``root`` (defaults are ECN's StarGAN setting)."""
 
-    dataset: str = setting(help="Target dataset name.")
+    dataset: str = setting(help=f"Target dataset: {DATASET_HELP}.")
     root: Path = setting(help="Target dataset folder.")
     method: str = setting("stargan", "stargan (GAN) or colour (fast colour-statistics transfer).")
-    out: Path | None = setting(None, "CamStyle output folder (default: beside the dataset).")
+    out: Path | None = setting(None, "CamStyle output folder.", unset="beside the dataset's training images")
     generator: Path | None = setting(None, "Reuse a trained StarGAN checkpoint.")
-    work_dir: Path | None = setting(None, "Folder for StarGAN checkpoints and samples.")
+    work_dir: Path | None = setting(
+        None, "Folder for StarGAN checkpoints and samples.", unset="the --out folder's name + _stargan, beside it"
+    )
     pseudo_cameras: int | None = setting(None, "Group images into K style clusters as cameras.")
-    workers: int = setting(4, "DataLoader worker processes.")
+    workers: int = setting(4, WORKERS_HELP)
     stargan: StarGANConfig = section(StarGANConfig, "StarGAN")
     runtime: RuntimeConfig = section(RuntimeConfig, "Runtime")
 
@@ -568,7 +583,10 @@ class DemoConfig:
     epochs: int = setting(10, "Training epochs per setting.")
     device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
     weights: Path | None = setting(
-        None, "A local torchvision state_dict for the backbone (e.g. ImageNet weights), used instead of the download."
+        None,
+        "A local torchvision state_dict for the ResNet-18 backbone (e.g. ImageNet weights). With it the runs start "
+        "from these weights with conv1..layer2 frozen and lr 0.1; without it, from random weights with only the "
+        "stem frozen and lr 0.01.",
     )
     arch: str = "resnet18"
     height: int = 64
@@ -623,34 +641,53 @@ def _coerce(annotation: Any, value: Any, where: str) -> Any:
     if target is Path:
         return Path(value)
     if typing.get_origin(target) is tuple:
-        return tuple(value)
+        return tuple(value) if isinstance(value, list | tuple) else (value,)
     if target is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
+
+
+def check_setting_names(cls: type, data: dict[str, Any], *, where: str, recurse: bool = True) -> dict[str, Any]:
+    """``data`` with the names of earlier versions renamed (``RENAMED_SETTINGS``); an unknown name is an error
+    naming ``where`` and the valid settings and sections (of the sections too, with ``recurse``)."""
+    hints = _field_types(cls)
+    for old, (new, convert) in RENAMED_SETTINGS.get(cls, {}).items():
+        if old in data and new not in data:
+            data = {**{k: v for k, v in data.items() if k != old}, new: convert(data[old])}
+    sections = {name for name, kind in hints.items() if dataclasses.is_dataclass(strip_optional(kind))}
+    unknown = sorted(set(data) - set(hints))
+    if unknown:
+        valid = ", ".join(sorted(set(hints) - sections))
+        valid += "; sections: " + ", ".join(f"[{name}]" for name in sorted(sections)) if sections else ""
+        raise EcnreidError(f"{where}: unknown setting {unknown[0]!r}; valid: {valid}")
+    for name in sorted(sections & set(data)) if recurse else ():
+        if isinstance(data[name], dict):
+            check_setting_names(strip_optional(hints[name]), data[name], where=f"{where} [{name}]")
+    return data
 
 
 def config_from_dict(cls: type[C], data: dict[str, Any], *, where: str = "config") -> C:
     """Build ``cls`` from a (possibly partial) nested dict; missing fields keep their defaults, unknown
     keys are an error naming the key."""
     hints = _field_types(cls)
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise EcnreidError(f"{where}: unknown setting {unknown[0]!r}; valid: {', '.join(sorted(names))}")
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    data = check_setting_names(cls, data, where=where, recurse=False)
     kwargs = {}
     for name, value in data.items():
         default = fields[name].default_factory
         if isinstance(value, dict) and default is not dataclasses.MISSING:
-            # A partial section keeps the defaults this tree gives it (eval's input has 2 workers, not 4).
+            # A partial section keeps the defaults this tree gives it, where they differ from the section's own.
+            value = check_setting_names(strip_optional(hints[name]), value, where=f"{where} [{name}]", recurse=False)
             value = merge_settings(config_to_dict(default()), value)
-        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}")
+        kwargs[name] = _coerce(hints[name], value, f"{where} [{name}]")
     try:
         return cls(**kwargs)
     except TypeError as exc:
         raise EcnreidError(f"{where}: {exc}") from None
 
 
+# Settings of earlier versions that load into today's fields: class → {old name: (field, convert)}.
+RENAMED_SETTINGS: dict[type, dict[str, tuple[str, Any]]] = {OptimConfig: {"lr_step": ("lr_steps", lambda s: (s,))}}
 # Field names of the flat training config of versions before the tree, where they differ from today's.
 LEGACY_TRAIN_NAMES = {"eval_every": "every", "flip_eval": "flip"}
 
@@ -666,7 +703,7 @@ def train_config_from_record(data: dict[str, Any], *, where: str = "config") -> 
         if key in ("model", "dg"):
             nested[key] = dict(value)
             continue
-        found = paths.get(LEGACY_TRAIN_NAMES.get(key, key), [])
+        found = [("optim", key)] if key == "lr_step" else paths.get(LEGACY_TRAIN_NAMES.get(key, key), [])
         if len(found) != 1:
             raise EcnreidError(f"{where}: unknown setting {key!r} of an earlier version")
         node = nested
@@ -771,7 +808,7 @@ class FeatureRunConfig:
     from the checkpoint's model card)."""
 
     batch_size: int = setting(128, "Images per batch.")
-    workers: int = setting(2, "DataLoader worker processes.")
+    workers: int = setting(4, WORKERS_HELP)
     flip: bool = setting(False, "Average the features of each image and its mirror.")
     skip_bad_images: bool = setting(False, "Count and skip undecodable images instead of stopping.")
     dtype: str = setting("float32", "Features on disk: float32, or float16 (half the size).")
@@ -792,7 +829,7 @@ class ExtractConfig:
     checkpoint: Path = setting(help="An ecnreid training checkpoint (last.pt).")
     out: Path = setting(help="Feature folder to write (features.npy, index.csv, card.json, extract.json).")
     images: Path | None = setting(None, "A folder of images, read at any depth (or one image).")
-    dataset: str | None = setting(None, "A dataset (market1501, dukemtmc, msmt17, custom, synthetic), with --root.")
+    dataset: str | None = setting(None, f"A dataset, with --root: {DATASET_HELP}.")
     root: Path | None = setting(None, "The dataset folder (with --dataset).")
     split: str = setting("gallery", "The split of --dataset: train, query or gallery.")
     features: FeatureRunConfig = section(FeatureRunConfig, "Feature extraction")
@@ -825,7 +862,7 @@ class SearchConfig:
     index: str = setting(
         "auto", "auto (exact up to 1,000,000 gallery images, IVF beyond), flat (exact) or ivf (approximate)."
     )
-    nprobe: int | None = setting(None, "IVF cells visited per query (default: the value calibrated with the index).")
+    nprobe: int | None = setting(None, "IVF cells visited per query.", unset="the value calibrated with the index")
     features: FeatureRunConfig = section(FeatureRunConfig, "Feature extraction")
 
     def __post_init__(self) -> None:

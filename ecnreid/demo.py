@@ -67,7 +67,7 @@ def demo_train_config(config: DemoConfig, data_root: Path, name: str, overrides:
             epochs=config.epochs,
             lr=config.lr if config.weights is None else 0.1,
             backbone_lr_mult=config.backbone_lr_mult,
-            lr_step=max(1, (2 * config.epochs) // 3),
+            lr_steps=(max(1, (2 * config.epochs) // 3),),
         ),
         ecn=dataclasses.replace(ecn, **overrides),
         evaluation=EvaluationConfig(every=0),
@@ -101,7 +101,7 @@ def demo_eval_config(config: DemoConfig, data_root: Path) -> EvalConfig:
 
 def run_demo(config: DemoConfig) -> dict[str, Any]:
     """Generate → prepare (colour CamStyle) → train each ablation row → one results table."""
-    from camstyle.prepare import run_prepare
+    from camstyle.prepare import render_prepare_summary, run_prepare
     from ecnreid.data.synthetic import generate_synthetic
     from ecnreid.engine.loop import train
     from ecnreid.evaluation.runner import run_eval
@@ -111,7 +111,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     console.rule("1/3 synthetic two-domain dataset")
     data = generate_synthetic(data_root, source=config.source, target=config.target, seed=config.seed)
     console.rule("2/3 prepare: CamStyle set of the target (colour method)")
-    run_prepare(demo_prepare_config(config, data_root))
+    console.print(render_prepare_summary(run_prepare(demo_prepare_config(config, data_root))))
     console.rule("3/3 train and evaluate the ECN ablation rows")
     results: dict[str, Any] = {}
     for name, overrides in demo_settings().items():

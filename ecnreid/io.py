@@ -32,10 +32,27 @@ def _temp_prefix(path: Path) -> str:
     return f".{path.name}."
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def _umask_by_setting() -> int:
+    # os.umask can only be read by setting it: safe only while no other thread writes files (at import).
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+_IMPORT_UMASK = _umask_by_setting()
+
+
+def _umask() -> int:
+    """The process umask, read without setting it (writer threads call this at once): from
+    ``/proc/self/status`` where the kernel reports it (Linux 4.7+), else the umask at import."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _IMPORT_UMASK
 
 
 def atomic_write_bytes(data: bytes, path: str | os.PathLike, *, durable: bool = True) -> None:

@@ -22,7 +22,7 @@ ECNREID=${ECNREID:-ecnreid}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 common=(--source dukemtmc --source-root "$DATA/dukemtmc" --target market1501 --target-root "$DATA/market1501"
         --arch mobilenet_v2 --weights "$WEIGHTS" --height 128 --width 64 --batch-size 32
-        --epochs 60 --iters-per-epoch 100 --lr 0.01 --lr-step 40 --neighbour-start 5 --eval-every 10
+        --epochs 60 --iters-per-epoch 100 --lr 0.01 --lr-steps 40 --neighbour-start 5 --eval-every 10
         --backbone-lr-mult 1 --workers 1 --seed 0 --resume)
 camstyle_colour="$OUT/camstyle_market_colour"
 colour_set() {

@@ -22,7 +22,7 @@ OUT=${OUT:-runs}
 ECNREID=${ECNREID:-ecnreid}
 common=(--source dukemtmc --source-root "$DATA/dukemtmc" --target market1501 --target-root "$DATA/market1501"
         --arch mobilenet_v2 --weights "$WEIGHTS" --height 128 --width 64 --batch-size 32
-        --epochs 10 --iters-per-epoch 100 --lr 0.01 --lr-step 8 --neighbour-start 3 --eval-every 0
+        --epochs 10 --iters-per-epoch 100 --lr 0.01 --lr-steps 8 --neighbour-start 3 --eval-every 0
         --seed 0 --resume)
 # The ECN ablation rows (see above) ran two at a time with OMP_NUM_THREADS=1 and one loader worker each; the
 # worker count changes which augmentation draws each image gets, so keep it to reproduce the numbers exactly.

@@ -123,6 +123,7 @@ def test_prepare_trains_stargan_in_fp32_unless_amp(
 
     built = []
     monkeypatch.setattr(camstyle.prepare, "run_prepare", lambda config, **kwargs: built.append(config) or {})
+    monkeypatch.setattr(camstyle.prepare, "render_prepare_summary", lambda summary: "")
     result = runner.invoke(app, _prepare(target, *flags))
     assert result.exit_code == 0, result.output
     (config,) = built

@@ -163,6 +163,10 @@ def test_prepare_colour_writes_the_set_with_the_chosen_workers(two_domains, tmp_
     # 24 target images in 3 cameras: each in the 2 other cameras.
     assert len(list(out.glob("*_fake_*.jpg"))) == 48
     assert json.loads((out / "prepare.json").read_text())["config"]["workers"] == 0
+    assert_plain_progress(result.output, "colour CamStyle: 48/48 (100%)")
+    table = "".join(ch for ch in result.output if ch not in "│ \n")  # the summary table folds long paths
+    assert "written48(0alreadythere)" in table and f"details{out / 'prepare.json'}" in table
+    assert "'config'" not in result.output
 
 
 def test_prepare_stargan_takes_its_network_options_from_the_command_line(two_domains, tmp_path: Path) -> None:
@@ -396,6 +400,7 @@ REQUIRED = ["--source", "dukemtmc", "--source-root", "d", "--target", "market150
 def test_command_line_defaults_are_the_dataclass_defaults(monkeypatch) -> None:
     from ecnreid.config import DomainsConfig, TrainConfig
 
+    monkeypatch.setattr("ecnreid.workers.usable_cpus", lambda: 64)  # no cap of the default 4 workers
     config = captured_train_config(monkeypatch, REQUIRED)
     assert config == TrainConfig(domains=DomainsConfig("dukemtmc", Path("d"), "market1501", Path("m")))
 
@@ -537,3 +542,177 @@ def test_a_failed_command_leaves_no_folder_it_created(two_domains, tmp_path: Pat
                                      "--out", str(out)])
         assert result.exit_code == 2, result.output
     assert empty.is_dir() and (kept / "extract.json").read_text() == "{}"
+
+
+def assert_plain_progress(output: str, *expected: str) -> None:
+    """No progress-bar fragments (escape codes, carriage returns, bars beside a rate), and the plain lines."""
+    assert "\x1b" not in output and "\r" not in output
+    rate_lines = [line for line in output.splitlines() if "/s" in line]
+    assert rate_lines and not any("━" in line or "eta" in line for line in rate_lines), output
+    for line in expected:
+        assert line in output, (line, output)
+
+
+# ---------------------------------------------------------------------------------------------- help and names
+COMMANDS = ("train", "eval", "prepare", "demo", "extract", "search", "export")
+
+
+def help_text(*args: str) -> str:
+    result = runner.invoke(app, [*args, "--help"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def help_row(text: str, flag: str) -> str:
+    """The help row of ``flag`` with its wrapped continuation lines, spaces collapsed."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.lstrip("│ ").startswith(flag + " "))
+    row = [lines[start]]
+    for line in lines[start + 1 :]:
+        if line.lstrip("│ ").startswith("--") or not line.startswith("│"):
+            break
+        row.append(line)
+    return " ".join(" ".join(row).replace("│", " ").split())
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_is_true_for_each_command(command: str) -> None:
+    text = help_text(command)
+    assert "<bool>" not in text and "Show this message and exit." in help_row(text, "--help")
+    assert "3333333" not in text and "--no-no-" not in text and "--flip-eval" not in text
+    if command != "demo":
+        config_help = help_row(text, "--config")
+        assert ("config.json" in config_help) == (command == "train"), config_help
+        example = config_help.split("(e.g. ")[1].split(")")[0]
+        assert "=" in example and (example.startswith("[") or " " not in example.split("=")[0].strip())
+    if "--workers" in text:
+        assert "[default: 4]" in help_row(text, "--workers")
+    if command in ("train", "eval", "prepare", "extract"):
+        flags = ["--source", "--target"] if command == "train" else ["--dataset"]
+        for flag in flags:
+            assert all(name in help_row(text, flag) for name in ("market1501", "dukemtmc", "msmt17", "dukemtmcreid"))
+
+
+def test_help_shows_what_an_unset_default_means_and_names_of_d1() -> None:
+    train = help_text("train")
+    assert "one pass over the source" in help_row(train, "--iters-per-epoch")
+    assert "[default: (--batch-size)]" in help_row(train, "--target-batch-size")
+    assert "0.1 after layer1" in help_row(train, "--snr-weight")
+    assert "[default: 0.333]" in help_row(train, "--rsc-spatial")
+    assert "[default: 40]" in help_row(train, "--lr-steps") and "[default: 0.1]" in help_row(train, "--lr-gamma")
+    assert "--no-flip" in help_row(train, "--flip")
+    assert help_row(train, "--no-target").split()[:2] == ["--no-target", "Domain"]  # one-way: no second form
+    assert help_row(train, "--source-only").split()[:2] == ["--source-only", "Train"]
+    assert "--target-batch-size" not in help_row(help_text("eval"), "--batch-size")
+    resume = help_row(help_text("prepare"), "--resume")
+    assert "--work-dir" in resume and "_stargan" in help_row(help_text("prepare"), "--work-dir")
+    weights = help_row(help_text("demo"), "--weights")
+    assert "download" not in weights and "lr 0.1" in weights and "frozen" in weights
+
+
+def test_version() -> None:
+    from ecnreid import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"ecnreid {__version__}"
+
+
+def test_no_target_and_source_only_are_one_way_switches(monkeypatch) -> None:
+    assert captured_train_config(monkeypatch, [*REQUIRED, "--no-target"]).ecn.no_target
+    assert captured_train_config(monkeypatch, [*REQUIRED, "--source-only"]).ecn.source_only
+    for flag in ("--no-no-target", "--no-source-only", "--flip-eval", "--lr-step"):
+        assert runner.invoke(app, ["train", *REQUIRED, flag]).exit_code == 2, flag
+    config = captured_train_config(monkeypatch, [*REQUIRED, "--flip", "--lr-steps", "20,40", "--lr-gamma", "0.5"])
+    assert config.evaluation.flip and config.optim.lr_steps == (20, 40) and config.optim.lr_gamma == 0.5
+    assert_one_line_error(runner.invoke(app, ["train", *REQUIRED, "--lr-steps", "20,x"]), "--lr-steps 20,x")
+
+
+COMMAND_RUNS = {
+    "eval": ("ecnreid.evaluation.runner.run_eval", ["--dataset", "market1501", "--root", "m"]),
+    "prepare": ("camstyle.prepare.run_prepare", ["--dataset", "market1501", "--root", "m"]),
+    "extract": ("ecnreid.inference.extract.run_extract", ["--checkpoint", "c.pt", "--out", "f", "--images", "i"]),
+    "search": ("ecnreid.inference.search.run_search", ["--checkpoint", "c.pt", "--query", "q", "--gallery", "g"]),
+    "export": ("ecnreid.inference.export.run_export", ["--checkpoint", "c.pt", "--out", "m.onnx"]),
+}
+COMMAND_TOML = {
+    "eval": "[evaluation]\nflip = true\n",
+    "prepare": "method = \"colour\"\n",
+    "extract": "[features]\nflip = true\n",
+    "search": "top_k = 3\n",
+    "export": "format = \"torchscript\"\n",
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMAND_RUNS))
+def test_each_commands_config_file_gives_settings_and_an_unknown_one_names_the_file(
+    command: str, monkeypatch, tmp_path: Path
+) -> None:
+    target, required = COMMAND_RUNS[command]
+    seen = []
+    monkeypatch.setattr(target, lambda config: seen.append(config) or {})
+    monkeypatch.setattr("camstyle.prepare.render_prepare_summary", lambda summary: "")
+    path = tmp_path / "settings.toml"
+    path.write_text(COMMAND_TOML[command])
+    result = runner.invoke(app, [command, "--config", str(path), *required])
+    assert result.exit_code == 0, result.output
+    from ecnreid.config import config_to_dict
+
+    settings = config_to_dict(seen[0])
+    sections = [section for section in settings.values() if isinstance(section, dict)]
+    flat = {**settings, **{k: v for section in sections for k, v in section.items()}}
+    key, value = COMMAND_TOML[command].splitlines()[-1].split(" = ")
+    assert flat[key] == json.loads(value), (key, flat)
+    # A run's config.json (a training run's settings) is not this command's: one line naming the file.
+    run_json = tmp_path / "config.json"
+    run_json.write_text(json.dumps({"dg": {"rsc": True}, "provenance": {}}))
+    result = runner.invoke(app, [command, "--config", str(run_json), *required])
+    assert_one_line_error(result, f"--config {run_json}", "unknown setting 'dg'", "valid:")
+    if command != "export":  # export's settings have no sections
+        assert "; sections: [" in result.output
+
+
+def test_train_takes_the_config_json_a_run_wrote(two_domains, tmp_path: Path, monkeypatch) -> None:
+    from ecnreid.config import TrainConfig, config_from_dict, load_config_file
+
+    source, target = two_domains
+    out = tmp_path / "run"
+    result = runner.invoke(app, tiny_train_args(source, target, out, "--no-camera", "--no-pretrained", "--lr", "0.02"))
+    assert result.exit_code == 0, result.output
+    recorded = config_from_dict(TrainConfig, load_config_file(out / "config.json"))
+    again = captured_train_config(monkeypatch, ["--config", str(out / "config.json")])
+    assert again == recorded and again.optim.lr == 0.02 and again.out == out
+    # Redirected output (here the runner's, not a terminal) has plain progress lines, not bar fragments.
+    assert_plain_progress(result.output, "epoch 1/1: 2/2 (100%)", "query features: 9/9 (100%)")
+
+
+def test_workers_are_capped_at_the_usable_cpus_with_one_notice(monkeypatch) -> None:
+    import ecnreid.workers
+
+    monkeypatch.setattr(ecnreid.workers, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(ecnreid.workers, "_announced", set())
+    seen = []
+    monkeypatch.setattr("ecnreid.evaluation.runner.run_eval", lambda config: seen.append(config))
+    args = ["eval", "--dataset", "market1501", "--root", "m"]
+    for _ in range(2):
+        result = runner.invoke(app, [*args, "--workers", "8"])
+        assert result.exit_code == 0, result.output
+    assert [config.input.workers for config in seen] == [2, 2]
+    assert " ".join(result.output.split()) == ""  # the notice is said once per process
+    result = runner.invoke(app, [*args, "--workers", "1"])
+    assert seen[-1].input.workers == 1 and result.output == ""
+    result = runner.invoke(app, args)  # the default 4, capped without a word (errors stay one line)
+    assert seen[-1].input.workers == 2 and result.output == ""
+    monkeypatch.setattr(ecnreid.workers, "_announced", set())
+    result = runner.invoke(app, [*args, "--workers", "8"])
+    assert result.output.strip() == "--workers 8: this process may use 2 CPUs; using 2 worker processes"
+
+
+def test_only_the_process_with_a_summary_prints_the_results_table(monkeypatch) -> None:
+    import ecnreid.engine.loop
+
+    monkeypatch.setattr(ecnreid.engine.loop, "train", lambda config: {})  # a torchrun rank other than 0
+    monkeypatch.setattr("ecnreid.evaluation.runner.render_train_summary", lambda summary: "RESULTS TABLE")
+    result = runner.invoke(app, ["train", *REQUIRED])
+    assert result.exit_code == 0 and "RESULTS TABLE" not in result.output
+    monkeypatch.setattr(ecnreid.engine.loop, "train", lambda config: {"final": {}})
+    assert "RESULTS TABLE" in runner.invoke(app, ["train", *REQUIRED]).output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from ecnreid.config import (
     DomainsConfig,
     ECNConfig,
     EvalConfig,
+    InputConfig,
     ModelConfig,
     OptimConfig,
     PrepareConfig,
@@ -21,6 +23,7 @@ from ecnreid.config import (
     config_to_dict,
     load_config_file,
     override,
+    section,
 )
 from ecnreid.errors import EcnreidError
 
@@ -34,10 +37,10 @@ def test_defaults_are_the_published_setting() -> None:
     config = train_config()
     assert config.model.arch == "resnet50" and config.model.pretrained
     assert (config.input.height, config.input.width, config.input.batch_size) == (256, 128, 128)
-    assert (config.optim.epochs, config.optim.lr, config.optim.lr_step, config.optim.backbone_lr_mult) == (
+    assert (config.optim.epochs, config.optim.lr, config.optim.lr_steps, config.optim.backbone_lr_mult) == (
         60,
         0.1,
-        40,
+        (40,),
         0.1,
     )
     assert (config.ecn.lam, config.ecn.beta, config.ecn.k, config.ecn.neighbour_start_epoch) == (0.3, 0.05, 6, 5)
@@ -81,7 +84,7 @@ def test_a_toml_file_gives_part_of_the_tree(tmp_path: Path) -> None:
     )
     config = config_from_dict(TrainConfig, load_config_file(path))
     assert config.optim.lr == 0.01 and config.optim.epochs == 10 and config.dg.mixstyle_stages == ("layer1", "layer2")
-    assert config.optim.lr_step == 40  # untouched settings keep their defaults
+    assert config.optim.lr_steps == (40,)  # untouched settings keep their defaults
     assert config.domains.source_root == Path("d")
 
 
@@ -110,9 +113,47 @@ def test_override_finds_fields_by_name_and_refuses_ambiguity() -> None:
     assert both.model.arch == "resnet18"
 
 
-def test_a_partial_section_keeps_the_defaults_its_command_gives_it() -> None:
-    config = config_from_dict(EvalConfig, {"dataset": "m", "root": "m", "input": {"batch_size": 64}})
-    assert config.input.batch_size == 64 and config.input.workers == 2  # eval's default, not training's 4
+@dataclasses.dataclass(frozen=True)
+class NarrowInputTree:
+    input: InputConfig = section(lambda: InputConfig(workers=1), "Input")
+
+
+def test_a_partial_section_keeps_the_defaults_its_tree_gives_it() -> None:
+    config = config_from_dict(NarrowInputTree, {"input": {"batch_size": 64}})
+    assert config.input.batch_size == 64 and config.input.workers == 1  # the tree's default, not the section's 4
+    assert config_from_dict(EvalConfig, {"dataset": "m", "root": "m"}).input.workers == 4
+
+
+def test_the_single_learning_rate_step_of_earlier_versions_loads_as_milestones(tmp_path: Path) -> None:
+    path = tmp_path / "old.toml"
+    domains = '[domains]\nsource = "d"\nsource_root = "d"\ntarget = "m"\ntarget_root = "m"\n'
+    path.write_text(domains + "[optim]\nlr_step = 8\n")
+    config = config_from_dict(TrainConfig, load_config_file(path))
+    assert config.optim.lr_steps == (8,) and config.optim.lr_gamma == 0.1
+    from ecnreid.config import train_config_from_record
+
+    record = config_to_dict(config)
+    record["optim"] = {k: v for k, v in record["optim"].items() if k not in ("lr_steps", "lr_gamma")} | {"lr_step": 8}
+    assert train_config_from_record(record) == config
+    flat = {"source": "d", "source_root": "d", "target": "m", "target_root": "m", "lr_step": 8}
+    assert train_config_from_record(flat).optim.lr_steps == (8,)
+    steps = override(config, lr_steps=(20, 40), lr_gamma=0.5).optim
+    assert (steps.lr_steps, steps.lr_gamma) == ((20, 40), 0.5)
+    for bad in ((40, 20), (0,)):
+        with pytest.raises(EcnreidError, match="--lr-steps"):
+            OptimConfig(lr_steps=bad)
+
+
+def test_an_unknown_setting_names_the_valid_settings_and_sections(tmp_path: Path) -> None:
+    from ecnreid.config import check_setting_names
+
+    with pytest.raises(EcnreidError) as info:
+        check_setting_names(EvalConfig, {"dg": {}}, where="run.toml")
+    message = str(info.value)
+    assert message.startswith("run.toml: unknown setting 'dg'") and "checkpoint" in message
+    assert "sections: [evaluation], [input], [model], [runtime]" in message
+    with pytest.raises(EcnreidError, match=r"^run.toml \[input\]: unknown setting 'batch'"):
+        check_setting_names(EvalConfig, {"input": {"batch": 3}}, where="run.toml")
 
 
 def test_a_flat_config_of_an_earlier_version_reads_into_the_tree() -> None:

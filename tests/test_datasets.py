@@ -77,6 +77,10 @@ def test_duke_training_source_without_test_splits(tmp_path: Path) -> None:
     assert [(r.pid, r.camid) for r in data.train] == [(5, 1), (5, 7)]
     assert data.query == [] and data.gallery == []
     assert READERS["dukemtmc"](tmp_path, require_test=False).train == data.train
+    # torchreid's key and other spellings name the same reader.
+    for alias in ("dukemtmcreid", "DukeMTMCreID", "DukeMTMC"):
+        aliased = read_dataset(alias, tmp_path, require_test=False)
+        assert aliased.name == "dukemtmc" and aliased.train == data.train
 
 
 def test_custom_folders_with_multi_digit_cameras(tmp_path: Path) -> None:
@@ -213,7 +217,7 @@ def test_camera_zero_in_a_file_name_is_an_error(tmp_path: Path) -> None:
 
 def test_unknown_dataset_lists_valid_names(tmp_path: Path) -> None:
     message = _error(read_dataset, "cuhk03", tmp_path)
-    assert all(name in message for name in ("market1501", "dukemtmc", "msmt17", "custom", "synthetic"))
+    assert all(name in message for name in ("market1501", "dukemtmc", "msmt17", "custom", "synthetic", "dukemtmcreid"))
 
 
 @pytest.mark.data

@@ -44,7 +44,7 @@ def test_demo_trains_the_ablation_rows_on_the_synthetic_domains(tmp_path: Path) 
         assert train_config.domains.source_root == tmp_path / "data" / "source"
         assert train_config.domains.target_root == tmp_path / "data" / "target"
         optim, ecn = train_config.optim, train_config.ecn
-        assert optim.epochs == 9 and optim.lr_step == 6 and ecn.neighbour_start_epoch == 3
+        assert optim.epochs == 9 and optim.lr_steps == (6,) and ecn.neighbour_start_epoch == 3
         assert train_config.runtime.resume  # a killed demo continues where it stopped
         assert optim.backbone_lr_mult == 1.0 and optim.lr == 0.01
         # Offline by design: random weights asked for explicitly, never a silent download.
@@ -60,7 +60,7 @@ def test_demo_train_config_is_the_published_one_scaled_down(tmp_path: Path) -> N
     assert row.method == "ecn" and row.domains.target_batch_size is None and row.domains.camstyle_dir is None
     assert row.input == InputConfig(height=64, width=32, batch_size=32, workers=0)
     assert row.model == ModelConfig(arch="resnet18", weights=None, pretrained=False, frozen_stages=1)
-    assert row.optim == OptimConfig(epochs=10, lr=0.01, backbone_lr_mult=1.0, lr_step=6)
+    assert row.optim == OptimConfig(epochs=10, lr=0.01, backbone_lr_mult=1.0, lr_steps=(6,))
     assert (row.ecn.k, row.ecn.neighbour_start_epoch, row.ecn.use_camera, row.ecn.use_neighbour) == (3, 3, False, True)
     assert (row.ecn.lam, row.ecn.beta, row.ecn.alpha, row.ecn.source_only) == (0.3, 0.05, 0.01, False)
     assert row.evaluation == EvaluationConfig(every=0)

@@ -128,3 +128,35 @@ def test_atomic_writes_get_the_mode_of_an_ordinary_write(tmp_path) -> None:
         os.umask(previous)
     assert (tmp_path / "model.onnx").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "model.onnx").stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777
+
+
+def test_concurrent_writers_get_the_umask_mode_and_leave_the_umask_alone(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    previous = os.umask(0o027)
+    try:
+        for round_ in range(5):
+            folder = tmp_path / f"round{round_}"
+            paths = [folder / f"{i:03d}.jpg" for i in range(200)]
+            with ThreadPoolExecutor(max_workers=16) as pool:
+                list(pool.map(lambda path: atomic_write_bytes(b"x", path, durable=False), paths))
+            assert {path.stat().st_mode & 0o777 for path in paths} == {0o640}
+            assert os.umask(0o027) == 0o027  # reading it back sets it to the same value
+    finally:
+        os.umask(previous)
+
+
+def test_the_umask_is_read_without_being_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("no /proc/self/status")
+    previous = os.umask(0o027)
+    try:
+
+        def refuse(mask: int) -> int:
+            raise AssertionError("the umask was set")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "umask", refuse)
+            assert ecnreid.io._umask() == 0o027
+    finally:
+        os.umask(previous)

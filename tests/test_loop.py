@@ -35,7 +35,7 @@ def tiny_config(source: Path, target: Path, out: Path, **overrides) -> TrainConf
         workers=0,
         every=1,
         neighbour_start_epoch=1,
-        lr_step=1,
+        lr_steps=(1,),
         seed=0,
         device="cpu",
         use_camera=False,  # tests that need camera invariance make a CamStyle set first
@@ -294,3 +294,48 @@ def test_memory_init_takes_the_training_path(two_domains, tmp_path: Path) -> Non
     with torch.no_grad():
         trained_path = ecn.model(images)["target_embedding"]
     torch.testing.assert_close(initial, trained_path, atol=1e-5, rtol=1e-4)
+
+
+def test_learning_rate_steps_and_gamma(two_domains, tmp_path: Path) -> None:
+    source, target = two_domains
+    train(tiny_config(source, target, tmp_path / "run", epochs=3, every=0, lr_steps=(1, 2), lr_gamma=0.5))
+    history = load_checkpoint(tmp_path / "run" / "last.pt")["history"]
+    assert [row["lr"] for row in history] == pytest.approx([0.05, 0.025, 0.025])
+
+
+def test_a_checkpoint_of_the_single_step_schedule_resumes_exactly(two_domains, tmp_path: Path) -> None:
+    from ecnreid.config import train_config_from_record
+
+    source, target = two_domains
+    train(tiny_config(source, target, tmp_path / "straight", epochs=2))
+    train(tiny_config(source, target, tmp_path / "old", epochs=1))
+    # Rewrite the checkpoint as the single-step version wrote it: StepLR's state, optim.lr_step in the config.
+    path = tmp_path / "old" / "last.pt"
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    scheduler = {k: v for k, v in state["scheduler"].items() if k != "milestones"}
+    state["scheduler"] = {**scheduler, "step_size": 1}
+    optim = {k: v for k, v in state["config"]["optim"].items() if k not in ("lr_steps", "lr_gamma")}
+    state["config"]["optim"] = {**optim, "lr_step": 1}
+    torch.save(state, path)
+    assert train_config_from_record(state["config"]).optim.lr_steps == (1,)
+    train(tiny_config(source, target, tmp_path / "old", epochs=2, resume=True))
+    straight, resumed = load_checkpoint(tmp_path / "straight" / "last.pt"), load_checkpoint(path)
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    assert [row["lr"] for row in resumed["history"]] == [row["lr"] for row in straight["history"]]
+
+
+def test_only_rank_0_returns_the_summary(monkeypatch) -> None:
+    import ecnreid.engine.loop
+    from ecnreid.runtime import DistributedContext
+
+    class FinishedLoop:
+        def __init__(self, config) -> None:
+            self.ctx = config
+
+        def fit(self) -> dict:
+            return {"final": {"rank1": 50.0}}
+
+    monkeypatch.setattr(ecnreid.engine.loop, "TwoDomainLoop", FinishedLoop)
+    assert train(DistributedContext(rank=0, world_size=2)) == {"final": {"rank1": 50.0}}
+    assert train(DistributedContext(rank=1, world_size=2)) == {}

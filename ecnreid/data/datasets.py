@@ -297,14 +297,24 @@ READERS: dict[str, Callable[..., ReidDataset]] = {
     "custom": read_custom,
     "synthetic": read_synthetic,
 }
+DATASET_HELP = ", ".join(READERS) + " (torchreid's dukemtmcreid too)"
+
+
+# Other tools' names for the same datasets (torchreid's keys), any case.
+DATASET_ALIASES = {"dukemtmcreid": "dukemtmc"}
+
+
+def canonical_dataset_name(name: str) -> str:
+    """``name`` as a key of ``READERS`` (``DukeMTMCreID`` → ``dukemtmc``); an unknown name is an error."""
+    key = DATASET_ALIASES.get(name.lower(), name.lower())
+    if key not in READERS:
+        raise EcnreidError(f"unknown dataset {name!r}; valid names: {DATASET_HELP}")
+    return key
 
 
 def read_dataset(name: str, root: str | Path, *, require_test: bool = True) -> ReidDataset:
-    """Read dataset ``name`` from ``root`` (the dataset folder or its parent).
+    """Read dataset ``name`` (or an alias) from ``root`` (the dataset folder or its parent).
 
     ``require_test=False`` allows a missing query/gallery split, for a dataset used only as a training source.
     """
-    reader = READERS.get(name)
-    if reader is None:
-        raise EcnreidError(f"unknown dataset {name!r}; valid names: {', '.join(READERS)}")
-    return reader(root, require_test=require_test)
+    return READERS[canonical_dataset_name(name)](root, require_test=require_test)

@@ -67,7 +67,9 @@ class TwoDomainLoop:
             weight_decay=optim.weight_decay,
             nesterov=True,
         )
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=optim.lr_step, gamma=0.1)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            self.optimizer, milestones=list(optim.lr_steps), gamma=optim.lr_gamma
+        )
         self.use_amp = optim.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.network = self.method.network
@@ -131,7 +133,11 @@ class TwoDomainLoop:
         self.method.model.load_state_dict(state["model"])
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        # The milestones and gamma are this run's (a checkpoint of the single-step schedule holds neither).
+        scheduler = {k: v for k, v in state["scheduler"].items() if k != "step_size"}
+        self.scheduler.load_state_dict(
+            {**scheduler, "milestones": self.scheduler.milestones, "gamma": self.scheduler.gamma}
+        )
         self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"].cpu())
         self.start_epoch = int(state["epoch"])
@@ -291,5 +297,8 @@ class TwoDomainLoop:
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
-    """Library entry point behind ``ecnreid train``."""
-    return TwoDomainLoop(config).fit()
+    """Library entry point behind ``ecnreid train``: the run's summary, or ``{}`` on the other processes of a
+    torchrun job (only rank 0 reports)."""
+    loop = TwoDomainLoop(config)
+    summary = loop.fit()
+    return summary if loop.ctx.is_main else {}
