@@ -1,4 +1,4 @@
-"""Batched CamStyle generation with a trained StarGAN generator (ECN-SPEC, "CamStyle").
+"""Batched CamStyle generation with a trained StarGAN generator (docs/stargan_cpu.md, data/README.md).
 
 Every target training image is rendered in every other camera's style and written as
 ``{stem}_fake_{c}.jpg`` (c 1-based) at the image's original size. Existing files are skipped, so a killed

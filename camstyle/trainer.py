@@ -1,4 +1,5 @@
-"""StarGAN training on the target training images, camera id as the domain (ECN-SPEC, "CamStyle").
+"""StarGAN training on the target training images, camera id as the domain (ECN's camera-invariance,
+Zhong et al., CVPR 2019).
 
 One iteration is one critic (discriminator) step on a batch; every ``n_critic``-th iteration also takes a
 generator step, as in StarGAN (Choi et al., CVPR 2018). Losses: WGAN-GP adversarial, camera

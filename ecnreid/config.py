@@ -253,7 +253,7 @@ class ECNConfig:
 
     @property
     def setting_name(self) -> str:
-        """The ablation row this run reproduces (ECN-SPEC ablation table)."""
+        """The ablation row this run reproduces (the ablation study of Zhong et al., CVPR 2019)."""
         if not self.uses_target:
             return "source only"
         parts = ["E"] + (["C"] if self.use_camera else []) + (["N"] if self.use_neighbour else [])

@@ -6,7 +6,7 @@ at the steps both evaluated) and prints a Markdown table and one JSON line. Noth
 the number a run reports is its final evaluation.
 
     python experiments/budget_curve.py --baseline "source only=runs/budget/source_only" \\
-        --run "+E+C+N (colour)=runs/budget/ecn_colour" --out docs/budget_curve.png
+        --run "+E+C+N (colour)=runs/budget/ECN" --out docs/budget_curve.png
 """
 
 from __future__ import annotations

@@ -6,14 +6,17 @@ top-k and for the k-reciprocal subset (slots that also hold the image among thei
 condition keeps, and how many true neighbours sit in another camera. The labels are read here and nowhere in
 training; nothing is selected with them.
 
-    python experiments/neighbour_precision.py --checkpoint runs/x/last.pt --dataset market1501 \\
-        --root ../shared/data/market1501 [--k 6]
+    python experiments/neighbour_precision.py --checkpoint runs/budget/ECN/last.pt --dataset market1501 [--k 6]
+
+``--root`` defaults to ``$ECNREID_DATA/<dataset>`` (``ECNREID_DATA`` defaults to ``data``, as in the experiment
+scripts).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -51,15 +54,28 @@ def neighbour_precision(memory: torch.Tensor, pids: torch.Tensor, cams: torch.Te
     }
 
 
+def dataset_root(root: Path | None, dataset: str) -> Path:
+    """``--root``, else ``$ECNREID_DATA/<dataset>``; a missing folder stops with one line saying how to give it."""
+    if root is not None:
+        return root
+    data = os.environ.get("ECNREID_DATA", "data")
+    default = Path(data) / dataset
+    if not default.is_dir():
+        raise SystemExit(
+            f"no --root given and ECNREID_DATA={data} has no {dataset}/ folder: pass --root DIR or set ECNREID_DATA"
+        )
+    return default
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--dataset", default="market1501")
-    parser.add_argument("--root", type=Path, required=True)
+    parser.add_argument("--root", type=Path, help="the dataset folder (default: $ECNREID_DATA/<dataset>)")
     parser.add_argument("--k", type=int, default=6)
     args = parser.parse_args()
     state = load_checkpoint(args.checkpoint)
-    records = read_dataset(args.dataset, args.root, require_test=False).train
+    records = read_dataset(args.dataset, dataset_root(args.root, args.dataset), require_test=False).train
     memory = memory_of(state)
     if len(records) != len(memory):
         raise SystemExit(f"{args.checkpoint}: memory has {len(memory)} slots, {args.dataset} train {len(records)}")

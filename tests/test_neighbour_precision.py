@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "neighbour_precision.py"
@@ -31,3 +32,16 @@ def test_precision_counts_same_identity_neighbours_and_reciprocal_ones() -> None
     # 4->0 is not reciprocal (0's nearest is 1): the reciprocal subset keeps only true pairs.
     assert report["reciprocal_precision"] == 1.0 and report["slots_without_reciprocal_neighbour"] == 1
     assert diagnosis.memory_of({"memory": {"features": memory}}).shape == (5, 3)
+
+
+def test_root_defaults_to_the_documented_data_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    diagnosis = load_script()
+    (tmp_path / "market1501").mkdir()
+    monkeypatch.setenv("ECNREID_DATA", str(tmp_path))
+    assert diagnosis.dataset_root(None, "market1501") == tmp_path / "market1501"
+    assert diagnosis.dataset_root(tmp_path / "elsewhere", "market1501") == tmp_path / "elsewhere"
+    with pytest.raises(SystemExit) as stop:
+        diagnosis.dataset_root(None, "dukemtmc")
+    message = str(stop.value)
+    assert "--root" in message and "ECNREID_DATA" in message and "dukemtmc/" in message
+    assert "\n" not in message

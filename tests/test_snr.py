@@ -4,14 +4,13 @@ inputs returned as data (no per-pass state on the module, no order between the s
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from ecnreid.config import SNR_PAPER_STAGES, DGConfig
+from ecnreid.config import SNR_PAPER_STAGES, DGConfig, load_config_file
 from ecnreid.errors import EcnreidError
 from ecnreid.models.snr import (
     SNR,
@@ -372,8 +371,7 @@ def test_train_cli_snr_weight_defaults_to_the_paper_and_overrides(monkeypatch, t
     assert override.snr_weight == 0.25
 
 
-def test_experiments_script_runs_snr_in_the_paper_setting():
-    script = (Path(__file__).parents[1] / "experiments" / "duke2market_cpu.sh").read_text()
-    flags = re.search(r"\[snr\]=\"([^\"]*)\"", script)
-    assert flags is not None
-    assert flags.group(1) == "--snr " + ",".join(SNR_PAPER_STAGES)  # and no --snr-weight: the paper's λ_b
+def test_experiments_config_runs_snr_in_the_paper_setting():
+    settings = load_config_file(Path(__file__).parents[1] / "configs" / "d2m_cpu_snr.toml")
+    # After all four stages, and no snr_weight: the paper's per-stage λ_b.
+    assert settings["dg"] == {"snr_stages": list(SNR_PAPER_STAGES)}

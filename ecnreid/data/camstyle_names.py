@@ -1,7 +1,7 @@
 """The CamStyle file-name rule, both schemes, in one place (used by ``prepare``, ``train`` and ``--check``).
 
 A CamStyle set lives in ``bounding_box_train_camstyle/`` beside ``bounding_box_train/``. Each file is one
-target training image rendered in another camera's style (ECN-SPEC, "CamStyle"):
+target training image rendered in another camera's style (Zhong et al., CVPR 2019, "camera-invariance"):
 
 - StarGAN (one generator for all cameras, what ``ecnreid prepare`` writes): ``{stem}_fake_{c}.jpg``,
   ``c`` the 1-based target camera;

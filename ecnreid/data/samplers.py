@@ -1,6 +1,6 @@
 """Data loaders built once per run whose order and augmentation depend only on (seed, epoch).
 
-ECN's loop (ECN-SPEC, "Training"): one epoch is one pass over the source loader (``x``); the target loader
+ECN's loop (its official code): one epoch is one pass over the source loader (``x``); the target loader
 (``u``) restarts whenever it runs out. ``EpochLoader.set_epoch`` re-seeds both before each epoch, so a resumed
 run continues exactly, while the worker processes persist across epochs.
 """

@@ -1,4 +1,4 @@
-"""Training and test transforms (ECN-SPEC, "Training").
+"""Training and test transforms (Zhong et al., CVPR 2019, implementation details, and its official code).
 
 Train: random sized rectangle crop → horizontal flip → tensor → ImageNet normalisation → random erasing.
 Test: bicubic resize → tensor → ImageNet normalisation.

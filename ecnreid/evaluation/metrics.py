@@ -1,4 +1,4 @@
-"""The re-ID ranking protocol: CMC, mAP (non-interpolated) and mINP (ECN-SPEC "Evaluation protocol").
+"""The re-ID ranking protocol: CMC, mAP (non-interpolated) and mINP (Market-1501's protocol, Zheng et al., ICCV 2015).
 
 Rules, for each query:
 

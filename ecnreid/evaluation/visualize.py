@@ -1,6 +1,6 @@
 """Rank-list pictures: a query next to its top-k gallery images, true matches framed green, others red.
 
-The ranking follows the evaluation protocol (see ECN-SPEC "Evaluation protocol"): gallery images with the
+The ranking follows the evaluation protocol (``ecnreid.evaluation.metrics``): gallery images with the
 query's person id and camera, and gallery images with id -1, are left out of each query's list.
 """
 
