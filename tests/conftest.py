@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import urllib.error
 from pathlib import Path
 
@@ -26,8 +27,11 @@ def _no_weight_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
 
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"
+# The real datasets and the MobileNetV2 ImageNet weights: the documented variables, else the project's
+# data folder beside the checkout; tests that need them skip when they are absent.
+_BESIDE = Path(__file__).resolve().parents[2] / "shared"
+SHARED_DATA = Path(os.environ.get("ECNREID_DATA", _BESIDE / "data"))
+MOBILENET_WEIGHTS = Path(os.environ.get("ECNREID_WEIGHTS", _BESIDE / "weights" / "mobilenet_v2_imagenet_features.pth"))
 
 
 def make_reid_tree(

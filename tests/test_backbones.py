@@ -8,13 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from conftest import MOBILENET_WEIGHTS
 from torch import nn
 
 from ecnreid.errors import EcnreidError
 from ecnreid.models.backbones import ARCHITECTURES, STAGE_NAMES, Backbone, build_backbone
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet_features.pth"
 
 # (channels, height, width) after each stage for a 64x32 input.
 EXPECTED_STAGES = {
@@ -328,7 +326,7 @@ def test_pretrained_download_failure(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 @pytest.mark.data
-@pytest.mark.skipif(not MOBILENET_WEIGHTS.is_file(), reason="shared MobileNetV2 weights not present")
+@pytest.mark.skipif(not MOBILENET_WEIGHTS.is_file(), reason="no MobileNetV2 ImageNet weights (ECNREID_WEIGHTS)")
 def test_shared_mobilenet_weights_load() -> None:
     state = torch.load(MOBILENET_WEIGHTS, map_location="cpu", weights_only=True)
     backbone = build_backbone("mobilenet_v2", weights=MOBILENET_WEIGHTS, last_stride=1)

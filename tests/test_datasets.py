@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA
 from PIL import Image
 
 from ecnreid.data.camstyle_dataset import find_camstyle_dir
 from ecnreid.data.datasets import IMAGE_SUFFIXES, READERS, is_image_name, read_dataset
 from ecnreid.data.records import ImageRecord
 from ecnreid.errors import EcnreidError
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def _touch_images(folder: Path, names: list[str]) -> None:
