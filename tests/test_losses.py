@@ -216,3 +216,14 @@ def test_target_invariance_uses_the_given_neighbours() -> None:
     # Image 0 (own slot 0 among them): -(log 0.1 + 0.5 log 0.2); image 1: -(log 0.3 + 0.5 log 0.4).
     expected = -((LN(0.1) + 0.5 * LN(0.2)) + (LN(0.3) + 0.5 * LN(0.4))) / 2
     assert given.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_faiss_gpu_count_asks_faiss_and_is_zero_for_a_cpu_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    from ecnreid.losses import faiss_gpu_count
+
+    monkeypatch.setitem(sys.modules, "faiss", types.SimpleNamespace(get_num_gpus=lambda: 3))
+    assert faiss_gpu_count() == 3
+    monkeypatch.setitem(sys.modules, "faiss", types.SimpleNamespace())
+    assert faiss_gpu_count() == 0
