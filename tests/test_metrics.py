@@ -336,6 +336,9 @@ def test_one_gallery_image_and_rank_one_only() -> None:
     result = evaluate_ranking(torch.zeros(1, 1), [1], [1], [0], [1], max_rank=1)
     assert result.cmc == [1.0] and result.mAP == 1.0 and result.mINP == 1.0
     assert len(evaluate_ranking(DISTANCES, QUERY_PIDS, GALLERY_PIDS, QUERY_CAMS, GALLERY_CAMS).cmc) == 50
+    accumulator = metrics.RankingAccumulator(QUERY_PIDS, GALLERY_PIDS, QUERY_CAMS, GALLERY_CAMS)
+    accumulator.add(0, DISTANCES)
+    assert len(accumulator.result().cmc) == 50
 
 
 @pytest.mark.parametrize("evaluate", BOTH)
