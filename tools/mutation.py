@@ -12,6 +12,7 @@ exercise it, so one module's run stays minutes long on a 2-core machine. Usage:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -65,12 +66,13 @@ TARGETS: dict[str, Target] = {
 }
 
 
-def mutmut_config(target: Target) -> str:
-    """The [tool.mutmut] table of one module's scratch project."""
+def mutmut_config(target: Target, copied: list[str]) -> str:
+    """The [tool.mutmut] table of one module's scratch project (appended to the project's pyproject)."""
     # A listed file that this checkout lacks is left out, so the table can name tests still to come.
     tests = ", ".join(json.dumps(t) for t in target.tests if (ROOT / t).exists())
     return (
-        "[tool.mutmut]\n"
+        "\n[tool.mutmut]\n"
+        f"also_copy = [{', '.join(json.dumps(c) for c in copied)}]\n"
         'source_paths = ["ecnreid"]\n'
         f"only_mutate = [{json.dumps(target.module)}]\n"
         f"pytest_add_cli_args_test_selection = [{tests}]\n"
@@ -82,15 +84,27 @@ def mutmut_config(target: Target) -> str:
     )
 
 
+def project_files() -> list[str]:
+    """The checkout's files that git tracks or would track (tests may read scripts in experiments/ and bench/)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.splitlines()
+    return [f for f in listed if (ROOT / f).is_file()]
+
+
 def scratch_project(name: str, target: Target, scratch: Path) -> Path:
-    """A fresh copy of the package and tests with a pyproject that mutates only ``target``."""
+    """A fresh copy of the project whose pyproject also tells mutmut to mutate only ``target``."""
     project = scratch / name
     shutil.rmtree(project, ignore_errors=True)
-    project.mkdir(parents=True)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(ROOT / "ecnreid", project / "ecnreid", ignore=ignore)
-    shutil.copytree(ROOT / "tests", project / "tests", ignore=ignore)
-    (project / "pyproject.toml").write_text(mutmut_config(target))
+    files = project_files()
+    for file in files:
+        (project / file).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / file, project / file)
+    # mutmut runs the tests inside mutants/, a copy of ecnreid/ plus also_copy: everything else at the top.
+    copied = sorted({f.split("/")[0] for f in files} - {"ecnreid", "tests", "pyproject.toml"})
+    pyproject = (ROOT / "pyproject.toml").read_text() + mutmut_config(target, copied)
+    (project / "pyproject.toml").write_text(pyproject)
     return project
 
 
@@ -115,7 +129,7 @@ def status(exit_code: int | None) -> str:
 
 
 def listed_equivalents() -> set[str]:
-    """Mutant names listed as equivalent in tools/mutation.md (a backquoted name starting a table row)."""
+    """Mutant names listed in tools/mutation.md as equivalent or CUDA-only (a backquoted name starting a table row)."""
     if not NOTES.exists():
         return set()
     return set(re.findall(r"^\| `([\w.]+__mutmut_\d+)`", NOTES.read_text(), flags=re.MULTILINE))
@@ -161,6 +175,8 @@ def main() -> int:
         for name, target in TARGETS.items():
             print(f"{name:18} {target.module:36} {' '.join(target.tests)}")
         return 0
+    if importlib.util.find_spec("mutmut") is None:
+        parser.error("mutmut is not installed; install it with: pip install -e '.[test,mutation]'")
     unknown = [m for m in args.modules if m not in TARGETS]
     if unknown:
         parser.error(f"unknown module {', '.join(unknown)}; choose from {', '.join(TARGETS)}")
@@ -176,7 +192,8 @@ def main() -> int:
         for mutant in summary["survivors_open"]:
             print(f"  survived: {mutant}")
         if summary["survivors_equivalent"]:
-            print(f"  survived, listed as equivalent: {len(summary['survivors_equivalent'])}")
+            listed = len(summary["survivors_equivalent"])
+            print(f"  survived, listed in tools/mutation.md (equivalent or CUDA-only): {listed}")
         if summary["mutmut_exit"] != 0:
             print(f"  mutmut exited {summary['mutmut_exit']}; see {summary['log']}")
         sys.stdout.flush()
