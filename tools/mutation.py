@@ -185,7 +185,8 @@ def main() -> int:
         summary = run_one(name, TARGETS[name], args.scratch, args.workers)
         summaries.append(summary)
         counts = summary["counts"]
-        killed = counts.get("killed", 0) + counts.get("timeout", 0)
+        # A mutant whose tests crash (segfault) or hang (timeout) was detected as surely as a failing one.
+        killed = counts.get("killed", 0) + counts.get("timeout", 0) + counts.get("segfault", 0)
         tested = summary["mutants"] - counts.get("no tests", 0) - counts.get("skipped", 0)
         score = 100.0 * killed / tested if tested else 0.0
         print(f"{name}: {summary['mutants']} mutants, {counts}, score {score:.1f}% of tested, {summary['seconds']} s")
