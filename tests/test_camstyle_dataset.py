@@ -174,3 +174,54 @@ def test_bad_pseudo_camera_file_is_a_one_line_error(tmp_path, text):
     with pytest.raises(EcnreidError) as error:
         load_pseudo_cameras(tmp_path)
     assert "\n" not in str(error.value)
+
+
+def test_pseudo_cameras_keep_each_records_path(tmp_path):
+    records = [ImageRecord(str(tmp_path / "a" / "1.jpg"), 1, 0), ImageRecord(str(tmp_path / "b" / "2.jpg"), 2, 0)]
+    moved = apply_pseudo_cameras(records, {"a/1.jpg": 3, "b/2.jpg": 4})
+    assert moved == [ImageRecord(records[0].path, 1, 3), ImageRecord(records[1].path, 2, 4)]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("not json", r"pseudo_cameras.json: unreadable pseudo-camera mapping \("),
+     ("[1, 2]", r"pseudo_cameras.json: expected a JSON object of image path -> camera")],
+)
+def test_bad_pseudo_camera_file_names_the_file_and_the_fault(tmp_path, text, message):
+    (tmp_path / "pseudo_cameras.json").write_text(text)
+    with pytest.raises(EcnreidError, match=message):
+        load_pseudo_cameras(tmp_path)
+
+
+@pytest.mark.parametrize("scheme", ["stargan", "cyclegan"])
+def test_coverage_counts_the_set_and_reports_it(tmp_path, scheme):
+    records = _make_set(tmp_path, scheme)
+    folder = tmp_path / "bounding_box_train_camstyle"
+    missing = folder / (stargan_name("0004_c3_f0000003", 0) if scheme == "stargan"
+                        else cyclegan_name("0004_c3_f0000003", 2, 0))
+    missing.unlink()
+    coverage = camstyle_coverage(records, folder, 3)
+    # 4 images x 2 other cameras expected, one file removed.
+    assert (coverage.camstyle_dir, coverage.scheme, coverage.expected, coverage.present) == (folder, scheme, 8, 7)
+    assert coverage.first_missing == missing and coverage.missing == 1 and not coverage.complete
+    assert coverage.to_dict() == {"dir": str(folder), "scheme": scheme, "expected": 8, "present": 7, "coverage": 0.875}
+
+
+def test_coverage_of_nothing_expected_is_whole(tmp_path):
+    records = _make_set(tmp_path, "stargan")[:1]
+    coverage = camstyle_coverage(records, tmp_path / "bounding_box_train_camstyle", 1)
+    assert coverage.expected == 0 and coverage.complete and coverage.to_dict()["coverage"] == 1.0
+
+
+def test_one_camera_is_enough_and_none_is_an_error(tmp_path):
+    _solid(tmp_path / "0001_c1_f0000000.jpg", (90, 0, 0))
+    records = [ImageRecord(str(tmp_path / "0001_c1_f0000000.jpg"), 1, 0)]
+    dataset = CamStyleTargetDataset(records, None, 1, None)
+    assert _first_pixel(dataset[0][0])[0] == pytest.approx(90, abs=3) and dataset[0][1:] == (0, 0)
+    with pytest.raises(ValueError, match="num_cameras must be at least 1, got 0"):
+        CamStyleTargetDataset(records, None, 0, None)
+
+
+def test_hidden_files_do_not_make_a_camstyle_set(tmp_path):
+    _solid(tmp_path / "bounding_box_train_camstyle" / ".a_fake_1.jpg", (1, 2, 3))
+    assert find_camstyle_dir(tmp_path) is None

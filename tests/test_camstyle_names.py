@@ -4,7 +4,9 @@ import pytest
 
 from ecnreid.data.camstyle_names import (
     CamStyleName,
+    camstyle_name,
     camstyle_path,
+    count_schemes,
     cyclegan_name,
     detect_scheme,
     parse_camstyle_name,
@@ -83,3 +85,19 @@ def test_camstyle_path_own_camera_is_the_original(tmp_path):
         assert camstyle_path(tmp_path / "cs", record, 1, scheme) == Path(record.path)
     assert camstyle_path(tmp_path / "cs", record, 0, "stargan") == tmp_path / "cs" / "0005_c2_f0046985_fake_1.jpg"
     assert camstyle_path(tmp_path / "cs", record, 7, "cyclegan") == tmp_path / "cs" / "0005_c2_f0046985_fake_2to8.jpg"
+
+
+def test_rejections_name_the_cameras_and_the_schemes():
+    with pytest.raises(ValueError, match="non-negative, got -1$"):
+        stargan_name("x", -1)
+    with pytest.raises(ValueError, match="non-negative, got 0 and -1$"):
+        cyclegan_name("x", 0, -1)
+    with pytest.raises(ValueError, match="unknown CamStyle scheme 'pix2pix'; expected one of stargan, cyclegan"):
+        camstyle_name("x", 0, 1, "pix2pix")
+
+
+def test_count_schemes_counts_each_file_once(tmp_path):
+    _touch(tmp_path, "a_fake_2.jpg", "b_fake_3.jpg", "c_fake_1.jpg", "d_fake_1to2.jpg", "e.jpg")
+    assert count_schemes(tmp_path) == {"stargan": 3, "cyclegan": 1}
+    with pytest.raises(EcnreidError, match=r"StarGAN \(3 files, .*CycleGAN \(1 files"):
+        detect_scheme(tmp_path)

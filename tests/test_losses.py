@@ -110,7 +110,7 @@ def test_topk_and_faiss_agree() -> None:
 def test_faiss_missing_gives_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "faiss", None)  # makes `import faiss` raise ImportError
     features, memory = _random_case()
-    with pytest.raises(EcnreidError, match="faiss is not installed"):
+    with pytest.raises(EcnreidError, match="^faiss is not installed; install faiss-gpu"):
         nearest_slots_faiss(features, memory, k=6)
 
 
@@ -173,3 +173,57 @@ def test_neighbourhood_loss_equals_the_dense_targets_formula() -> None:
     dense = neighbourhood_targets(logits, indices, k=4)
     expected = -(dense * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
     assert torch.allclose(neighbourhood_loss(logits, indices, k=4), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_k_may_be_one_or_the_memory_size_and_nothing_outside() -> None:
+    similarity = torch.tensor([[0.1, 0.9, 0.5]])
+    assert nearest_slots(similarity, k=1).tolist() == [[1]]
+    assert sorted(nearest_slots(similarity, k=3)[0].tolist()) == [0, 1, 2]
+    for k in (0, 4):
+        with pytest.raises(EcnreidError, match=f"k={k} must be between 1 and the memory size 3"):
+            nearest_slots(similarity, k=k)
+
+
+def test_faiss_ranks_by_inner_product_with_k_above_the_dimension() -> None:
+    # Inner products with [1, 0] are 10, 1, 0, -1, -10: by distance slot 1 would come first, by product slot 0.
+    memory = torch.tensor([[10.0, 0.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [-10.0, 0.0]])
+    found = nearest_slots_faiss(torch.tensor([[1.0, 0.0]]), memory, k=4)
+    assert found.tolist() == [[0, 1, 2, 3]]
+
+
+def test_default_neighbourhood_size_is_six() -> None:
+    logits = torch.arange(8.0).flip(0).reshape(1, 8)  # slot j has the (j+1)-th largest logit
+    indices = torch.tensor([7])
+    targets = neighbourhood_targets(logits, indices)
+    assert torch.allclose(targets, torch.tensor([[1 / 6] * 6 + [0.0, 1.0]]))
+    log_probs = F.log_softmax(logits, dim=1)
+    expected = -(log_probs[0, :6].sum() / 6 + log_probs[0, 7])
+    assert torch.allclose(neighbourhood_loss(logits, indices), expected)
+    assert torch.allclose(target_invariance_loss(logits, indices, epoch=5), expected)
+
+
+def test_targets_are_float32_for_half_logits() -> None:
+    targets = neighbourhood_targets(LOGITS.half(), INDICES, k=2)
+    assert targets.dtype == torch.float32
+    assert targets[0].tolist() == [1.0, 0.0, 0.5, 0.5]
+
+
+def test_target_invariance_uses_the_given_neighbours() -> None:
+    # Slots 0 and 1 instead of the top-2 (3 and 2) for image 0: the loss must follow the given neighbours.
+    neighbours = torch.tensor([[0, 1], [0, 1]])
+    given = target_invariance_loss(LOGITS, INDICES, epoch=5, k=2, neighbours=neighbours)
+    assert torch.allclose(given, neighbourhood_loss(LOGITS, INDICES, k=2, neighbours=neighbours))
+    # Image 0 (own slot 0 among them): -(log 0.1 + 0.5 log 0.2); image 1: -(log 0.3 + 0.5 log 0.4).
+    expected = -((LN(0.1) + 0.5 * LN(0.2)) + (LN(0.3) + 0.5 * LN(0.4))) / 2
+    assert given.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_faiss_gpu_count_asks_faiss_and_is_zero_for_a_cpu_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    from ecnreid.losses import faiss_gpu_count
+
+    monkeypatch.setitem(sys.modules, "faiss", types.SimpleNamespace(get_num_gpus=lambda: 3))
+    assert faiss_gpu_count() == 3
+    monkeypatch.setitem(sys.modules, "faiss", types.SimpleNamespace())
+    assert faiss_gpu_count() == 0

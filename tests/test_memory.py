@@ -167,3 +167,33 @@ def test_logits_and_update_stay_float32_under_autocast() -> None:
         memory.update(update.to(torch.bfloat16), torch.tensor([0, 1, 2, 3]), alpha=0.0)
     assert memory.features.dtype == torch.float32
     torch.testing.assert_close(memory.features[:4], F.normalize(update.to(torch.bfloat16).float(), dim=1))
+
+
+def test_defaults_are_4096_dimensions_and_beta_0_05() -> None:
+    memory = ExemplarMemory(3)
+    assert memory.features.shape == (3, 4096)
+    assert "num_slots=3, dim=4096, dtype=torch.float32" in repr(memory)
+    memory = ExemplarMemory(2, dim=2)
+    memory.features.copy_(torch.tensor([[1.0, 0.0], [0.6, 0.8]]))
+    assert torch.allclose(memory.logits(torch.tensor([[0.0, 1.0]])), torch.tensor([[0.0, 16.0]]))
+
+
+def test_one_slot_of_one_dimension_is_the_smallest_memory() -> None:
+    assert ExemplarMemory(1, dim=1).features.shape == (1, 1)
+    for slots, dim in ((0, 3), (3, 0)):
+        with pytest.raises(ValueError, match=f"at least one slot and one dimension, got {slots} x {dim}"):
+            ExemplarMemory(slots, dim=dim)
+
+
+def test_float16_memory_product_with_more_slots_than_dimensions(monkeypatch: pytest.MonkeyPatch) -> None:
+    # One row per block and 20 slots of 4 dimensions: every block, not only the first `dim`, must be filled.
+    monkeypatch.setattr(memory_module, "_UPCAST_ELEMENTS", 4)
+    torch.manual_seed(2)
+    half = ExemplarMemory(20, dim=4, dtype=torch.float16)
+    half.features.copy_(F.normalize(torch.randn(20, 4), dim=1))
+    f = torch.randn(2, 4, requires_grad=True)
+    weights = torch.randn(2, 20)
+    (half.logits(f, beta=0.5) * weights).sum().backward()
+    expected = f.detach() @ half.features.float().t() / 0.5
+    assert torch.allclose(half.logits(f.detach(), beta=0.5), expected, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(f.grad, weights @ half.features.float() / 0.5, rtol=1e-5, atol=1e-5)

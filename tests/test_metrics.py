@@ -306,3 +306,67 @@ def test_compiled_loop_works_without_a_writable_cache(monkeypatch: pytest.Monkey
 
     assert positions.compiled(add)(2, 3) == 5
     assert asked == [True, False]
+
+
+def test_errors_name_the_offending_ids_and_sizes() -> None:
+    dist = torch.zeros(2, 3)
+    ids = {"query_pids": [1, 2], "gallery_pids": [1, 2, 3], "query_camids": [0, 0], "gallery_camids": [0, 0, 0]}
+    for name in ids:
+        with pytest.raises(ValueError, match=rf"^evaluation {name} must be 1-D, got shape \(1, 2\)$"):
+            metrics.RankingAccumulator(**{**ids, name: [[0, 0]]})
+        with pytest.raises(ValueError, match=rf"^evaluation {name} must hold integers, got torch.float64$"):
+            metrics.RankingAccumulator(**{**ids, name: np.zeros(len(ids[name]))})
+    with pytest.raises(ValueError, match=r"^evaluation has 3 gallery pids but 2 gallery camids$"):
+        metrics.RankingAccumulator(**{**ids, "gallery_camids": [0, 0]})
+    with pytest.raises(ValueError, match=r"^evaluation gallery is empty$"):
+        none = np.zeros(0, dtype=np.int64)
+        evaluate_ranking(torch.zeros(2, 0), [1, 2], none, [0, 0], none)
+    with pytest.raises(ValueError, match=r"^evaluation distance matrix has shape \(3, 3\); expected \[2, gallery\]$"):
+        evaluate_ranking(torch.zeros(3, 3), **ids)
+    with pytest.raises(EcnreidError, match=r"^evaluation has no query with a true match"):
+        evaluate_ranking(dist, [5, 6], [1, 2, 3], [0, 0], [1, 1, 1])
+    with pytest.raises(EcnreidError, match=r"^evaluation has no query with a true match"):
+        evaluate_ranking_reference(dist, [5, 6], [1, 2, 3], [0, 0], [1, 1, 1])
+
+
+def test_row_errors_name_the_rows() -> None:
+    dist, *ids = random_problem(0, 8, 20, 3, 0.0)
+    with pytest.raises(ValueError, match=r"missing distance rows for 2 queries \(first: 5\)"):
+        evaluate_blocks([(0, dist[:5]), (7, dist[7:])], *ids)
+    with pytest.raises(ValueError, match=r"block rows 6\.\.9 fall outside the 8 queries"):
+        evaluate_blocks([(6, dist[:3])], *ids)
+
+
+def test_one_gallery_image_and_rank_one_only() -> None:
+    result = evaluate_ranking(torch.zeros(1, 1), [1], [1], [0], [1], max_rank=1)
+    assert result.cmc == [1.0] and result.mAP == 1.0 and result.mINP == 1.0
+    assert len(evaluate_ranking(DISTANCES, QUERY_PIDS, GALLERY_PIDS, QUERY_CAMS, GALLERY_CAMS).cmc) == 50
+    accumulator = metrics.RankingAccumulator(QUERY_PIDS, GALLERY_PIDS, QUERY_CAMS, GALLERY_CAMS)
+    accumulator.add(0, DISTANCES)
+    assert len(accumulator.result().cmc) == 50
+
+
+@pytest.mark.parametrize("evaluate", BOTH)
+def test_junk_query_has_no_true_match(evaluate) -> None:
+    # A query with the junk id -1 is counted but has no true match, even with junk gallery images in other cameras.
+    result = evaluate(torch.tensor([[0.1, 0.2, 0.3], [0.3, 0.1, 0.2]]), [-1, 1], [-1, 1, 2], [0, 0], [1, 1, 1])
+    assert (result.num_valid_queries, result.num_queries) == (1, 2)
+    assert result.cmc[0] == 1.0 and result.mAP == 1.0  # query 1: its match (image 1) before image 2
+
+
+@pytest.mark.parametrize("evaluate", BOTH)
+def test_float64_distances_are_ranked_in_float32(evaluate) -> None:
+    # 1 + 1e-12 and 1 tie in float32, so the smaller index (the match) ranks first.
+    dist = torch.tensor([[1.0 + 1e-12, 1.0]], dtype=torch.float64)
+    for given in (dist, dist.numpy(), dist.clone().requires_grad_(True)):
+        result = evaluate(given, [1], [1, 2], [0], [1, 1])
+        assert result.cmc[0] == 1.0 and result.mAP == 1.0
+
+
+def test_ids_of_mixed_integer_types() -> None:
+    result = evaluate_ranking(
+        DISTANCES, np.array(QUERY_PIDS, dtype=np.int32), torch.tensor(GALLERY_PIDS, dtype=torch.int16),
+        np.array(QUERY_CAMS, dtype=np.uint8), GALLERY_CAMS,
+    )
+    expected = evaluate_ranking(DISTANCES, QUERY_PIDS, GALLERY_PIDS, QUERY_CAMS, GALLERY_CAMS)
+    assert result == expected

@@ -53,7 +53,8 @@ def clustered(seed: int, num_ids: int, per_id: int, dim: int, noise: float) -> t
 
 @pytest.mark.parametrize(
     ("seed", "num_query", "k1", "k2", "lambda_value"),
-    [(0, 6, 20, 6, 0.3), (1, 9, 5, 3, 0.3), (2, 4, 8, 1, 0.5), (3, 10, 3, 2, 0.0), (4, 1, 40, 6, 0.3)],
+    [(0, 6, 20, 6, 0.3), (1, 9, 5, 3, 0.3), (2, 4, 8, 1, 0.5), (3, 10, 3, 2, 0.0), (4, 1, 40, 6, 0.3),
+     (5, 6, 1, 1, 0.3), (6, 8, 27, 2, 0.3), (7, 29, 20, 6, 0.3)],
 )
 def test_matches_loop_reference(seed: int, num_query: int, k1: int, k2: int, lambda_value: float) -> None:
     features = clustered(seed, num_ids=6, per_id=5, dim=8, noise=0.7)  # N = 30
@@ -147,8 +148,11 @@ def test_bad_inputs_raise_one_line_errors() -> None:
         k_reciprocal_rerank(x, x, lambda_value=1.5)
     with pytest.raises(ValueError, match="k1, k2"):
         k_reciprocal_rerank(x, x, k1=0)
-    with pytest.raises(ValueError, match="at least one"):
+    with pytest.raises(ValueError, match="^re-ranking needs at least one query and one gallery feature$"):
         k_reciprocal_rerank(x[:0], x)
+    two_d = r"^re-ranking features must be 2-D \[N, D\]; got query \(4, 3\), gallery \(4,\)$"
+    with pytest.raises(ValueError, match=two_d):
+        k_reciprocal_rerank(x, torch.randn(4))
 
 
 def _blocks(query: torch.Tensor, gallery: torch.Tensor, **kwargs) -> list[tuple[int, torch.Tensor]]:
