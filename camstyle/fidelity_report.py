@@ -1,0 +1,127 @@
+"""What ``ecnreid prepare --check DIR --score`` shows: the fidelity table, and a picture of a few originals with
+their fakes, one column per camera, each tile labelled with the camera probe's verdict."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, ImageDraw
+from rich.table import Table
+
+from camstyle.fidelity import Sample
+from ecnreid.evaluation.visualize import load_font
+from ecnreid.io import atomic_save_image
+
+PICTURE_ROWS = 6
+TILE_W, TILE_H, FRAME, GAP, MARGIN = 64, 128, 4, 6, 10
+HEADER_H, TITLE_H, LABEL_H = 20, 22, 18
+RIGHT, WRONG, ORIGINAL, STILL_OWN = (0, 160, 60), (220, 30, 30), (60, 60, 60), (235, 150, 0)
+TEXT, BACKGROUND = (30, 30, 30), (255, 255, 255)
+
+
+def picture_rows(originals: Sequence[Any], rows: int = PICTURE_ROWS) -> list[int]:
+    """Indices of ``rows`` originals, one per camera in turn (the first of each camera, then the second, ...)."""
+    turn: dict[int, int] = {}
+    keys = []
+    for index, record in enumerate(originals):
+        keys.append((turn.get(record.camid, 0), record.camid, index))
+        turn[record.camid] = turn.get(record.camid, 0) + 1
+    return [index for _, _, index in sorted(keys)[:rows]]
+
+
+def _tile(path: str) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB").resize((TILE_W, TILE_H), Image.Resampling.BILINEAR)
+
+
+def save_fidelity_png(sample: Sample, verdicts: dict[str, torch.Tensor], num_cameras: int, path: Path) -> None:
+    """Rows: originals; column c: the original rendered in camera c (the original itself in its own camera).
+    Frames and labels: green where the probe names the tile's camera, orange where it names a fake's original
+    camera, red otherwise; the original is framed grey."""
+    rows = picture_rows(sample.originals)
+    slot_w, slot_h = TILE_W + 2 * FRAME, TILE_H + 2 * FRAME + LABEL_H
+    width = 2 * MARGIN + num_cameras * slot_w + (num_cameras - 1) * GAP
+    height = 2 * MARGIN + TITLE_H + HEADER_H + len(rows) * (slot_h + GAP)
+    canvas = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    font = load_font(12)
+    draw.text((MARGIN, MARGIN), "camera probe's verdict per tile", font=font, fill=TEXT)
+    fake_at = {(int(j), sample.fakes[f].camid): f for f, j in enumerate(sample.fake_source.tolist())}
+    for c in range(num_cameras):
+        x = MARGIN + c * (slot_w + GAP)
+        draw.text((x + slot_w // 2, MARGIN + TITLE_H), f"c{c + 1}", font=font, fill=TEXT, anchor="mt")
+    for row, j in enumerate(rows):
+        original = sample.originals[j]
+        y = MARGIN + TITLE_H + HEADER_H + row * (slot_h + GAP)
+        for c in range(num_cameras):
+            x = MARGIN + c * (slot_w + GAP)
+            if c == original.camid:
+                image_path, verdict = original.path, int(verdicts["originals"][j])
+                colour, label = ORIGINAL, f"real: c{verdict + 1}"
+            else:
+                f = fake_at[(j, c)]
+                image_path, verdict = sample.fakes[f].path, int(verdicts["fakes"][f])
+                colour = RIGHT if verdict == c else STILL_OWN if verdict == original.camid else WRONG
+                label = f"probe: c{verdict + 1}"
+            draw.rectangle([x, y, x + slot_w - 1, y + TILE_H + 2 * FRAME - 1], fill=colour)
+            canvas.paste(_tile(image_path), (x + FRAME, y + FRAME))
+            draw.text((x + slot_w // 2, y + TILE_H + 2 * FRAME + 3), label, font=font, fill=colour, anchor="mt")
+    atomic_save_image(canvas, path)
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
+
+
+def _people(count: int) -> str:
+    return f"{count:,} person" if count == 1 else f"{count:,} people"
+
+
+def _similarity(entry: dict[str, Any]) -> str:
+    return "-" if entry["mean"] is None else f"{entry['mean']:.3f} ± {entry['std']:.3f} ({entry['pairs']:,} pairs)"
+
+
+def render_fidelity_table(summary: dict[str, Any]) -> Table:
+    """The main numbers, per-camera rows, which probe and model, and where the files are."""
+    deep, stats, identity = summary["camera_probe"], summary["statistics_probe"], summary["identity"]
+    sample = summary["sample"]
+    cameras = Table(show_edge=False)
+    for name in ("fakes made for", "fakes", "probe: that camera", "still original camera", "real images: own camera"):
+        cameras.add_column(name, justify="right")
+    for entry in deep["per_camera"]:
+        cameras.add_row(
+            f"c{entry['camera']}",
+            f"{entry['fakes']:,}",
+            _percent(entry["fake_accuracy"]),
+            _percent(entry["fake_still_original"]),
+            _percent(entry["real_accuracy"]),
+        )
+    table = Table(title=f"CamStyle fidelity of {summary['camstyle_dir']}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    rows = [
+        ("camera fidelity", f"[bold]{_percent(deep['fake_accuracy'])}[/] of fakes classified as the camera made for"),
+        ("ceiling", f"{_percent(deep['real_accuracy'])} of held-out real images as their own camera "
+                    f"(chance {_percent(deep['chance'])})"),
+        ("still original", f"{_percent(deep['fake_still_original'])} of fakes classified as their original camera"),
+        ("colour/sharpness", f"fakes {_percent(stats['fake_accuracy'])}, real {_percent(stats['real_accuracy'])}, "
+                             f"still original {_percent(stats['fake_still_original'])} (statistics probe)"),
+        ("per camera", cameras),
+        ("identity: fake-original", _similarity(identity["fake_vs_original"])),
+        ("same person, other camera", _similarity(identity["same_person_other_camera"])),
+        ("other person, same camera", _similarity(identity["other_person_same_camera"])),
+        ("camera probe", f"{deep['classifier']} on {deep['features']}"),
+        ("why this probe", deep["why"]),
+        ("identity model", identity["model"]),
+        ("sample", f"{sample['originals']:,} originals of {_people(sample['original_people'])}, {sample['fakes']:,} "
+                   f"fakes; the probe learnt from {sample['probe_images']:,} images of "
+                   f"{_people(sample['probe_people'])} (others; seed {sample['seed']})"),
+        ("time", f"{summary['seconds']:.1f} s on {summary['device']}"),
+        ("files", f"{summary['paths']['json']}\n{summary['paths']['png']}"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
