@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from camstyle.check import CamStyleSet, open_camstyle_set
+from camstyle.check import CamStyleSet
 from camstyle.fidelity_config import FidelityConfig
 from ecnreid.config import config_to_dict
 from ecnreid.data.camstyle_names import camstyle_path
@@ -47,7 +47,6 @@ from ecnreid.data.image_dataset import ImageDataset
 from ecnreid.data.records import ImageRecord
 from ecnreid.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_test_transform
 from ecnreid.errors import EcnreidError
-from ecnreid.io import ensure_output_dir, sweep_stale_temp_files, write_json
 from ecnreid.progress import make_progress
 from ecnreid.runtime import resolve_device, seed_everything
 
@@ -59,7 +58,6 @@ PROBE_WHY = (
 HELD_OUT_SHARE = 0.3  # of the identities: their images are scored, the others' teach the probe
 PER_PERSON = 4  # scored originals per person, from as many cameras as it has: same-person pairs across cameras
 PROBE_STEPS = 300  # L-BFGS iterations (converges well before on a few thousand vectors)
-FIDELITY_JSON, FIDELITY_PNG = "fidelity.json", "fidelity.png"
 PROBE_L2 = 1e-2  # on standardised features: keeps a probe with more dimensions than images from memorising
 
 
@@ -135,14 +133,10 @@ def camera_statistics(images: torch.Tensor) -> torch.Tensor:
 
 
 def _batches(
-    records: Sequence[ImageRecord], height: int, width: int, config: FidelityConfig, description: str, show: bool
+    records: Sequence[ImageRecord], transform: Any, config: FidelityConfig, description: str, show: bool
 ) -> Iterator[torch.Tensor]:
-    """Normalised image batches of ``records`` in order, with a progress bar."""
-    loader = DataLoader(
-        ImageDataset(records, build_test_transform(height, width)),
-        batch_size=config.batch_size,
-        num_workers=config.workers,
-    )
+    """Image batches of ``records`` in order (``transform``: a test transform), with a progress bar."""
+    loader = DataLoader(ImageDataset(records, transform), batch_size=config.batch_size, num_workers=config.workers)
     with make_progress(transient=True) as bar:
         task = bar.add_task(description, total=len(records), unit="img", info="", visible=show)
         for images, *_ in loader:
@@ -160,7 +154,8 @@ def frozen_features(
     std = torch.tensor(IMAGENET_STD, device=device)[:, None, None]
     autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
     pooled, stats = [], []
-    for images in _batches(records, config.height, config.width, config, "fidelity features", show):
+    transform = build_test_transform(config.height, config.width)
+    for images in _batches(records, transform, config, "fidelity features", show):
         images = images.to(device)
         with autocast:
             pooled.append(backbone(images).float().mean(dim=(2, 3)).cpu())
@@ -276,18 +271,9 @@ def _identity_features(
 
     adapted = load_adapted_model(config.checkpoint).to(device)
     card = adapted.card
-    records = [*sample.originals, *sample.fakes]
-    loader = DataLoader(
-        ImageDataset(records, build_test_transform(card.input_height, card.input_width, card.mean, card.std)),
-        batch_size=config.batch_size,
-        num_workers=config.workers,
-    )
-    chunks = []
-    with make_progress(transient=True) as bar:
-        task = bar.add_task("identity features", total=len(records), unit="img", info="", visible=show)
-        for images, *_ in loader:
-            chunks.append(embed(adapted.network, images.to(device)).cpu())
-            bar.update(task, advance=len(images))
+    transform = build_test_transform(card.input_height, card.input_width, card.mean, card.std)
+    batches = _batches([*sample.originals, *sample.fakes], transform, config, "identity features", show)
+    chunks = [embed(adapted.network, images.to(device)).cpu() for images in batches]
     name = f"checkpoint {config.checkpoint} ({card.arch}, {card.setting or card.method}, {card.source}→{card.target})"
     return torch.cat(chunks), name
 
@@ -341,19 +327,3 @@ def score_fidelity(
         "config": config_to_dict(config),
     }
     return summary, sample, verdicts
-
-
-def run_fidelity(config: FidelityConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Score ``config.camstyle`` and write ``fidelity.json`` and ``fidelity.png`` into the output folder (made
-    first, so that a file in its way fails at once; a failed run leaves it empty, and the CLI removes it)."""
-    from camstyle.fidelity_report import save_fidelity_png
-
-    found = open_camstyle_set(config.camstyle)
-    out = config.out if config.out is not None else found.camstyle_dir.parent / f"{found.camstyle_dir.name}_fidelity"
-    out = ensure_output_dir(out, "--out")
-    sweep_stale_temp_files(out)
-    summary, sample, verdicts = score_fidelity(config, found, progress=progress)
-    summary["paths"] = {"out": str(out), "json": str(out / FIDELITY_JSON), "png": str(out / FIDELITY_PNG)}
-    save_fidelity_png(sample, verdicts, found.num_cameras, out / FIDELITY_PNG)
-    write_json(summary, out / FIDELITY_JSON)
-    return summary

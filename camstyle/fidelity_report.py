@@ -1,5 +1,6 @@
-"""What ``ecnreid prepare --check DIR --score`` shows: the fidelity table, and a picture of a few originals with
-their fakes, one column per camera, each tile labelled with the camera probe's verdict."""
+"""What ``ecnreid prepare --check DIR --score`` shows and writes: the fidelity table, ``fidelity.json``, and
+``fidelity.png``, a few originals with their fakes, one column per camera, each tile labelled with the camera
+probe's verdict. The scoring itself is ``camstyle.fidelity``."""
 
 from __future__ import annotations
 
@@ -11,15 +12,25 @@ import torch
 from PIL import Image, ImageDraw
 from rich.table import Table
 
-from camstyle.fidelity import Sample
-from ecnreid.evaluation.visualize import load_font
-from ecnreid.io import atomic_save_image
+from camstyle.check import open_camstyle_set
+from camstyle.fidelity import Sample, score_fidelity
+from camstyle.fidelity_config import FidelityConfig
+from ecnreid.evaluation.visualize import load_font, text_size
+from ecnreid.io import atomic_save_image, ensure_output_dir, sweep_stale_temp_files, write_json
 
+FIDELITY_JSON, FIDELITY_PNG = "fidelity.json", "fidelity.png"
 PICTURE_ROWS = 6
 TILE_W, TILE_H, FRAME, GAP, MARGIN = 64, 128, 4, 6, 10
-HEADER_H, TITLE_H, LABEL_H = 20, 22, 18
+HEADER_H, TITLE_H, LABEL_H = 20, 14 * 5 + 6, 18
 RIGHT, WRONG, ORIGINAL, STILL_OWN = (0, 160, 60), (220, 30, 30), (60, 60, 60), (235, 150, 0)
 TEXT, BACKGROUND = (30, 30, 30), (255, 255, 255)
+LEGEND = (
+    ("camera probe's verdict", TEXT),
+    ("grey: the real image", ORIGINAL),
+    ("green: the camera made for", RIGHT),
+    ("orange: its original camera", STILL_OWN),
+    ("red: another camera", WRONG),
+)
 
 
 def picture_rows(originals: Sequence[Any], rows: int = PICTURE_ROWS) -> list[int]:
@@ -43,12 +54,14 @@ def save_fidelity_png(sample: Sample, verdicts: dict[str, torch.Tensor], num_cam
     camera, red otherwise; the original is framed grey."""
     rows = picture_rows(sample.originals)
     slot_w, slot_h = TILE_W + 2 * FRAME, TILE_H + 2 * FRAME + LABEL_H
-    width = 2 * MARGIN + num_cameras * slot_w + (num_cameras - 1) * GAP
+    font = load_font(12)
+    legend_w = max(text_size(text, font)[0] for text, _ in LEGEND)
+    width = 2 * MARGIN + max(num_cameras * slot_w + (num_cameras - 1) * GAP, legend_w)
     height = 2 * MARGIN + TITLE_H + HEADER_H + len(rows) * (slot_h + GAP)
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
-    font = load_font(12)
-    draw.text((MARGIN, MARGIN), "camera probe's verdict per tile", font=font, fill=TEXT)
+    for line, (text, colour) in enumerate(LEGEND):
+        draw.text((MARGIN, MARGIN + line * 14), text, font=font, fill=colour)
     fake_at = {(int(j), sample.fakes[f].camid): f for f, j in enumerate(sample.fake_source.tolist())}
     for c in range(num_cameras):
         x = MARGIN + c * (slot_w + GAP)
@@ -61,14 +74,15 @@ def save_fidelity_png(sample: Sample, verdicts: dict[str, torch.Tensor], num_cam
             if c == original.camid:
                 image_path, verdict = original.path, int(verdicts["originals"][j])
                 colour, label = ORIGINAL, f"real: c{verdict + 1}"
+                label_colour = RIGHT if verdict == c else WRONG
             else:
                 f = fake_at[(j, c)]
                 image_path, verdict = sample.fakes[f].path, int(verdicts["fakes"][f])
                 colour = RIGHT if verdict == c else STILL_OWN if verdict == original.camid else WRONG
-                label = f"probe: c{verdict + 1}"
+                label, label_colour = f"probe: c{verdict + 1}", colour
             draw.rectangle([x, y, x + slot_w - 1, y + TILE_H + 2 * FRAME - 1], fill=colour)
             canvas.paste(_tile(image_path), (x + FRAME, y + FRAME))
-            draw.text((x + slot_w // 2, y + TILE_H + 2 * FRAME + 3), label, font=font, fill=colour, anchor="mt")
+            draw.text((x + slot_w // 2, y + TILE_H + 2 * FRAME + 3), label, font=font, fill=label_colour, anchor="mt")
     atomic_save_image(canvas, path)
 
 
@@ -125,3 +139,17 @@ def render_fidelity_table(summary: dict[str, Any]) -> Table:
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+def run_fidelity(config: FidelityConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Score ``config.camstyle`` and write ``fidelity.json`` and ``fidelity.png`` into the output folder (made
+    first, so that a file in its way fails at once; a failed run leaves it empty, and the CLI removes it)."""
+    found = open_camstyle_set(config.camstyle)
+    out = config.out if config.out is not None else found.camstyle_dir.parent / f"{found.camstyle_dir.name}_fidelity"
+    out = ensure_output_dir(out, "--out")
+    sweep_stale_temp_files(out)
+    summary, sample, verdicts = score_fidelity(config, found, progress=progress)
+    summary["paths"] = {"out": str(out), "json": str(out / FIDELITY_JSON), "png": str(out / FIDELITY_PNG)}
+    save_fidelity_png(sample, verdicts, found.num_cameras, out / FIDELITY_PNG)
+    write_json(summary, out / FIDELITY_JSON)
+    return summary

@@ -454,8 +454,7 @@ def prepare_command(
     if not score and (given := [o.first_flag for o in FIDELITY_ONLY_OPTIONS if _given(ctx, o.param)]):
         raise EcnreidError(f"{given[0]}: an option of --check DIR --score; add --score or leave it out")
     if check is not None and score:
-        from camstyle.fidelity import run_fidelity
-        from camstyle.fidelity_report import render_fidelity_table
+        from camstyle.fidelity_report import render_fidelity_table, run_fidelity
 
         settings = settings_from_options(ctx, FIDELITY_OPTIONS, values) | {"camstyle": check}
         console.print(render_fidelity_table(run_fidelity(build_config(FidelityConfig, FIDELITY_OPTIONS, config,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from inference_checkpoint import train_tiny_checkpoint
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -125,3 +126,14 @@ def test_bad_input_is_one_line_exit_2_and_leaves_no_report_folder(tmp_path: Path
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and expected.format(check=check) in lines[0], result.output
     assert not (tmp_path / "report").exists()
+
+
+def test_identity_from_a_checkpoint_names_that_model(tmp_path: Path) -> None:
+    checkpoint, _ = train_tiny_checkpoint(tmp_path / "run")
+    camstyle = _target(tmp_path / "market", "copies", people=12, per_camera=2)
+    summary = _score(camstyle, tmp_path / "report", "--checkpoint", str(checkpoint))
+
+    identity = summary["identity"]
+    assert identity["model"].startswith(f"checkpoint {checkpoint}") and "resnet18" in identity["model"]
+    assert identity["fake_vs_original"]["mean"] == pytest.approx(1.0, abs=1e-4)
+    assert identity["same_person_other_camera"]["pairs"] > 0 and identity["other_person_same_camera"]["pairs"] > 0
