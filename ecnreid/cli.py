@@ -434,7 +434,9 @@ def _given(ctx: typer.Context, param: str) -> bool:
 @user_errors
 def prepare_command(
     ctx: typer.Context,
-    check: Annotated[Path | None, typer.Option(help="Only validate an existing CamStyle set in this folder.")] = None,
+    check: Annotated[
+        Path | None, typer.Option(help="Validate an existing CamStyle set in this folder (with --score: score it).")
+    ] = None,
     score: Annotated[
         bool,
         typer.Option(
