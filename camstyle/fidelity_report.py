@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from PIL import Image, ImageDraw
+from rich.console import Group
 from rich.table import Table
 
 from camstyle.check import open_camstyle_set
@@ -98,12 +99,12 @@ def _similarity(entry: dict[str, Any]) -> str:
     return "-" if entry["mean"] is None else f"{entry['mean']:.3f} ± {entry['std']:.3f} ({entry['pairs']:,} pairs)"
 
 
-def render_fidelity_table(summary: dict[str, Any]) -> Table:
-    """The main numbers, per-camera rows, which probe and model, and where the files are."""
+def render_fidelity_table(summary: dict[str, Any]) -> Group:
+    """The main numbers, which probe and model, where the files are; then the camera probe per camera."""
     deep, stats, identity = summary["camera_probe"], summary["statistics_probe"], summary["identity"]
     sample = summary["sample"]
-    cameras = Table(show_edge=False)
-    for name in ("fakes made for", "fakes", "probe: that camera", "still original camera", "real images: own camera"):
+    cameras = Table(title="camera probe per camera c")
+    for name in ("c", "fakes", "fakes as c", "fakes as original", "real as c"):
         cameras.add_column(name, justify="right")
     for entry in deep["per_camera"]:
         cameras.add_row(
@@ -123,7 +124,6 @@ def render_fidelity_table(summary: dict[str, Any]) -> Table:
         ("still original", f"{_percent(deep['fake_still_original'])} of fakes classified as their original camera"),
         ("colour/sharpness", f"fakes {_percent(stats['fake_accuracy'])}, real {_percent(stats['real_accuracy'])}, "
                              f"still original {_percent(stats['fake_still_original'])} (statistics probe)"),
-        ("per camera", cameras),
         ("identity: fake-original", _similarity(identity["fake_vs_original"])),
         ("same person, other camera", _similarity(identity["same_person_other_camera"])),
         ("other person, same camera", _similarity(identity["other_person_same_camera"])),
@@ -138,7 +138,7 @@ def render_fidelity_table(summary: dict[str, Any]) -> Table:
     ]
     for name, value in rows:
         table.add_row(name, value)
-    return table
+    return Group(table, cameras)
 
 
 def run_fidelity(config: FidelityConfig, *, progress: bool = True) -> dict[str, Any]:
