@@ -107,8 +107,23 @@ def _train_records(camstyle_dir: Path, dataset_root: Path) -> tuple[str, list[Im
     raise EcnreidError(f"{dataset_root}: training images not readable as any dataset ({errors[0]})")
 
 
-def run_check(path: str | os.PathLike, workers: int = 8, progress: bool = True) -> CheckReport:
-    """Check the CamStyle set in ``path`` (the dataset folder or its ``bounding_box_train_camstyle``)."""
+@dataclass(frozen=True)
+class CamStyleSet:
+    """A CamStyle folder and the target training images it was made from (pseudo cameras applied)."""
+
+    camstyle_dir: Path
+    dataset: str
+    records: list[ImageRecord]
+    scheme: Scheme
+
+    @property
+    def num_cameras(self) -> int:
+        return max(r.camid for r in self.records) + 1
+
+
+def open_camstyle_set(path: str | os.PathLike) -> CamStyleSet:
+    """The CamStyle set in ``path`` (the dataset folder or its ``bounding_box_train_camstyle``); its naming
+    scheme read from its files (StarGAN when it holds none yet)."""
     camstyle_dir, dataset_root = _locate(Path(path))
     dataset, records = _train_records(camstyle_dir, dataset_root)
     if (mapping := load_pseudo_cameras(camstyle_dir)) is not None:
@@ -119,6 +134,13 @@ def run_check(path: str | os.PathLike, workers: int = 8, progress: bool = True) 
             f"{camstyle_dir}: mixes StarGAN ({counts['stargan']}) and CycleGAN ({counts['cyclegan']}) names"
         )
     scheme: Scheme = "cyclegan" if counts["cyclegan"] else "stargan"
+    return CamStyleSet(camstyle_dir, dataset, records, scheme)
+
+
+def run_check(path: str | os.PathLike, workers: int = 8, progress: bool = True) -> CheckReport:
+    """Check the CamStyle set in ``path`` (the dataset folder or its ``bounding_box_train_camstyle``)."""
+    found = open_camstyle_set(path)
+    camstyle_dir, dataset, records, scheme = found.camstyle_dir, found.dataset, found.records, found.scheme
     num_cameras = max(r.camid for r in records) + 1
     present_files = {entry.name for entry in os.scandir(camstyle_dir) if entry.is_file()}
 

@@ -25,6 +25,7 @@ import typer
 from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
+from camstyle.fidelity_config import FIDELITY_PANEL, FidelityConfig
 from ecnreid import __version__
 from ecnreid.config import (
     DemoConfig,
@@ -407,22 +408,60 @@ def eval_command(config: EvalConfig) -> None:
 
 
 PREPARE_OPTIONS = config_options(
-    PrepareConfig, helps={"runtime.resume": "Continue StarGAN training from the last checkpoint in --work-dir."}
+    PrepareConfig,
+    helps={
+        "runtime.resume": "Continue StarGAN training from the last checkpoint in --work-dir.",
+        "out": "CamStyle output folder; with --check DIR --score, the folder of the fidelity report (default: "
+        "the CamStyle folder's name + _fidelity, beside it).",
+    },
 )
+# --out, --workers, --seed and --device are prepare's options too: the same field paths, so the same parameters.
+FIDELITY_OPTIONS = config_options(FidelityConfig, exclude=frozenset({"runtime.resume"}), panel=FIDELITY_PANEL)
+FIDELITY_ONLY_OPTIONS = [o for o in FIDELITY_OPTIONS if o.param not in {p.param for p in PREPARE_OPTIONS}]
+
+
+def _given(ctx: typer.Context, param: str) -> bool:
+    source = ctx.get_parameter_source(param)
+    return source is not None and source.name in EXPLICIT_SOURCES
 
 
 @app.command(
-    "prepare", help="Make the CamStyle set of a target (StarGAN or colour), or check one with --check.", cls=Command
+    "prepare",
+    help="Make the CamStyle set of a target (StarGAN or colour), check one with --check, or score its fidelity "
+    "with --check DIR --score.",
+    cls=Command,
 )
 @user_errors
 def prepare_command(
     ctx: typer.Context,
-    check: Annotated[Path | None, typer.Option(help="Only validate an existing CamStyle set in this folder.")] = None,
+    check: Annotated[
+        Path | None, typer.Option(help="Validate an existing CamStyle set in this folder (with --score: score it).")
+    ] = None,
+    score: Annotated[
+        bool,
+        typer.Option(
+            "--score",
+            help="With --check: instead of validating every file, score a sample of the set: camera fidelity (a "
+            "camera probe's verdict on the fakes) and identity kept; a table, fidelity.json and fidelity.png.",
+            metavar="",
+        ),
+    ] = False,
     config: config_file_option('method = "colour"') = None,  # type: ignore[valid-type]
     **values: Any,
 ) -> None:
     from camstyle.prepare import render_check_table, render_prepare_summary, run_check, run_prepare
 
+    if score and check is None:
+        raise EcnreidError("--score: goes with --check DIR, the CamStyle set to score")
+    if not score and (given := [o.first_flag for o in FIDELITY_ONLY_OPTIONS if _given(ctx, o.param)]):
+        raise EcnreidError(f"{given[0]}: an option of --check DIR --score; add --score or leave it out")
+    if check is not None and score:
+        from camstyle.fidelity_report import render_fidelity_table, run_fidelity
+
+        settings = settings_from_options(ctx, FIDELITY_OPTIONS, values) | {"camstyle": check}
+        console.print(render_fidelity_table(run_fidelity(build_config(FidelityConfig, FIDELITY_OPTIONS, config,
+                                                                        settings))))
+        return
     if check is not None:
         report = run_check(check)
         console.print(render_check_table(report))
@@ -442,7 +481,7 @@ def _attach_options(command: Callable[..., Any], options: list[ConfigOption]) ->
     command.__annotations__ = {}  # typer reads the signature; stripped annotations would drop the options' help
 
 
-_attach_options(prepare_command, PREPARE_OPTIONS)
+_attach_options(prepare_command, PREPARE_OPTIONS + FIDELITY_ONLY_OPTIONS)
 
 
 @config_command(
