@@ -375,6 +375,9 @@ def test_without_the_target_there_is_no_memory_and_only_the_source_loss(two_doma
     assert method.signature() == {"memory_slots": 0, "memory_dtype": "fp32"}
     assert method.provenance()["knn_backend"] is None and method.provenance()["setting"] == "source only"
     assert method.state_dict() == {"memory": None}
+    # Without the target there is no neighbour search, so --knn faiss has nothing to fall back from.
+    faiss = TwoDomainLoop(tiny_config(source, target, tmp_path / "faiss", no_target=True, knn="faiss"))
+    assert not [n for n in faiss.method.notices() if "--knn" in n]
     method.load_state_dict({"memory": None})
     output = one_step(loop, 9)  # a target batch and its features reach the method, which has no use for them
     assert set(output.parts) == {"source"} and output.state is None
