@@ -311,6 +311,7 @@ def test_the_set_beside_the_target_is_found_and_its_pseudo_cameras_replace_the_c
     assert [r.camid for r in loop.method.data.target_train] == [r.pid % 2 for r in records]
     assert loop.method.num_target_cameras == 2
     assert loop.method.camstyle.expected == images  # one other camera each
+    assert loop.method.provenance()["camstyle"] == loop.method.camstyle.to_dict()
 
 
 def test_an_incomplete_camstyle_set_stops_the_run(two_domains, tmp_path: Path) -> None:
@@ -359,6 +360,11 @@ def test_the_method_reports_its_setting_weights_and_data(two_domains, tmp_path: 
     assert method.notices() == [
         "warning: random initial weights (--no-pretrained), and the stages stem, layer1, layer2 stay frozen at "
         "them (--frozen-stages 0 trains every stage)"
+    ]
+    one = TwoDomainLoop(tiny_config(source, target, tmp_path / "one", frozen_stages=1))
+    assert one.method.notices() == [
+        "warning: random initial weights (--no-pretrained), and the stages stem stay frozen at them "
+        "(--frozen-stages 0 trains every stage)"
     ]
     free = TwoDomainLoop(tiny_config(source, target, tmp_path / "free", frozen_stages=0, knn="faiss"))
     free.method.knn = "topk"  # what knn_backend gives on a CUDA device whose faiss build sees no GPU
