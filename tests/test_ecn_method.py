@@ -5,6 +5,7 @@ camera-invariance inputs of the training batches.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -17,8 +18,14 @@ from PIL import Image
 import ecnreid.methods.ecn as ecn_module
 from ecnreid.config import DomainsConfig, ModelConfig, TrainConfig, override
 from ecnreid.data.batches import LabelledBatch, UnlabelledBatch
+from ecnreid.data.camstyle_dataset import CAMSTYLE_FOLDER, pseudo_camera_keys
 from ecnreid.engine.loop import TwoDomainLoop
+from ecnreid.errors import EcnreidError
+from ecnreid.inference.card import ECN_FEATURE, MethodCard
+from ecnreid.losses import source_loss
 from ecnreid.methods.base import StepOutput
+from ecnreid.models.dg import dg_source_loss
+from ecnreid.models.rsc import RSC
 
 EMBEDDING = 4
 
@@ -253,3 +260,238 @@ def test_training_batches_hold_camstyle_images_in_the_spec_proportion(two_domain
     for own in range(3):
         for cell in [c for c in range(3) if c != own] + [3]:
             assert abs(counts[own, cell] - 80 / 3) < 16, counts
+
+
+# --------------------------------------------------------------------------- finding the CamStyle set
+def write_full_camstyle_set(target: Path, folder: Path) -> int:
+    """A fake of every target training image in every camera (own camera included), so that any camera
+    assignment finds its set complete; returns the number of training images."""
+    folder.mkdir()
+    images = sorted((target / "bounding_box_train").glob("*.jpg"))
+    for path in images:
+        for camera in range(1, len(CAMERA_COLOURS) + 1):
+            Image.new("RGB", (16, 32), CAMERA_COLOURS[camera - 1]).save(folder / f"{path.stem}_fake_{camera}.jpg")
+    return len(images)
+
+
+def test_a_camstyle_dir_that_is_not_there_names_the_option(two_domains, tmp_path: Path) -> None:
+    source, target = two_domains
+    missing = tmp_path / "nowhere"
+    config = tiny_config(source, target, tmp_path / "run", use_camera=True, camstyle_dir=missing)
+    with pytest.raises(EcnreidError) as error:
+        TwoDomainLoop(config)
+    assert str(error.value) == f"--camstyle-dir {missing}: CamStyle folder not found"
+
+
+def test_without_a_camstyle_set_the_run_stops_with_the_remedies(two_domains, tmp_path: Path) -> None:
+    source, target = two_domains
+    with pytest.raises(EcnreidError) as error:
+        TwoDomainLoop(tiny_config(source, target, tmp_path / "run", use_camera=True))
+    assert str(error.value) == (
+        f"{target / CAMSTYLE_FOLDER}: no CamStyle set for camera invariance; make one with `ecnreid prepare "
+        f"--dataset synthetic --root {target}`, point --camstyle-dir at one, or train without camera invariance "
+        "with --no-camera"
+    )
+
+
+def test_the_set_beside_the_target_is_found_and_its_pseudo_cameras_replace_the_cameras(two_domains, tmp_path) -> None:
+    source, target = two_domains
+    folder = target / CAMSTYLE_FOLDER
+    images = write_full_camstyle_set(target, folder)
+    loop = TwoDomainLoop(tiny_config(source, target, tmp_path / "plain", use_camera=True))
+    coverage = loop.method.camstyle
+    assert coverage.camstyle_dir == folder and coverage.complete
+    assert coverage.expected == images * 2  # every image in each of the 2 other cameras of 3
+    assert loop.method.num_target_cameras == 3
+    # A pseudo-camera mapping: two cameras, by identity parity.
+    records = loop.data.target_train
+    mapping = {key: r.pid % 2 for key, r in zip(pseudo_camera_keys(records), records, strict=True)}
+    (folder / "pseudo_cameras.json").write_text(json.dumps(mapping))
+    loop = TwoDomainLoop(tiny_config(source, target, tmp_path / "pseudo", use_camera=True))
+    assert [r.camid for r in loop.method.data.target_train] == [r.pid % 2 for r in records]
+    assert loop.method.num_target_cameras == 2
+    assert loop.method.camstyle.expected == images  # one other camera each
+    assert loop.method.provenance()["camstyle"] == loop.method.camstyle.to_dict()
+
+
+def test_an_incomplete_camstyle_set_stops_the_run(two_domains, tmp_path: Path) -> None:
+    source, target = two_domains
+    folder = tmp_path / "camstyle"
+    write_solid_camstyle_set(target, folder)
+    first = sorted(folder.iterdir())[0]
+    first.unlink()
+    config = tiny_config(source, target, tmp_path / "run", use_camera=True, camstyle_dir=folder)
+    with pytest.raises(EcnreidError) as error:
+        TwoDomainLoop(config)
+    assert str(error.value) == (
+        f"{folder}: incomplete CamStyle set, 1 of 48 images missing (first: {first}); rerun `ecnreid prepare` to "
+        "fill it, or train with --no-camera"
+    )
+
+
+# --------------------------------------------------------------------------- what the method builds and reports
+def test_the_memory_holds_one_slot_per_target_image_in_the_chosen_dtype(two_domains, tmp_path: Path) -> None:
+    source, target = two_domains
+    loop = TwoDomainLoop(tiny_config(source, target, tmp_path / "run", memory_dtype="fp16"))
+    memory = loop.method.memory.features
+    assert memory.dtype == torch.float16 and memory.shape == (len(loop.data.target_train), EMBEDDING)
+    assert loop.method.signature() == {"memory_slots": len(loop.data.target_train), "memory_dtype": "fp16"}
+    assert loop.method.knn == "topk"
+
+
+def test_the_method_reports_its_setting_weights_and_data(two_domains, tmp_path: Path) -> None:
+    source, target = two_domains
+    loop = TwoDomainLoop(tiny_config(source, target, tmp_path / "run", lr=0.02, backbone_lr_mult=0.25))
+    method, data = loop.method, loop.data
+    origin = method.model.backbone.weights_origin
+    assert method.provenance() == {
+        "setting": "+E+N", "backbone_weights": origin, "camstyle": None, "knn_backend": "topk"
+    }
+    assert method.model_card() == MethodCard(
+        ECN_FEATURE, method.model.backbone.out_channels, "+E+N",
+        {"backbone_weights": origin, "dg": {"mixstyle": [], "snr": [], "rsc": False}},
+    )
+    assert method.describe() == (
+        f"ECN +E+N: source synthetic ({len(data.source_train)} images, {data.num_source_classes} ids) → target "
+        f"synthetic ({len(data.target_train)} train images, 3 cameras, {len(data.target.query)} query, "
+        f"{len(data.target.gallery)} gallery)"
+    )
+    # Random weights with frozen stages warn; a faiss request that fell back to top-k says so.
+    assert method.notices() == [
+        "warning: random initial weights (--no-pretrained), and the stages stem, layer1, layer2 stay frozen at "
+        "them (--frozen-stages 0 trains every stage)"
+    ]
+    one = TwoDomainLoop(tiny_config(source, target, tmp_path / "one", frozen_stages=1))
+    assert one.method.notices() == [
+        "warning: random initial weights (--no-pretrained), and the stages stem stay frozen at them "
+        "(--frozen-stages 0 trains every stage)"
+    ]
+    free = TwoDomainLoop(tiny_config(source, target, tmp_path / "free", frozen_stages=0, knn="faiss"))
+    free.method.knn = "topk"  # what knn_backend gives on a CUDA device whose faiss build sees no GPU
+    assert free.method.notices() == ["--knn faiss: this faiss build sees no GPU; neighbours by torch top-k on cpu"]
+    groups = method.parameter_groups()
+    assert [(g["name"], g["lr"]) for g in groups] == [("new", 0.02), ("backbone", pytest.approx(0.005))]
+
+
+def test_without_the_target_there_is_no_memory_and_only_the_source_loss(two_domains, tmp_path: Path) -> None:
+    source, target = two_domains
+    loop = TwoDomainLoop(tiny_config(source, target, tmp_path / "run", no_target=True))
+    method = loop.method
+    assert method.memory is None and not method.uses_target and method.target_dataset(None) is None
+    assert method.signature() == {"memory_slots": 0, "memory_dtype": "fp32"}
+    assert method.provenance()["knn_backend"] is None and method.provenance()["setting"] == "source only"
+    assert method.state_dict() == {"memory": None}
+    # Without the target there is no neighbour search, so --knn faiss has nothing to fall back from.
+    faiss = TwoDomainLoop(tiny_config(source, target, tmp_path / "faiss", no_target=True, knn="faiss"))
+    assert not [n for n in faiss.method.notices() if "--knn" in n]
+    method.load_state_dict({"memory": None})
+    output = one_step(loop, 9)  # a target batch and its features reach the method, which has no use for them
+    assert set(output.parts) == {"source"} and output.state is None
+    assert output.total.item() == pytest.approx(spec_source_loss(), rel=1e-6)
+    with pytest.raises(AssertionError, match="^target_loss needs the exemplar memory$"):
+        method.target_loss(torch.tensor(FEATURES), torch.tensor(OWN), 9)
+
+
+def test_a_step_without_a_target_batch_is_the_source_loss_and_moves_no_memory(two_domains, tmp_path: Path) -> None:
+    source, target = two_domains
+    loop = TwoDomainLoop(tiny_config(source, target, tmp_path / "run"))
+    memory = hand_made(loop)
+    seen = {}
+
+    def network(source_images, source_labels, target_images):
+        seen["labels"], seen["target"] = source_labels, target_images
+        return {"source_logits": torch.tensor([[2.0, 0.0, -1.0, 0.5], [0.0, 1.0, 0.0, 3.0]])}, None
+
+    x = LabelledBatch(torch.zeros(2, 3, 32, 16), torch.tensor([0, 3]), torch.zeros(2, dtype=torch.long),
+                      torch.arange(2))
+    u = UnlabelledBatch(torch.zeros(2, 3, 32, 16), torch.zeros(2, dtype=torch.long), torch.tensor(OWN))
+    for batch in (None, u):  # no target batch, or one the network gave no output for
+        output = loop.method.step(network, x, batch, 9)
+        assert seen["labels"].tolist() == [0, 3] and (seen["target"] is None) == (batch is None)
+        assert set(output.parts) == {"source"} and output.state is None
+        assert output.total.item() == pytest.approx(spec_source_loss(), rel=1e-6)
+    # after_step leaves the memory alone without target features or without the batch they came from.
+    loop.method.after_step(StepOutput(torch.zeros(()), {}, state=None), u, 9)
+    loop.method.after_step(StepOutput(torch.zeros(()), {}, state=torch.ones(2, EMBEDDING)), None, 9)
+    assert loop.method.memory.features.tolist() == memory
+
+
+def test_the_memory_state_round_trips_and_features_init_fills_it(two_domains, tmp_path: Path) -> None:
+    source, target = two_domains
+    loop = TwoDomainLoop(tiny_config(source, target, tmp_path / "run", memory_init="features"))
+    method = loop.method
+    method.before_training()
+    expected = ecn_module.target_embeddings(
+        method.model, loop.data.target_train, height=32, width=16, batch_size=32, workers=0,
+        device=torch.device("cpu"), show_progress=False,
+    )
+    torch.testing.assert_close(method.memory.features, expected, atol=1e-5, rtol=1e-4)
+    assert expected.abs().sum() > 0
+    other = TwoDomainLoop(tiny_config(source, target, tmp_path / "other"))
+    other.method.before_training()  # zeros init: the memory stays empty
+    assert other.method.memory.features.abs().sum() == 0
+    other.method.load_state_dict(method.state_dict())
+    assert torch.equal(other.method.memory.features, method.memory.features)
+
+
+def test_rsc_replaces_the_source_logits_with_those_of_the_challenged_map(two_domains, tmp_path, monkeypatch) -> None:
+    source, target = two_domains
+    loop = TwoDomainLoop(tiny_config(source, target, tmp_path / "run", rsc=True, dropout=0.0))
+    network, model = loop.method.network, loop.method.model
+    assert isinstance(network.rsc, RSC)
+    calls = []
+
+    def challenge(feature_map, labels, head, eval_module=None):
+        calls.append((feature_map, labels, head, eval_module))
+        return feature_map.flip(0)  # another map than the input: the logits must follow it
+
+    monkeypatch.setattr(network.rsc, "forward", challenge)
+    images = torch.randn(2, 3, 32, 16, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([1, 2])
+    network.train()
+    out_x, _ = network(images, labels, None)
+    (feature_map, seen_labels, head, eval_module), = calls
+    assert torch.equal(feature_map, out_x["feature_map"]) and torch.equal(seen_labels, labels) and eval_module is model
+    torch.testing.assert_close(head(feature_map), model.forward_head(feature_map)["source_logits"])
+    torch.testing.assert_close(out_x["source_logits"], model.forward_head(feature_map.flip(0))["source_logits"])
+    network.eval()
+    network(images, labels, None)
+    assert len(calls) == 1  # evaluation forwards are never challenged
+
+
+def test_faiss_neighbours_are_the_ones_the_loss_weights(two_domains, tmp_path: Path, monkeypatch) -> None:
+    """The loss takes faiss's neighbours as they come (here the least similar slots, to tell them from top-k);
+    with ``--knn topk`` faiss is never asked."""
+    pytest.importorskip("faiss")
+    source, target = two_domains
+    loop = TwoDomainLoop(tiny_config(source, target, tmp_path / "run", knn="faiss", k=2, neighbour_start_epoch=0))
+    memory = hand_made(loop)
+    far = torch.tensor([[3, 0], [2, 4]])  # per feature: two slots that are not its nearest
+    monkeypatch.setattr(ecn_module, "nearest_slots_faiss", lambda features, slots, k: far)
+    output = one_step(loop, 1)
+    expected = 0.0
+    for row, own, slots in zip(FEATURES, OWN, far.tolist(), strict=True):
+        z = [sum(a * b for a, b in zip(row, slot, strict=True)) / 0.05 for slot in memory]
+        log_norm = math.log(sum(math.exp(v) for v in z))
+        weights = {j: 0.5 for j in slots} | {own: 1.0}
+        expected -= sum(w * (z[j] - log_norm) for j, w in weights.items())
+    assert output.parts["target"].item() == pytest.approx(expected / 2, rel=1e-5)
+    topk = TwoDomainLoop(tiny_config(source, target, tmp_path / "topk", k=2, neighbour_start_epoch=0))
+    hand_made(topk)
+    monkeypatch.setattr(ecn_module, "nearest_slots_faiss", lambda *args: pytest.fail("faiss asked under --knn topk"))
+    output = one_step(topk, 1)
+    assert output.parts["target"].item() == pytest.approx(spec_target_loss(FEATURES, memory, OWN, 0.05, 2), rel=1e-5)
+
+
+def test_the_source_loss_adds_the_snr_losses(two_domains, tmp_path: Path) -> None:
+    source, target = two_domains
+    loop = TwoDomainLoop(tiny_config(source, target, tmp_path / "run", snr_stages=("layer3",), dropout=0.0))
+    network, model = loop.method.network.train(), loop.method.model
+    images = torch.randn(4, 3, 32, 16, generator=torch.Generator().manual_seed(0))
+    pids = torch.tensor([0, 1, 2, 3])
+    out_x, _ = network(images, pids, None)
+    snr = dg_source_loss(model, out_x, pids, loop.config.dg)
+    assert float(snr.detach()) > 0
+    output = loop.method.step(network, LabelledBatch(images, pids, torch.zeros(4, dtype=torch.long), pids), None, 0)
+    expected = source_loss(out_x["source_logits"], pids) + snr
+    assert output.parts["source"].item() == pytest.approx(expected.item(), rel=1e-5)

@@ -196,6 +196,23 @@ def test_internal_chunks_do_not_change_the_result(monkeypatch: pytest.MonkeyPatc
     torch.testing.assert_close(torch.cat([block for _, block in blocks]), expected, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize(
+    ("seed", "num_query", "k1", "k2", "chunk"),
+    [(20, 7, 4, 3, 1), (21, 12, 9, 4, 2), (22, 3, 6, 2, 3), (23, 10, 2, 5, 5), (24, 16, 12, 6, 17), (25, 29, 5, 3, 1)],
+)
+def test_small_chunks_give_the_reference_result(monkeypatch, seed: int, num_query: int, k1: int, k2: int, chunk: int):
+    """Every internal chunk as small as ``chunk`` entries (one to a few rows or pairs per chunk), on noisy problems
+    whose expanded sets reach beyond each image's own neighbour pool, and query blocks (8 rows) taller than the
+    gallery is wide (6 images): the reference, not the code itself, decides."""
+    for name in ("_JACCARD_CHUNK", "_EXPANSION_CHUNK", "_PAIR_CHUNK", "_COMBINE_CHUNK"):
+        monkeypatch.setattr(reranking, name, chunk)
+    features = clustered(seed, num_ids=5, per_id=7, dim=6, noise=1.2)  # N = 35
+    query, gallery = features[:num_query], features[num_query:]
+    expected = reference_rerank(query.double().numpy(), gallery.double().numpy(), k1, k2, 0.3)
+    got = k_reciprocal_rerank(query, gallery, k1=k1, k2=k2, block_size=8)
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-5, rtol=0)
+
+
 def _ids(seed: int, num_query: int, num_gallery: int) -> tuple[torch.Tensor, ...]:
     gen = torch.Generator().manual_seed(seed)
     return (

@@ -252,7 +252,7 @@ class ECN(Method):
                 f"warning: random initial weights (--no-pretrained), and the stages {frozen} stay frozen "
                 "at them (--frozen-stages 0 trains every stage)"
             )
-        if self.ecn.knn == "faiss" and self.knn == "topk":
+        if self.memory is not None and self.ecn.knn == "faiss" and self.knn == "topk":  # no memory, no search
             notes.append(f"--knn faiss: this faiss build sees no GPU; neighbours by torch top-k on {self.run.device}")
         return notes
 
