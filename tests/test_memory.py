@@ -117,23 +117,26 @@ def test_float16_memory() -> None:
     assert torch.allclose(half.features[[1, 4]].float().norm(dim=1), torch.ones(2), atol=1e-3)
 
 
-@pytest.mark.parametrize("upcast_elements", [16, 48, 1 << 24])
+@pytest.mark.parametrize(
+    ("slots", "dim", "batch", "upcast_elements", "beta"),
+    # One row per block, three rows, all at once; and 20 slots of 4 dimensions in one-row blocks, where every
+    # block, not only the first `dim`, must be filled.
+    [(7, 16, 3, 16, 0.05), (7, 16, 3, 48, 0.05), (7, 16, 3, 1 << 24, 0.05), (20, 4, 2, 4, 0.5)],
+)
 def test_float16_memory_product_in_blocks_equals_the_whole_upcast(
-    monkeypatch: pytest.MonkeyPatch, upcast_elements: int
+    monkeypatch: pytest.MonkeyPatch, slots: int, dim: int, batch: int, upcast_elements: int, beta: float
 ) -> None:
-    # One row per block, three rows, all at once: the logits and their gradient must not depend on blocks.
+    # The logits and their gradient must not depend on the blocks the fp16 rows are upcast in.
     monkeypatch.setattr(memory_module, "_UPCAST_ELEMENTS", upcast_elements)
     torch.manual_seed(1)
-    half = ExemplarMemory(7, dim=16, dtype=torch.float16)
-    half.features.copy_(F.normalize(torch.randn(7, 16), dim=1))
-    f = torch.randn(3, 16, requires_grad=True)
-    weights = torch.randn(3, 7)
-    (half.logits(f, beta=0.05) * weights).sum().backward()
-    g = f.detach().clone().requires_grad_(True)
-    expected = g @ half.features.float().t() / 0.05
-    (expected * weights).sum().backward()
-    assert torch.allclose(half.logits(f.detach(), beta=0.05), expected.detach(), rtol=1e-5, atol=1e-5)
-    assert torch.allclose(f.grad, g.grad, rtol=1e-5, atol=1e-5)
+    half = ExemplarMemory(slots, dim=dim, dtype=torch.float16)
+    half.features.copy_(F.normalize(torch.randn(slots, dim), dim=1))
+    f = torch.randn(batch, dim, requires_grad=True)
+    weights = torch.randn(batch, slots)
+    (half.logits(f, beta=beta) * weights).sum().backward()
+    expected = f.detach() @ half.features.float().t() / beta
+    assert torch.allclose(half.logits(f.detach(), beta=beta), expected, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(f.grad, weights @ half.features.float() / beta, rtol=1e-5, atol=1e-5)
     assert half.features.grad is None
 
 
@@ -183,17 +186,3 @@ def test_one_slot_of_one_dimension_is_the_smallest_memory() -> None:
     for slots, dim in ((0, 3), (3, 0)):
         with pytest.raises(ValueError, match=f"at least one slot and one dimension, got {slots} x {dim}"):
             ExemplarMemory(slots, dim=dim)
-
-
-def test_float16_memory_product_with_more_slots_than_dimensions(monkeypatch: pytest.MonkeyPatch) -> None:
-    # One row per block and 20 slots of 4 dimensions: every block, not only the first `dim`, must be filled.
-    monkeypatch.setattr(memory_module, "_UPCAST_ELEMENTS", 4)
-    torch.manual_seed(2)
-    half = ExemplarMemory(20, dim=4, dtype=torch.float16)
-    half.features.copy_(F.normalize(torch.randn(20, 4), dim=1))
-    f = torch.randn(2, 4, requires_grad=True)
-    weights = torch.randn(2, 20)
-    (half.logits(f, beta=0.5) * weights).sum().backward()
-    expected = f.detach() @ half.features.float().t() / 0.5
-    assert torch.allclose(half.logits(f.detach(), beta=0.5), expected, rtol=1e-5, atol=1e-5)
-    assert torch.allclose(f.grad, weights @ half.features.float() / 0.5, rtol=1e-5, atol=1e-5)
