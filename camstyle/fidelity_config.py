@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ecnreid.config import ARCHS, WORKERS_HELP, RuntimeConfig, section, setting
+from ecnreid.config.fields import flag_of, require, require_one_of
 from ecnreid.errors import EcnreidError
 
 FIDELITY_PANEL = "Fidelity (--check DIR --score)"
@@ -47,18 +48,16 @@ class FidelityConfig:
     runtime: RuntimeConfig = section(RuntimeConfig, "Runtime")
 
     def __post_init__(self) -> None:
-        problems = [
-            (self.score_images < 2, f"--score-images {self.score_images}: must be at least 2"),
-            (self.probe_images < 2, f"--probe-images {self.probe_images}: must be at least 2"),
-            (self.arch not in ARCHS, f"--arch {self.arch}: expected one of {', '.join(ARCHS)}"),
-            (min(self.height, self.width) <= 0, f"--height/--width {self.height}x{self.width}: must be positive"),
-            (self.batch_size < 1, f"batch_size {self.batch_size}: must be at least 1"),
-            (self.workers < 0, f"--workers {self.workers}: must not be negative"),
-            (
-                self.weights is not None and not self.pretrained,
-                "--weights PATH and --no-pretrained contradict each other: give one of them",
-            ),
-        ]
-        for failed, message in problems:
-            if failed:
-                raise EcnreidError(message)
+        require(self, "score_images", self.score_images >= 2, "must be at least 2")
+        require(self, "probe_images", self.probe_images >= 2, "must be at least 2")
+        require_one_of(self, "arch", ARCHS)
+        size = f"{self.height}x{self.width}"
+        require(self, ("height", "width"), min(self.height, self.width) > 0, "must be positive", shown=size)
+        if self.batch_size < 1:  # not an option: a library caller's mistake
+            raise EcnreidError(f"batch_size {self.batch_size}: must be at least 1")
+        require(self, "workers", self.workers >= 0, "must not be negative")
+        if self.weights is not None and not self.pretrained:
+            raise EcnreidError(
+                f"{flag_of(FidelityConfig, 'weights')} PATH and {flag_of(FidelityConfig, 'pretrained', negative=True)}"
+                " contradict each other: give one of them"
+            )

@@ -9,15 +9,12 @@ too) gives the settings; options given on the command line override it.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import inspect
-import os
 import signal
 import threading
 import typing
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -34,17 +31,20 @@ from ecnreid.config import (
     ExtractConfig,
     PrepareConfig,
     SearchConfig,
+    SettingOption,
     TrainConfig,
     check_setting_names,
+    check_unique_flags,
     config_from_dict,
     load_config_file,
     merge_settings,
+    setting_options,
     strip_optional,
 )
 from ecnreid.errors import EcnreidError
 from ecnreid.progress import console
 from ecnreid.runtime import is_interruption
-from ecnreid.workers import capped_workers
+from ecnreid.workers import with_capped_workers
 
 
 class _PlainHelpOption:
@@ -171,51 +171,13 @@ def parse_stages(value: str | None) -> tuple[str, ...]:
 
 
 # ---------------------------------------------------------------------------------------------- options
-@dataclass(frozen=True)
-class ConfigOption:
-    """One command-line option and the config field it sets."""
-
-    path: tuple[str, ...]  # field names from the command's config class down to the field
-    flag: str  # "--lr", or "--camera/--no-camera"
-    annotation: Any
-    default: Any
-    help: str
-    panel: str
-    required: bool
-    parse: Callable[[Any, str], Any] | None = None
-    unset: str | None = None  # what a None default means, shown as the default
-
-    @property
-    def param(self) -> str:
-        return "__".join(self.path)
-
-    @property
-    def first_flag(self) -> str:
-        return self.flag.split("/")[0]
-
-    def parameter(self) -> inspect.Parameter:
-        """The keyword parameter typer turns into this option."""
-        show_default: bool | str = self.unset if self.unset else not self.required
-        metavar = "" if strip_optional(self.annotation) is bool else None  # a flag takes no value
-        info = typer.Option(
-            self.flag, help=self.help, rich_help_panel=self.panel, show_default=show_default, metavar=metavar
-        )
-        return inspect.Parameter(
-            self.param,
-            inspect.Parameter.KEYWORD_ONLY,
-            annotation=Annotated[self.annotation, info],
-            default=None if self.required else self.default,
-        )
-
-
-def _option_type(annotation: Any, default: Any) -> tuple[Any, Any, Callable[[Any, str], Any] | None]:
+# A command's options come from its config tree (``ecnreid.config.setting_options``: path, flag, help, default,
+# panel); here they become the keyword parameters typer reads from a command's signature.
+def _typer_type(option: SettingOption) -> tuple[Any, Any, Callable[[Any, str], Any] | None]:
     """The type typer shows and parses, the default it shows, and how to turn the parsed value into the
     field's value (tuples are typed as comma-separated or HEIGHTxWIDTH strings)."""
-    base = annotation
-    args = typing.get_args(annotation)
-    optional = type(None) in args
-    if optional:
-        base = next(a for a in args if a is not type(None))
+    annotation, default = option.annotation, None if option.required else option.default
+    base = strip_optional(annotation)
     if typing.get_origin(base) is tuple:
         if typing.get_args(base) == (int, int):
             shown = f"{default[0]}x{default[1]}" if default else None
@@ -226,68 +188,48 @@ def _option_type(annotation: Any, default: Any) -> tuple[Any, Any, Callable[[Any
         return str | None, shown, lambda value, flag: parse_stages(value)
     if isinstance(default, float) and len(repr(default)) > 7:
         default = float(f"{default:.3g}")  # only shown: 0.333, not 0.3333333333333333
-    return annotation, default, None
+    return (annotation | None if option.required else annotation), default, None
 
 
-def config_options(
-    cls: type,
-    *,
-    rename: dict[str, str] | None = None,
-    exclude: frozenset[str] = frozenset(),
-    helps: dict[str, str] | None = None,
-    panel: str = "Run",
-    prefix: tuple[str, ...] = (),
-    defaults: Any = None,
-) -> list[ConfigOption]:
-    """The options of ``cls``'s fields (sections recursively), keyed by dotted path for ``rename``/``exclude``
-    and for ``helps``, a command's own help text of a field it shares."""
-    rename = rename or {}
-    helps = helps or {}
-    hints = typing.get_type_hints(cls)
-    options: list[ConfigOption] = []
-    for f in dataclasses.fields(cls):
-        path = (*prefix, f.name)
-        dotted = ".".join(path)
-        if dotted in exclude or "help" not in f.metadata:
-            continue
-        if defaults is not None:
-            default = getattr(defaults, f.name)
-        elif f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            default = dataclasses.MISSING
-        if f.metadata.get("section") or dataclasses.is_dataclass(hints[f.name]):
-            sub_panel = f.metadata["help"] if f.metadata.get("section") else panel
-            sub_defaults = None if default is dataclasses.MISSING else default
-            options += config_options(hints[f.name], rename=rename, exclude=exclude, helps=helps, panel=sub_panel,
-                                      prefix=path, defaults=sub_defaults)
-            continue
-        required = default is dataclasses.MISSING
-        annotation, shown, parse = _option_type(hints[f.name], None if required else default)
-        if required:
-            annotation = annotation | None
-        flag = rename.get(dotted) or f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-        # A switch gets its --no- form unless its flag is written out or is itself a --no- flag (one-way).
-        if strip_optional(hints[f.name]) is bool and not f.metadata.get("flag") and not flag.startswith("--no-"):
-            flag = f"{flag}/--no-{flag[2:]}"
-        help_text = helps.get(dotted, f.metadata["help"]) + (" Required (here or in --config)." if required else "")
-        unset = f.metadata.get("unset") if shown is None and not required else None
-        options.append(ConfigOption(path, flag, annotation, shown, help_text, panel, required, parse, unset))
-    return options
+def option_parameter(option: SettingOption) -> inspect.Parameter:
+    """The keyword parameter typer turns into ``option``."""
+    annotation, shown, _ = _typer_type(option)
+    unset = option.unset if shown is None and not option.required else None
+    info = typer.Option(
+        option.flag,
+        help=option.help + (" Required (here or in --config)." if option.required else ""),
+        rich_help_panel=option.panel,
+        show_default=unset or not option.required,
+        metavar="" if strip_optional(option.annotation) is bool else None,  # a switch takes no value
+    )
+    return inspect.Parameter(option.param, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[annotation, info],
+                             default=None if option.required else shown)
 
 
-def settings_from_options(ctx: typer.Context, options: list[ConfigOption], values: dict[str, Any]) -> dict:
+def attach_options(command: Callable[..., Any], options: list[SettingOption], **annotations: Any) -> None:
+    """Give ``command`` (whose ``**values`` receive them) one parameter per option, after its own parameters
+    (``annotations`` replaces theirs; one given as None is dropped). Typer reads the signature; a flag of an
+    option that is also one of the command's own (``--name`` of a parameter ``name``) raises."""
+    signature = inspect.signature(command, eval_str=True)
+    fixed = [p.replace(annotation=annotations.get(p.name, p.annotation)) for p in signature.parameters.values()
+             if p.kind is not inspect.Parameter.VAR_KEYWORD and annotations.get(p.name, p.annotation) is not None]
+    check_unique_flags(options, {"--" + p.name.replace("_", "-"): p.name for p in fixed if p.name != "ctx"})
+    command.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*fixed, *(option_parameter(option) for option in options)]
+    )
+    command.__annotations__ = {}  # typer reads the signature; stripped annotations would drop the options' help
+
+
+def settings_from_options(ctx: typer.Context, options: list[SettingOption], values: dict[str, Any]) -> dict:
     """The nested settings given explicitly on the command line (defaults stay with the dataclasses)."""
     settings: dict[str, Any] = {}
     for option in options:
         source = ctx.get_parameter_source(option.param)
         if source is None or source.name not in EXPLICIT_SOURCES:
             continue
-        value = values[option.param]
-        if option.parse is not None and value is not None:
-            value = option.parse(value, option.first_flag)
+        value, parse = values[option.param], _typer_type(option)[2]
+        if parse is not None and value is not None:
+            value = parse(value, option.first_flag)
         node = settings
         for key in option.path[:-1]:
             node = node.setdefault(key, {})
@@ -296,7 +238,7 @@ def settings_from_options(ctx: typer.Context, options: list[ConfigOption], value
 
 
 def build_config(
-    cls: type, options: list[ConfigOption], config_file: Path | None, cli_settings: dict[str, Any]
+    cls: type, options: list[SettingOption], config_file: Path | None, cli_settings: dict[str, Any]
 ) -> Any:
     """``cls`` from the dataclass defaults, then the --config file, then the command line; its DataLoader
     workers capped at the CPUs this process may use."""
@@ -314,22 +256,6 @@ def build_config(
     return with_capped_workers(config_from_dict(cls, settings, where=where), settings)
 
 
-def with_capped_workers(config: Any, settings: dict[str, Any]) -> Any:
-    """``config`` with every ``workers`` setting of its tree at most the usable CPUs (``capped_workers``); a
-    number the user gave (``settings``: file and command line) is capped with a notice, the default silently,
-    so that a small machine's errors stay one line."""
-    changes: dict[str, Any] = {}
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        given = settings.get(f.name) if isinstance(settings, dict) else None
-        if f.name == "workers" and isinstance(value, int):
-            announce = given is not None and os.environ.get("RANK", "0") == "0"  # torchrun: rank 0 speaks
-            changes[f.name] = capped_workers(value, announce=announce)
-        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-            changes[f.name] = with_capped_workers(value, given or {})
-    return dataclasses.replace(config, **changes)
-
-
 def config_file_option(example: str, *, run_record: bool = False) -> Any:
     """The ``--config FILE`` option of a command; ``run_record``: it also takes a training run's config.json."""
     # Help texts are rich markup: "[optim]" must be escaped to show.
@@ -344,29 +270,20 @@ def config_command(
     cls: type,
     *,
     help: str,
-    rename: dict[str, str] | None = None,
     exclude: frozenset[str] = frozenset(),
     helps: dict[str, str] | None = None,
     config_file: Any = None,
 ) -> Callable[[Callable[[Any], None]], Callable[[Any], None]]:
-    """Register ``run(config)`` as command ``name`` with one option per field of ``cls`` (and ``--config``
+    """Register ``run(config)`` as command ``name`` with one option per setting of ``cls`` (and ``--config``
     when ``config_file``, from ``config_file_option``, is given)."""
-    options = config_options(cls, rename=rename, exclude=exclude, helps=helps)
+    options = setting_options(cls, exclude=exclude, helps=helps)
 
     def register(run: Callable[[Any], None]) -> Callable[[Any], None]:
         @user_errors
-        def command(ctx: typer.Context, **values: Any) -> None:
-            path = values.pop("config", None)
-            run(build_config(cls, options, path, settings_from_options(ctx, options, values)))
+        def command(ctx: typer.Context, config: Path | None = None, **values: Any) -> None:
+            run(build_config(cls, options, config, settings_from_options(ctx, options, values)))
 
-        parameters = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
-        if config_file is not None:
-            parameters.append(
-                inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=config_file, default=None)
-            )
-        parameters += [option.parameter() for option in options]
-        command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
-        command.__annotations__ = {}
+        attach_options(command, options, config=config_file)
         command.__doc__ = help
         command.__name__ = f"{name}_command"
         app.command(name, help=help, cls=Command)(command)
@@ -407,7 +324,7 @@ def eval_command(config: EvalConfig) -> None:
     run_eval(config)
 
 
-PREPARE_OPTIONS = config_options(
+PREPARE_OPTIONS = setting_options(
     PrepareConfig,
     helps={
         "runtime.resume": "Continue StarGAN training from the last checkpoint in --work-dir.",
@@ -416,7 +333,7 @@ PREPARE_OPTIONS = config_options(
     },
 )
 # --out, --workers, --seed and --device are prepare's options too: the same field paths, so the same parameters.
-FIDELITY_OPTIONS = config_options(FidelityConfig, exclude=frozenset({"runtime.resume"}), panel=FIDELITY_PANEL)
+FIDELITY_OPTIONS = setting_options(FidelityConfig, exclude=frozenset({"runtime.resume"}), panel=FIDELITY_PANEL)
 FIDELITY_ONLY_OPTIONS = [o for o in FIDELITY_OPTIONS if o.param not in {p.param for p in PREPARE_OPTIONS}]
 
 
@@ -472,16 +389,7 @@ def prepare_command(
     console.print(render_prepare_summary(run_prepare(build_config(PrepareConfig, PREPARE_OPTIONS, config, settings))))
 
 
-def _attach_options(command: Callable[..., Any], options: list[ConfigOption]) -> None:
-    """Give a hand-written command (``prepare``, whose --check needs no config) the generated options."""
-    signature = inspect.signature(command, eval_str=True)
-    fixed = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    extra = [option.parameter() for option in options]
-    command.__signature__ = signature.replace(parameters=[*fixed, *extra])  # type: ignore[attr-defined]
-    command.__annotations__ = {}  # typer reads the signature; stripped annotations would drop the options' help
-
-
-_attach_options(prepare_command, PREPARE_OPTIONS + FIDELITY_ONLY_OPTIONS)
+attach_options(prepare_command, PREPARE_OPTIONS + FIDELITY_ONLY_OPTIONS)
 
 
 @config_command(

@@ -3,7 +3,9 @@ more only contend for them (and torch warns about each loader that asks for more
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import Any
 
 from ecnreid.progress import console
 
@@ -32,3 +34,19 @@ def capped_workers(requested: int, *, announce: bool = True) -> int:
             soft_wrap=True,
         )
     return cpus
+
+
+def with_capped_workers(config: Any, settings: dict[str, Any]) -> Any:
+    """``config`` with every ``workers`` setting of its tree at most the usable CPUs (``capped_workers``); a
+    number the user gave (``settings``: file and command line) is capped with a notice, the default silently,
+    so that a small machine's errors stay one line."""
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        given = settings.get(f.name) if isinstance(settings, dict) else None
+        if f.name == "workers" and isinstance(value, int):
+            announce = given is not None and os.environ.get("RANK", "0") == "0"  # torchrun: rank 0 speaks
+            changes[f.name] = capped_workers(value, announce=announce)
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            changes[f.name] = with_capped_workers(value, given or {})
+    return dataclasses.replace(config, **changes)

@@ -1,0 +1,148 @@
+"""The configuration tree: plain frozen dataclasses, one per section, reused by every command.
+
+Each default, help text and flag is written once, in a field's metadata (``fields.setting``); ``ecnreid.cli``
+builds its options from these, and a run's own ``config.json`` loads back through ``config_from_dict``.
+Validation lives in ``__post_init__``, so a library user gets the same checks as the command line.
+
+- ``fields``: ``setting``/``section``, the flag of a field (``flag_of``), validation helpers, and the walk of a
+  command's tree into options (``setting_options``), which refuses two settings with one flag;
+- ``train``: the sections of `ecnreid train` and ``TrainConfig``; ``methods``: each method's section;
+- ``commands``: `eval`, `prepare` (StarGAN), `extract`, `search`, `export`;
+- ``synthetic``: the synthetic dataset's domain specs and `ecnreid demo`;
+- ``records``: to and from dicts and files, earlier versions' records, ``override``.
+"""
+
+from ecnreid.config.commands import (
+    CAMSTYLE_METHODS,
+    EXPORT_FORMATS,
+    EXTRACT_SPLITS,
+    FEATURE_DTYPES,
+    SEARCH_INDEXES,
+    C,
+    EvalConfig,
+    EvalInputConfig,
+    EvalModelConfig,
+    ExportConfig,
+    ExtractConfig,
+    FeatureRunConfig,
+    PrepareConfig,
+    SearchConfig,
+    StarGANConfig,
+    fill_defaults,
+)
+from ecnreid.config.fields import (
+    DuplicateFlagError,
+    SettingOption,
+    check_unique_flags,
+    flag_of,
+    section,
+    setting,
+    setting_options,
+    strip_optional,
+)
+from ecnreid.config.methods import KNN_METHODS, MEMORY_DTYPES, MEMORY_INITS, ECNConfig
+from ecnreid.config.records import (
+    LEGACY_TRAIN_NAMES,
+    RENAMED_SETTINGS,
+    RUN_RECORD_KEYS,
+    check_setting_names,
+    config_from_dict,
+    config_to_dict,
+    load_config_file,
+    merge_settings,
+    override,
+    train_config_from_record,
+)
+from ecnreid.config.synthetic import (
+    DEFAULT_SOURCE,
+    DEFAULT_TARGET,
+    DEMO_SOURCE,
+    DEMO_TARGET,
+    MAX_IDS,
+    CameraStyleSpec,
+    DemoConfig,
+    DomainSpec,
+    LayoutSpec,
+    PersonSpec,
+)
+from ecnreid.config.train import (
+    ARCHS,
+    METRICS,
+    MIXSTYLE_MIXES,
+    SNR_PAPER_STAGES,
+    SNR_PAPER_WEIGHTS,
+    WORKERS_HELP,
+    DGConfig,
+    DomainsConfig,
+    EvaluationConfig,
+    InputConfig,
+    ModelConfig,
+    OptimConfig,
+    RuntimeConfig,
+    TrainConfig,
+)
+
+__all__ = [
+    "ARCHS",
+    "CAMSTYLE_METHODS",
+    "DEFAULT_SOURCE",
+    "DEFAULT_TARGET",
+    "DEMO_SOURCE",
+    "DEMO_TARGET",
+    "EXPORT_FORMATS",
+    "EXTRACT_SPLITS",
+    "FEATURE_DTYPES",
+    "KNN_METHODS",
+    "LEGACY_TRAIN_NAMES",
+    "MAX_IDS",
+    "MEMORY_DTYPES",
+    "MEMORY_INITS",
+    "METRICS",
+    "MIXSTYLE_MIXES",
+    "RENAMED_SETTINGS",
+    "RUN_RECORD_KEYS",
+    "SEARCH_INDEXES",
+    "SNR_PAPER_STAGES",
+    "SNR_PAPER_WEIGHTS",
+    "WORKERS_HELP",
+    "C",
+    "CameraStyleSpec",
+    "DGConfig",
+    "DemoConfig",
+    "DomainSpec",
+    "DomainsConfig",
+    "DuplicateFlagError",
+    "ECNConfig",
+    "EvalConfig",
+    "EvalInputConfig",
+    "EvalModelConfig",
+    "EvaluationConfig",
+    "ExportConfig",
+    "ExtractConfig",
+    "FeatureRunConfig",
+    "InputConfig",
+    "LayoutSpec",
+    "ModelConfig",
+    "OptimConfig",
+    "PersonSpec",
+    "PrepareConfig",
+    "RuntimeConfig",
+    "SearchConfig",
+    "SettingOption",
+    "StarGANConfig",
+    "TrainConfig",
+    "check_setting_names",
+    "check_unique_flags",
+    "config_from_dict",
+    "config_to_dict",
+    "fill_defaults",
+    "flag_of",
+    "load_config_file",
+    "merge_settings",
+    "override",
+    "section",
+    "setting",
+    "setting_options",
+    "strip_optional",
+    "train_config_from_record",
+]
