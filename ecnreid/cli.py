@@ -213,7 +213,8 @@ def attach_options(command: Callable[..., Any], options: list[SettingOption], **
     signature = inspect.signature(command, eval_str=True)
     fixed = [p.replace(annotation=annotations.get(p.name, p.annotation)) for p in signature.parameters.values()
              if p.kind is not inspect.Parameter.VAR_KEYWORD and annotations.get(p.name, p.annotation) is not None]
-    check_unique_flags(options, {"--" + p.name.replace("_", "-"): p.name for p in fixed if p.name != "ctx"})
+    own_flags = {"--" + p.name.replace("_", "-"): f"parameter {p.name}" for p in fixed if p.name != "ctx"}
+    check_unique_flags(options, own_flags)
     command.__signature__ = signature.replace(  # type: ignore[attr-defined]
         parameters=[*fixed, *(option_parameter(option) for option in options)]
     )

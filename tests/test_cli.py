@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -205,6 +206,30 @@ def test_help_lists_the_commands() -> None:
     assert result.exit_code == 0
     for command in ("prepare", "train", "eval", "demo"):
         assert command in result.output
+
+
+def test_every_command_gives_each_flag_to_one_option() -> None:
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():
+        flags = [flag for param in command.params for flag in (*param.opts, *param.secondary_opts)]
+        assert len(flags) == len(set(flags)), f"{name}: {sorted(f for f in flags if flags.count(f) > 1)}"
+        assert len(flags) > 2, name  # the generated options are there
+
+
+def test_an_option_with_the_flag_of_a_commands_own_parameter_is_refused() -> None:
+    from ecnreid.cli import attach_options
+    from ecnreid.config import DuplicateFlagError, setting_options
+    from ecnreid.config.fields import setting
+
+    @dataclasses.dataclass(frozen=True)
+    class Checked:
+        check: bool = setting(False, "A setting whose flag is the command's own --check.")
+
+    def command(ctx: typer.Context, check: bool = False, **values: object) -> None:
+        pass
+
+    with pytest.raises(DuplicateFlagError, match="--check is the flag of both parameter check and check"):
+        attach_options(command, setting_options(Checked))
 
 
 def test_undecodable_image_in_a_worker_is_one_line(two_domains, tmp_path: Path) -> None:

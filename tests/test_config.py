@@ -178,3 +178,29 @@ def test_a_flat_config_of_an_earlier_version_reads_into_the_tree() -> None:
     with pytest.raises(EcnreidError, match="unknown setting 'learning_rate'"):
         train_config_from_record({**flat, "learning_rate": 1})
     assert train_config_from_record(config_to_dict(config)) == config
+
+
+# Every public name ecnreid.config had as one module; the package re-exports them, so no import elsewhere changes.
+PUBLIC_NAMES = (
+    "ARCHS", "C", "CAMSTYLE_METHODS", "CameraStyleSpec", "DEFAULT_SOURCE", "DEFAULT_TARGET", "DEMO_SOURCE",
+    "DEMO_TARGET", "DGConfig", "DemoConfig", "DomainSpec", "DomainsConfig", "ECNConfig", "EXPORT_FORMATS",
+    "EXTRACT_SPLITS", "EvalConfig", "EvalInputConfig", "EvalModelConfig", "EvaluationConfig", "ExportConfig",
+    "ExtractConfig", "FEATURE_DTYPES", "FeatureRunConfig", "InputConfig", "KNN_METHODS", "LEGACY_TRAIN_NAMES",
+    "LayoutSpec", "MAX_IDS", "MEMORY_DTYPES", "MEMORY_INITS", "METRICS", "MIXSTYLE_MIXES", "ModelConfig", "OptimConfig",
+    "PersonSpec", "PrepareConfig", "RENAMED_SETTINGS", "RUN_RECORD_KEYS", "RuntimeConfig", "SEARCH_INDEXES",
+    "SNR_PAPER_STAGES", "SNR_PAPER_WEIGHTS", "SearchConfig", "StarGANConfig", "TrainConfig", "WORKERS_HELP",
+    "check_setting_names", "config_from_dict", "config_to_dict", "fill_defaults", "load_config_file", "merge_settings",
+    "override", "section", "setting", "strip_optional", "train_config_from_record",
+)
+
+
+def test_the_package_exports_every_name_of_the_single_module_it_replaced() -> None:
+    import ecnreid.config as config
+
+    missing = [name for name in PUBLIC_NAMES if not hasattr(config, name)]
+    assert not missing
+    assert set(PUBLIC_NAMES) <= set(config.__all__)
+    assert all(hasattr(config, name) for name in config.__all__)
+    namespace: dict[str, object] = {}
+    exec("from ecnreid.config import *", namespace)  # the star import a user may write
+    assert set(PUBLIC_NAMES) <= set(namespace)
