@@ -25,14 +25,9 @@ from ecnreid.config import (
 )
 from ecnreid.data.datasets import read_dataset
 from ecnreid.data.records import ImageRecord, ReidDataset, relabel_pids
-from ecnreid.data.synthetic import (
-    SOURCE_BACKGROUNDS,
-    _background,
-    _make_camera,
-    _make_identity,
-    generate_synthetic,
-    render_image,
-)
+from ecnreid.data.synthetic import SOURCE_BACKGROUNDS, generate_synthetic, render_image
+from ecnreid.data.synthetic_cameras import make_camera, make_scene
+from ecnreid.data.synthetic_people import make_identity
 from ecnreid.errors import EcnreidError
 
 
@@ -259,7 +254,7 @@ def test_domain_fashion_sets_the_share_of_achromatic_garments() -> None:
     garments = ("top", "bottom", "pattern_colour", "bag_colour")
 
     def grey_share(achromatic: float) -> float:
-        people = [_make_identity(np.random.default_rng([0, pid]), achromatic) for pid in range(200)]
+        people = [make_identity(np.random.default_rng([0, pid]), achromatic) for pid in range(200)]
         return float(np.mean([len(set(person[g])) == 1 for person in people for g in garments]))
 
     assert grey_share(1.0) == 1.0
@@ -318,9 +313,9 @@ def test_target_can_have_more_images_per_camera_than_the_source(tmp_path: Path) 
 
 def test_frames_of_a_track_share_the_pose() -> None:
     rng = np.random.default_rng
-    who = _make_identity(rng(0), 0.3)
-    camera = _make_camera(rng(1), 0, 2, CameraStyleSpec(strength=0.0, cast=0.0), cast_offset=0.0)
-    scene = _background({**camera["background"], "kind": "gradient"}, rng(2), 128, 64)  # same for any crop
+    who = make_identity(rng(0), 0.3)
+    camera = make_camera(rng(1), 0, 2, CameraStyleSpec(strength=0.0, cast=0.0), cast_offset=0.0)
+    scene = make_scene({**camera["background"], "kind": "gradient"}, rng(2), 128, 64)  # same for any crop
 
     def frame(image_seed: int, pose_seed: int) -> np.ndarray:
         return np.asarray(render_image(who, camera, scene, rng(image_seed), pose_rng=rng(pose_seed)), np.float32)
