@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -102,6 +103,30 @@ def test_a_switch_off_form_colliding_with_another_setting_is_refused() -> None:
 
     with pytest.raises(DuplicateFlagError, match="--no-camera"):
         setting_options(Switches)
+
+
+@dataclass(frozen=True)
+class PrefixedSection:
+    flag_prefix: ClassVar[str] = "second"
+    k: int = setting(30, "Neighbours of the second method.")
+    fast: bool = setting(False, "Go fast.")
+
+    def __post_init__(self) -> None:
+        require(self, "k", self.k >= 1, "must be at least 1")
+
+
+@dataclass(frozen=True)
+class PrefixedTree:
+    first: FirstSection = section(FirstSection, "First")
+    second: PrefixedSection = section(PrefixedSection, "Second")
+
+
+def test_a_method_section_with_a_flag_prefix_does_not_collide() -> None:
+    flags = {option.path: option.flag for option in setting_options(PrefixedTree)}
+    assert flags[("first", "k")] == "--k" and flags[("second", "k")] == "--second-k"
+    assert flags[("second", "fast")] == "--second-fast/--no-second-fast"
+    with pytest.raises(EcnreidError, match=r"^--second-k 0: must be at least 1$"):
+        PrefixedSection(k=0)
 
 
 def test_the_walk_gives_paths_defaults_panels_and_required_settings() -> None:

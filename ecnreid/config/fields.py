@@ -51,9 +51,12 @@ def is_section(cls: type, f: dataclasses.Field) -> bool:
 
 
 def field_flag(cls: type, f: dataclasses.Field) -> str:
-    """The option a field gives: its ``flag``, else ``--field-name``; a switch also gets its ``--no-`` form,
-    unless its flag is written out or is itself a ``--no-`` flag (a one-way switch such as ``--no-target``)."""
-    flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+    """The option a field gives: its ``flag``, else ``--field-name``, after the class's ``flag_prefix`` when it
+    has one (a method's section: ``flag_prefix: ClassVar[str] = "spcl"`` gives ``--spcl-eps``); a switch also
+    gets its ``--no-`` form, unless its flag is written out or is itself a ``--no-`` flag (a one-way switch such
+    as ``--no-target``)."""
+    prefix = getattr(cls, "flag_prefix", "")
+    flag = f.metadata.get("flag") or "--" + (f"{prefix}-" if prefix else "") + f.name.replace("_", "-")
     if strip_optional(field_types(cls)[f.name]) is bool and not f.metadata.get("flag") and not flag.startswith("--no-"):
         flag = f"{flag}/--no-{flag[2:]}"
     return flag

@@ -1,7 +1,8 @@
 """The section of each training method (``TrainConfig.ecn``, ...): its own settings, defaults and checks.
 
-A method's flags must not collide with another section's (``setting_options`` refuses a duplicate); a new
-method prefixes its flags with its name (``--spcl-eps``).
+A method's flags must not collide with another section's (``setting_options`` refuses a duplicate): a new
+method's section prefixes them with its name, ``flag_prefix: ClassVar[str] = "spcl"`` (``eps`` gives
+``--spcl-eps``); ECN's flags keep their short names.
 """
 
 from __future__ import annotations
