@@ -250,9 +250,10 @@ def bar_chart(rows: Sequence[dict[str, Any]], path: Path, k: int) -> None:
     axes.axhline(chance, color="0.3", linestyle="--", linewidth=1, label=f"probe chance ({chance:.1f} %)")
     axes.set_xticks(x, [r["label"] for r in rows])
     axes.set_ylabel("%")
-    axes.set_ylim(0, 100)
+    axes.set_ylim(0, 125)  # headroom above 100 % for the legend
+    axes.set_yticks(range(0, 101, 20))
     axes.set_title("Camera leakage of the test features")
-    axes.legend(loc="upper left", fontsize="small")
+    axes.legend(loc="upper center", ncol=2, fontsize="small")
     buffer = io.BytesIO()
     figure.canvas.print_png(buffer)
     atomic_write_bytes(buffer.getvalue(), path)
