@@ -56,16 +56,14 @@ import torch
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the reference evaluator, a test oracle
+
+from ranking_reference import evaluate_ranking_reference  # noqa: E402
 
 from ecnreid.errors import EcnreidError  # noqa: E402
 from ecnreid.evaluation.distances import iter_distance_blocks  # noqa: E402
 from ecnreid.evaluation.evaluator import block_rows  # noqa: E402
-from ecnreid.evaluation.metrics import (  # noqa: E402
-    RankingAccumulator,
-    RankingResult,
-    evaluate_blocks,
-    evaluate_ranking_reference,
-)
+from ecnreid.evaluation.metrics import RankingAccumulator, RankingResult, evaluate_blocks  # noqa: E402
 from ecnreid.evaluation.reranking import iter_rerank_blocks  # noqa: E402
 
 MARKET_DISTRACTOR_FRACTION = 2793 / 15913

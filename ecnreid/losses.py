@@ -100,48 +100,15 @@ def nearest_slots_faiss(features: torch.Tensor, memory: torch.Tensor, k: int) ->
     return torch.from_numpy(neighbours).long()
 
 
-@torch.no_grad()
-def memory_neighbour_table(memory: torch.Tensor, k: int, block_rows: int = 1024) -> torch.Tensor:
-    """Indices [N, k] of each memory slot's k most similar other slots (inner product), in row blocks so that
-    only ``block_rows`` x N similarities exist at a time."""
-    _check_k(k, memory.shape[0] - 1)
-    rows = memory.float()
-    table = torch.empty(len(rows), k, dtype=torch.long, device=memory.device)
-    for start in range(0, len(rows), block_rows):
-        similarity = rows[start : start + block_rows] @ rows.t()
-        own = torch.arange(start, start + len(similarity), device=memory.device)
-        similarity[torch.arange(len(similarity)), own] = float("-inf")  # a slot is not its own neighbour
-        table[start : start + len(similarity)] = similarity.topk(k, dim=1).indices
-    return table
-
-
-def neighbourhood_targets(
-    logits: torch.Tensor,
-    indices: torch.Tensor,
-    k: int = 6,
-    neighbours: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Soft targets [B, N] of the official code: 1/k on the k nearest slots, then 1 on the image's own
-    slot (overwriting, also when it is among the k), not renormalised.
-
-    ``neighbours`` [B, k] may come precomputed (e.g. from faiss); by default the top-k of the logits.
-    """
-    if neighbours is None:
-        neighbours = nearest_slots(logits, k)
-    targets = torch.zeros_like(logits, dtype=torch.float32)
-    targets.scatter_(1, neighbours, 1.0 / k)
-    targets.scatter_(1, indices.reshape(-1, 1).long(), 1.0)
-    return targets
-
-
 def neighbourhood_loss(
     logits: torch.Tensor,
     indices: torch.Tensor,
     k: int = 6,
     neighbours: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Neighbourhood invariance: ``−Σ_j w_j log softmax(z)_j`` with ``neighbourhood_targets``' weights,
-    averaged over the batch; the k + 1 non-zero weights are gathered, never spread over all N slots."""
+    """Neighbourhood invariance: ``−Σ_j w_j log softmax(z)_j`` with the official code's weights (1/k on the k
+    nearest slots, 1 on the image's own slot, also when it is among the k; not renormalised), averaged over the
+    batch; the k + 1 non-zero weights are gathered, never spread over all N slots."""
     if neighbours is None:
         neighbours = nearest_slots(logits, k)
     own = indices.reshape(-1, 1).long()

@@ -25,8 +25,23 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ecnreid.data.datasets import read_dataset  # noqa: E402
-from ecnreid.losses import memory_neighbour_table  # noqa: E402
 from ecnreid.runstate import load_checkpoint  # noqa: E402
+
+
+@torch.no_grad()
+def memory_neighbour_table(memory: torch.Tensor, k: int, block_rows: int = 1024) -> torch.Tensor:
+    """Indices [N, k] of each memory slot's k most similar other slots (inner product), in row blocks so that
+    only ``block_rows`` x N similarities exist at a time."""
+    if not 1 <= k < len(memory):
+        raise SystemExit(f"--k {k}: must be between 1 and the number of memory slots less one ({len(memory) - 1})")
+    rows = memory.float()
+    table = torch.empty(len(rows), k, dtype=torch.long, device=memory.device)
+    for start in range(0, len(rows), block_rows):
+        similarity = rows[start : start + block_rows] @ rows.t()
+        own = torch.arange(start, start + len(similarity), device=memory.device)
+        similarity[torch.arange(len(similarity)), own] = float("-inf")  # a slot is not its own neighbour
+        table[start : start + len(similarity)] = similarity.topk(k, dim=1).indices
+    return table
 
 
 def memory_of(state: dict) -> torch.Tensor:

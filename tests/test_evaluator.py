@@ -8,12 +8,13 @@ import time
 import numpy as np
 import pytest
 import torch
+from ranking_reference import evaluate_ranking_reference
 from test_reranking import clustered, reference_rerank
 
 from ecnreid.data.records import ImageRecord
 from ecnreid.evaluation import evaluator
 from ecnreid.evaluation.evaluator import Evaluator, block_rows, metrics_row, score_features
-from ecnreid.evaluation.metrics import RankingResult, evaluate_ranking_reference
+from ecnreid.evaluation.metrics import RankingResult
 
 
 def test_metrics_row_reads_each_rank_from_its_own_cmc_entry() -> None:

@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from neighbourhood_reference import neighbourhood_targets
 
 from ecnreid.errors import EcnreidError
 from ecnreid.losses import (
@@ -16,7 +17,6 @@ from ecnreid.losses import (
     nearest_slots,
     nearest_slots_faiss,
     neighbourhood_loss,
-    neighbourhood_targets,
     source_loss,
     target_invariance_loss,
 )
@@ -150,18 +150,6 @@ def test_knn_backend_searches_on_the_device(monkeypatch: pytest.MonkeyPatch) -> 
     assert losses.knn_backend("faiss", torch.device("cuda")) == "topk"
     with pytest.raises(EcnreidError, match="--knn annoy"):
         losses.knn_backend("annoy", torch.device("cpu"))
-
-
-def test_memory_neighbour_table_is_each_slots_nearest_others_in_any_block_size() -> None:
-    from ecnreid.losses import memory_neighbour_table
-
-    generator = torch.Generator().manual_seed(0)
-    memory = torch.nn.functional.normalize(torch.randn(40, 8, generator=generator), dim=1)
-    similarity = memory @ memory.t()
-    similarity.fill_diagonal_(float("-inf"))
-    expected = similarity.topk(3, dim=1).indices
-    for block_rows in (1, 7, 64):
-        assert torch.equal(memory_neighbour_table(memory, 3, block_rows=block_rows), expected)
 
 
 def test_neighbourhood_loss_equals_the_dense_targets_formula() -> None:

@@ -8,16 +8,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from ranking_reference import evaluate_ranking_reference
 
 from ecnreid.errors import EcnreidError
 from ecnreid.evaluation import metrics
 from ecnreid.evaluation.distances import iter_distance_blocks, pairwise_distance
-from ecnreid.evaluation.metrics import (
-    RankingResult,
-    evaluate_blocks,
-    evaluate_ranking,
-    evaluate_ranking_reference,
-)
+from ecnreid.evaluation.metrics import RankingResult, evaluate_blocks, evaluate_ranking
 
 BOTH = [evaluate_ranking, evaluate_ranking_reference]
 

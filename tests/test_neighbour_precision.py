@@ -34,6 +34,21 @@ def test_precision_counts_same_identity_neighbours_and_reciprocal_ones() -> None
     assert diagnosis.memory_of({"memory": {"features": memory}}).shape == (5, 3)
 
 
+def test_memory_neighbour_table_is_each_slots_nearest_others_in_any_block_size() -> None:
+    diagnosis = load_script()
+    generator = torch.Generator().manual_seed(0)
+    memory = torch.nn.functional.normalize(torch.randn(40, 8, generator=generator), dim=1)
+    similarity = memory @ memory.t()
+    similarity.fill_diagonal_(float("-inf"))
+    expected = similarity.topk(3, dim=1).indices
+    for block_rows in (1, 7, 64):
+        assert torch.equal(diagnosis.memory_neighbour_table(memory, 3, block_rows=block_rows), expected)
+    assert diagnosis.memory_neighbour_table(memory, 39).shape == (40, 39)
+    for k in (0, 40):
+        with pytest.raises(SystemExit, match=f"--k {k}: must be between 1 and .* \\(39\\)"):
+            diagnosis.memory_neighbour_table(memory, k)
+
+
 def test_root_defaults_to_the_documented_data_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     diagnosis = load_script()
     (tmp_path / "market1501").mkdir()

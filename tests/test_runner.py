@@ -16,13 +16,14 @@ import torch.nn.functional as F
 import torchvision
 from conftest import make_reid_tree
 from PIL import Image
+from ranking_reference import evaluate_ranking_reference
 from test_reranking import reference_rerank
 from typer.testing import CliRunner
 
 from ecnreid.cli import app
 from ecnreid.data.datasets import read_dataset
 from ecnreid.data.transforms import build_test_transform
-from ecnreid.evaluation.metrics import RankingResult, evaluate_ranking_reference
+from ecnreid.evaluation.metrics import RankingResult
 
 runner = CliRunner()
 METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")

@@ -98,8 +98,9 @@ def pick_queries(valid: torch.Tensor, num_queries: int, seed: int = 0) -> list[i
     return [candidates[int((i + phase) * stride)] for i in range(num_queries)]
 
 
-def _tile(path: str) -> Image.Image:
-    """The image resized to the tile size, or a grey tile with an X when it cannot be read."""
+def tile_image(path: str) -> Image.Image:
+    """The image at ``path`` resized to the tile size (``TILE_W`` x ``TILE_H``), or a grey tile with an X
+    when it cannot be read."""
     try:
         with Image.open(path) as image:
             return image.convert("RGB").resize((TILE_W, TILE_H), Image.Resampling.BILINEAR)
@@ -116,8 +117,9 @@ def _format_distance(value: float) -> str:
     return f"{value:.3f}" if abs(value) < 100 else f"{value:.4g}"
 
 
-def _fit(text: str, font, width: int) -> str:
-    """``text`` cut from the left with a leading '...' until it fits ``width`` pixels."""
+def fit_text(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: int) -> str:
+    """``text`` cut from the left with a leading '...' until it fits ``width`` pixels (file names keep their
+    distinctive end)."""
     if text_size(text, font)[0] <= width:
         return text
     while len(text) > 1 and text_size("..." + text, font)[0] > width:
@@ -125,18 +127,20 @@ def _fit(text: str, font, width: int) -> str:
     return "..." + text
 
 
-def _draw_slot(
+def draw_slot(
     canvas: Image.Image, slot: int, record: ImageRecord, color: tuple[int, int, int], lines: tuple[str, str]
 ) -> None:
+    """Draw slot ``slot`` of a rank list (0: the query, then rank 1, 2, ...) onto ``canvas``: the record's
+    tile framed in ``color``, with two centred text ``lines`` under it (cut from the left to fit)."""
     draw = ImageDraw.Draw(canvas)
     x, y = slot_origin(slot)
     draw.rectangle([x, y, x + SLOT_W - 1, y + SLOT_H - 1], fill=color)
-    canvas.paste(_tile(record.path), (x + FRAME, y + FRAME))
+    canvas.paste(tile_image(record.path), (x + FRAME, y + FRAME))
     font = load_font(12)
     for row, text in enumerate(lines):
         draw.text(
             (x + SLOT_W // 2, y + SLOT_H + 3 + row * 15),
-            _fit(text, font, SLOT_W + GAP),
+            fit_text(text, font, SLOT_W + GAP),
             font=font,
             fill=TEXT_COLOR,
             anchor="mt",
@@ -191,12 +195,12 @@ def save_rank_lists(
         caption = f"query {qi}: {Path(record.path).name}  |  pid {record.pid}  |  cam {record.camid}"
         draw.text(
             (MARGIN, MARGIN + CAPTION_H // 2 - 2),
-            _fit(caption, caption_font, size[0] - 2 * MARGIN),
+            fit_text(caption, caption_font, size[0] - 2 * MARGIN),
             font=caption_font,
             fill=TEXT_COLOR,
             anchor="lm",
         )
-        _draw_slot(canvas, 0, record, QUERY_COLOR, ("query", f"pid {record.pid}"))
+        draw_slot(canvas, 0, record, QUERY_COLOR, ("query", f"pid {record.pid}"))
         separator_x = MARGIN + SLOT_W + QUERY_GAP // 2
         _, top = slot_origin(0)
         draw.line([(separator_x, top), (separator_x, top + SLOT_H - 1)], fill=(200, 200, 200), width=2)
@@ -206,7 +210,7 @@ def save_rank_lists(
         for rank, j in enumerate(shown, start=1):
             color = MATCH_COLOR if is_match[row, j] else WRONG_COLOR
             lines = (f"#{rank}", _format_distance(float(distances[row, j])))
-            _draw_slot(canvas, rank, gallery[int(ranked[row, j])], color, lines)
+            draw_slot(canvas, rank, gallery[int(ranked[row, j])], color, lines)
         path = out_dir / f"rank_{qi:05d}.png"
         atomic_save_image(canvas, path)
         paths.append(path)

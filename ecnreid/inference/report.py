@@ -22,12 +22,12 @@ from ecnreid.evaluation.visualize import (
     SLOT_W,
     TEXT_COLOR,
     WRONG_COLOR,
-    _draw_slot,
-    _fit,
-    _tile,
+    draw_slot,
+    fit_text,
     load_font,
     rank_list_size,
     slot_origin,
+    tile_image,
 )
 from ecnreid.inference.results import QueryResult
 from ecnreid.io import atomic_save_image, atomic_write_bytes
@@ -51,15 +51,15 @@ def rank_list_png(result: QueryResult, number: int, top_k: int, path: Path) -> P
     query = result.query
     ids = _ids_text(query.pid, query.camid)
     caption = f"query {number}: {Path(query.path).name}" + (f"  |  {ids}" if ids else "")
-    draw.text((MARGIN, MARGIN + CAPTION_H // 2 - 2), _fit(caption, load_font(14), canvas.width - 2 * MARGIN),
+    draw.text((MARGIN, MARGIN + CAPTION_H // 2 - 2), fit_text(caption, load_font(14), canvas.width - 2 * MARGIN),
               font=load_font(14), fill=TEXT_COLOR, anchor="lm")
-    _draw_slot(canvas, 0, query.record(), QUERY_COLOR, ("query", ids or Path(query.path).name))
+    draw_slot(canvas, 0, query.record(), QUERY_COLOR, ("query", ids or Path(query.path).name))
     separator_x = MARGIN + SLOT_W + QUERY_GAP // 2
     _, top = slot_origin(0)
     draw.line([(separator_x, top), (separator_x, top + SLOT_H - 1)], fill=(200, 200, 200), width=2)
     for match in result.matches[:top_k]:
         color = _frame_color(result.same_person(match))
-        _draw_slot(canvas, match.rank, match.image.record(), color, (f"#{match.rank}", f"{match.similarity:.3f}"))
+        draw_slot(canvas, match.rank, match.image.record(), color, (f"#{match.rank}", f"{match.similarity:.3f}"))
     atomic_save_image(canvas, path)
     return path
 
@@ -73,7 +73,7 @@ class _Thumbnails:
     def __call__(self, path: str) -> str:
         if path not in self.cache:
             buffer = io.BytesIO()
-            _tile(path).save(buffer, format="JPEG", quality=THUMB_QUALITY)
+            tile_image(path).save(buffer, format="JPEG", quality=THUMB_QUALITY)
             self.cache[path] = base64.b64encode(buffer.getvalue()).decode("ascii")
         return self.cache[path]
 
