@@ -385,8 +385,8 @@ def config_command(
     config_file=config_file_option("[optim] lr = 0.01", run_record=True),
 )
 def train_command(config: TrainConfig) -> None:
-    from ecnreid.engine.loop import train
     from ecnreid.evaluation.runner import render_train_summary
+    from ecnreid.training import train
 
     summary = train(config)
     if summary:  # under torchrun, only rank 0 has one to print

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,14 +15,15 @@ from torch.utils.data import Dataset
 
 import ecnreid.methods
 from ecnreid.config import DomainsConfig, ModelConfig, TrainConfig, override
-from ecnreid.data.batches import LabelledBatch, UnlabelledBatch
+from ecnreid.data.batches import LabelledBatch, UnlabelledBatch, collate_unlabelled
 from ecnreid.data.image_dataset import ImageDataset
-from ecnreid.engine.loop import train
+from ecnreid.engine.hooks import Hook
 from ecnreid.errors import EcnreidError
 from ecnreid.evaluation.features import PooledBackbone
-from ecnreid.methods import Method, StepOutput
+from ecnreid.methods import LoaderFactory, Method, StepOutput
 from ecnreid.models.backbones import build_backbone
 from ecnreid.runstate import load_checkpoint
+from ecnreid.training import build_loop, train
 
 
 class CentroidPull(Method):
@@ -101,3 +103,83 @@ def test_an_unknown_method_is_a_one_line_error(two_domains, tmp_path: Path) -> N
 def test_ecn_is_registered() -> None:
     assert ecnreid.methods.METHODS["ecn"].__name__ == "ECN"
     assert torch.is_tensor(StepOutput(torch.zeros(()), {}).total)
+
+
+class Relabelling(CentroidPull):
+    """A toy clustering-style method: it relabels the target in ``before_epoch``, draws P x K target batches over
+    those labels, and trains with its own optimiser and schedule."""
+
+    name = "relabelling"
+
+    def __init__(self, config, data, run) -> None:
+        super().__init__(config, data, run)
+        self.labels = np.full(len(data.target_train), -1)  # no labels until the first epoch assigns them
+        self.batch_labels: list[np.ndarray] = []
+
+    def before_epoch(self, epoch: int) -> None:
+        self.labels[:] = (np.arange(len(self.labels)) + epoch) % 6
+
+    def build_loaders(self, factory: LoaderFactory):
+        source, _ = super().build_loaders(factory)
+        target = factory.identity_loader(
+            self.target_dataset(factory.transform), 8, labels=lambda: self.labels, instances=2,
+            collate_fn=collate_unlabelled,
+        )
+        return source, target
+
+    def build_optimizer(self):
+        optimizer = torch.optim.Adam(self.parameter_groups(), lr=1e-3)
+        return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+
+    def step(self, network: nn.Module, x: LabelledBatch, u: UnlabelledBatch | None, epoch: int) -> StepOutput:
+        self.batch_labels.append(self.labels[u.indices.numpy()].reshape(4, 2))
+        return super().step(network, x, u, epoch)
+
+
+class StepRecorder(Hook):
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, int, set[str]]] = []
+
+    def after_step(self, loop, epoch: int, iteration: int, values: dict[str, float]) -> None:
+        self.steps.append((epoch, iteration, set(values)))
+
+
+def test_a_method_brings_its_optimiser_loaders_and_per_epoch_labels(two_domains, tmp_path: Path, monkeypatch) -> None:
+    source, target = two_domains
+    monkeypatch.setitem(ecnreid.methods.METHODS, "relabelling", Relabelling)
+    config = TrainConfig(
+        domains=DomainsConfig("synthetic", source, "synthetic", target),
+        out=tmp_path / "run",
+        method="relabelling",
+        model=ModelConfig(arch="resnet18", pretrained=False),
+    )
+    config = override(config, epochs=2, batch_size=8, height=32, width=16, workers=0, device="cpu", every=0)
+    recorder = StepRecorder()
+    loop = build_loop(config, extra_hooks=[recorder])
+    loop.fit()
+    assert isinstance(loop.optimizer, torch.optim.Adam)
+    assert [row["lr"] for row in loop.history] == pytest.approx([5e-4, 2.5e-4])  # stepped once per epoch
+    # before_epoch ran before the loaders were re-seeded: every batch is 4 identities x 2 images of this
+    # epoch's labels (the labels start as -1, which no identity batch could be drawn from)
+    assert len(loop.method.batch_labels) == 4
+    for labels in loop.method.batch_labels:
+        assert (labels == labels[:, :1]).all() and len(set(labels[:, 0])) == 4 and (labels >= 0).all()
+    assert [(epoch, iteration) for epoch, iteration, _ in recorder.steps] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert all({"loss_total", "loss_source", "loss_pull"} == keys for _, _, keys in recorder.steps)
+
+
+def test_a_method_is_checked_where_it_is_looked_up(two_domains, tmp_path: Path, monkeypatch) -> None:
+    class Picky(CentroidPull):
+        @classmethod
+        def check_config(cls, config: TrainConfig) -> None:
+            if config.optim.epochs > 1:
+                raise EcnreidError("--epochs: picky trains one epoch")
+
+    source, target = two_domains
+    monkeypatch.setitem(ecnreid.methods.METHODS, "picky", Picky)
+    config = TrainConfig(domains=DomainsConfig("synthetic", source, "synthetic", target), out=tmp_path / "run",
+                         method="picky")
+    with pytest.raises(EcnreidError, match="--epochs: picky trains one epoch"):
+        train(override(config, epochs=2))
+    assert not (tmp_path / "run").exists()
+    assert ecnreid.methods.resolve_method(override(config, epochs=1)) is Picky
