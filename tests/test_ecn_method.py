@@ -382,7 +382,7 @@ def test_without_the_target_there_is_no_memory_and_only_the_source_loss(two_doma
     loop = build_loop(tiny_config(source, target, tmp_path / "run", no_target=True))
     method = loop.method
     assert method.memory is None and not method.uses_target and method.target_dataset(None) is None
-    assert method.signature() == {"memory_slots": 0, "memory_dtype": "fp32"}
+    assert method.signature() == {"embedding_dim": EMBEDDING, "memory_slots": 0, "memory_dtype": "fp32"}
     assert method.provenance()["knn_backend"] is None and method.provenance()["setting"] == "source only"
     assert method.state_dict() == {"memory": None}
     # Without the target there is no neighbour search, so --knn faiss has nothing to fall back from.
