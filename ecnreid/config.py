@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import tomllib
 
-from ecnreid.data.datasets import DATASET_HELP
+from ecnreid.dataset_names import DATASET_HELP
 from ecnreid.errors import EcnreidError
 
 C = TypeVar("C")
@@ -299,6 +299,10 @@ class TrainConfig:
     domains: DomainsConfig = setting(help="Source and target.")
     out: Path = setting(Path("runs/train"), "Run folder: checkpoints, log.jsonl, curves.png, metrics.json.")
     method: str = setting("ecn", "Training method (a name in ecnreid.methods.METHODS).")
+    tensorboard: bool = setting(
+        False, "Also write TensorBoard events to tensorboard/ in --out: losses per step, lr, evaluations.",
+        flag="--tensorboard",
+    )
     input: InputConfig = section(InputConfig, "Input")
     model: ModelConfig = section(ModelConfig, "Model")
     optim: OptimConfig = section(OptimConfig, "Optimisation")

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ecnreid.config import TrainConfig
 from ecnreid.data.two_domains import TwoDomainData
 from ecnreid.engine.hooks import Hook
 from ecnreid.engine.loop import TwoDomainLoop
+from ecnreid.engine.tensorboard import FOLDER as TENSORBOARD_FOLDER
+from ecnreid.engine.tensorboard import TensorBoardHook
 from ecnreid.methods import resolve_method
 
 
@@ -18,8 +21,13 @@ def build_loop(
     hooks: list[Hook] | None = None,
     extra_hooks: list[Hook] | None = None,
 ) -> TwoDomainLoop:
-    """The loop for ``config.method``, which has checked ``config`` before anything is read or written."""
-    return TwoDomainLoop(config, resolve_method(config), data=data, hooks=hooks, extra_hooks=extra_hooks)
+    """The loop for ``config.method``, which has checked ``config`` before anything is read or written;
+    ``--tensorboard`` adds its writer after the other hooks."""
+    method = resolve_method(config)
+    extra_hooks = list(extra_hooks or [])
+    if config.tensorboard:
+        extra_hooks.append(TensorBoardHook(Path(config.out) / TENSORBOARD_FOLDER))
+    return TwoDomainLoop(config, method, data=data, hooks=hooks, extra_hooks=extra_hooks)
 
 
 def train(config: TrainConfig, extra_hooks: list[Hook] | None = None) -> dict[str, Any]:

@@ -16,12 +16,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 import ecnreid.methods.ecn as ecn_module
-from ecnreid.config import DomainsConfig, ModelConfig, TrainConfig, override
+from ecnreid.config import DomainsConfig, ModelConfig, TrainConfig, config_to_dict, override
 from ecnreid.data.batches import LabelledBatch, UnlabelledBatch
 from ecnreid.data.camstyle_dataset import CAMSTYLE_FOLDER, pseudo_camera_keys
 from ecnreid.engine.loop import TwoDomainLoop
 from ecnreid.errors import EcnreidError
-from ecnreid.inference.card import ECN_FEATURE, MethodCard
+from ecnreid.inference.card import ECN_FEATURE, MethodCard, build_card
 from ecnreid.losses import source_loss
 from ecnreid.methods.base import StepOutput
 from ecnreid.models.dg import dg_source_loss
@@ -353,8 +353,16 @@ def test_the_method_reports_its_setting_weights_and_data(two_domains, tmp_path: 
     }
     assert method.model_card() == MethodCard(
         ECN_FEATURE, method.model.backbone.out_channels, "+E+N",
-        {"backbone_weights": origin, "dg": {"mixstyle": [], "snr": [], "rsc": False}},
+        {
+            "backbone_weights": origin,
+            "dg": {"mixstyle": [], "snr": [], "rsc": False},
+            "model": {"last_stride": 2, "dg": config_to_dict(method.config.dg)},
+        },
     )
+    rebuilt = type(method).model_from_card(build_card(method.config, method.model_card(), [], 0), torch.device("cpu"))
+    images = torch.rand(2, 3, 32, 16)
+    rebuilt.load_state_dict({k: v for k, v in method.model.state_dict().items() if k.startswith("backbone.")})
+    assert torch.allclose(rebuilt.eval()(images), method.model.eval()(images), atol=1e-6)  # the eval feature
     assert method.describe() == (
         f"ECN +E+N: source synthetic ({len(data.source_train)} images, {data.num_source_classes} ids) → target "
         f"synthetic ({len(data.target_train)} train images, 3 cameras, {len(data.target.query)} query, "

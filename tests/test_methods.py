@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
+from typer.testing import CliRunner
 
 import ecnreid.methods
 from ecnreid.config import DomainsConfig, ModelConfig, TrainConfig, override
@@ -19,9 +20,10 @@ from ecnreid.data.batches import LabelledBatch, UnlabelledBatch, collate_unlabel
 from ecnreid.data.image_dataset import ImageDataset
 from ecnreid.engine.hooks import Hook
 from ecnreid.errors import EcnreidError
-from ecnreid.evaluation.features import PooledBackbone
+from ecnreid.inference.card import ModelCard
 from ecnreid.methods import LoaderFactory, Method, StepOutput
 from ecnreid.models.backbones import build_backbone
+from ecnreid.models.pooled import PooledBackbone
 from ecnreid.runstate import load_checkpoint
 from ecnreid.training import build_loop, train
 
@@ -73,6 +75,10 @@ class CentroidPull(Method):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.steps = state["steps"]
+
+    @classmethod
+    def model_from_card(cls, card: ModelCard, device: torch.device) -> nn.Module:
+        return PooledBackbone(build_backbone(card.arch, pretrained=False)).to(device)
 
 
 def test_a_method_registered_in_one_line_trains_for_an_epoch(two_domains, tmp_path: Path, monkeypatch) -> None:
@@ -183,3 +189,59 @@ def test_a_method_is_checked_where_it_is_looked_up(two_domains, tmp_path: Path, 
         train(override(config, epochs=2))
     assert not (tmp_path / "run").exists()
     assert ecnreid.methods.resolve_method(override(config, epochs=1)) is Picky
+
+
+def test_a_registered_method_trains_through_the_cli_and_its_checkpoint_serves_every_command(
+    two_domains, tmp_path: Path, monkeypatch
+) -> None:
+    """A method without a ``setting``: the run ends with its summary table and ``metrics.json``, and extract,
+    search and export rebuild its model from the checkpoint through the registry."""
+    from ecnreid.cli import app
+
+    source, target = two_domains
+    monkeypatch.setitem(ecnreid.methods.METHODS, "centroid", CentroidPull)
+    runner = CliRunner()
+    run = tmp_path / "run"
+    domains = ["--source", "synthetic", "--source-root", str(source), "--target", "synthetic", "--target-root"]
+    sizes = ["--arch", "resnet18", "--no-pretrained", "--height", "32", "--width", "16", "--batch-size", "8"]
+    args = ["train", "--method", "centroid", *domains, str(target), *sizes, "--epochs", "2", "--eval-every", "1"]
+    result = runner.invoke(app, [*args, "--workers", "0", "--device", "cpu", "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "centroid: synthetic → synthetic" in result.output and "2 (final)" in result.output
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["method"] == "centroid" and "setting" not in metrics
+    assert metrics["final"] == {key: log[-1][key] for key in metrics["final"]} and metrics["final"]["epoch"] == 2
+    assert [row["epoch"] for row in metrics["evaluations"]] == [1, 2]
+    checkpoint = run / "last.pt"
+    common = ["--checkpoint", str(checkpoint), "--device", "cpu", "--workers", "0"]
+
+    feats = tmp_path / "feats"
+    gallery = ["--images", str(target / "bounding_box_test")]
+    result = runner.invoke(app, ["extract", *common, *gallery, "--out", str(feats)])
+    assert result.exit_code == 0, result.output
+    assert np.load(feats / "features.npy").shape[1] == 512
+    result = runner.invoke(app, ["search", *common, "--query", str(target / "query"), "--gallery", str(feats),
+                                 "--out", str(tmp_path / "search")])
+    assert result.exit_code == 0, result.output
+    searched = json.loads((tmp_path / "search" / "results.json").read_text())
+    queries = len(list((target / "query").iterdir()))
+    assert searched["card"]["method"] == "centroid" and len(searched["results"]) == queries
+    exported = tmp_path / "model.pt"
+    result = runner.invoke(app, ["export", "--checkpoint", str(checkpoint), "--format", "torchscript",
+                                 "--out", str(exported)])
+    assert result.exit_code == 0, result.output
+    assert exported.is_file()
+
+
+def test_a_checkpoint_of_a_method_this_ecnreid_lacks_is_a_one_line_error(two_domains, tmp_path: Path) -> None:
+    from inference_checkpoint import train_tiny_checkpoint
+
+    from ecnreid.inference.adapted import load_adapted_model
+
+    checkpoint, _ = train_tiny_checkpoint(tmp_path)
+    state = load_checkpoint(checkpoint)
+    state["card"]["method"] = "cycle"
+    torch.save(state, tmp_path / "cycle.pt")
+    with pytest.raises(EcnreidError, match="trained with the method 'cycle', which this ecnreid does not have"):
+        load_adapted_model(tmp_path / "cycle.pt")

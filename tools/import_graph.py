@@ -89,12 +89,12 @@ def module_graph(root: Path) -> dict[str, set[str]]:
 
 
 def package_of(module: str, graph: dict[str, set[str]]) -> str:
-    """The package that holds ``module``: its parent, unless the parent is a top-level package."""
+    """The package that holds ``module``: a package itself, else its parent; modules directly in a top-level
+    package (``ecnreid.config``) count as packages of their own."""
+    if any(other.startswith(module + ".") for other in graph):
+        return module
     parent = module.rpartition(".")[0]
-    is_package = any(other.startswith(module + ".") for other in graph)
-    if is_package:
-        return module if "." in module else module
-    return module if "." not in parent else parent
+    return parent if "." in parent else module
 
 
 def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:

@@ -43,13 +43,15 @@ __all__ = [
 ]
 
 
-def card_from_checkpoint(state: dict[str, Any], path: Path, *, feature_dim: int) -> ModelCard:
+def card_from_checkpoint(state: dict[str, Any], path: Path, *, feature_dim: int = 0) -> ModelCard:
     """The checkpoint's card; for a checkpoint written before cards, one derived from its ``config``,
-    ``provenance`` and ``history`` (``feature_dim`` is the rebuilt model's, which only an ECN model has here).
+    ``provenance`` and ``history`` (``feature_dim``: the rebuilt model's, when known; 0 leaves it to the
+    caller to measure). An ECN card written before cards recorded how to rebuild the test-time network gets
+    that record from the checkpoint's config.
 
     A card-less checkpoint whose config no longer describes a training run is a one-line error."""
     if "card" in state:
-        return ModelCard.from_dict(state["card"], f"{path}")
+        return _with_ecn_model_details(ModelCard.from_dict(state["card"], f"{path}"), state)
     try:
         config = train_config_from_record(state["config"])
     except EcnreidError as exc:
@@ -67,7 +69,18 @@ def card_from_checkpoint(state: dict[str, Any], path: Path, *, feature_dim: int)
         list(state.get("history") or []),
         int(state.get("epoch", 0)),
     )
-    return dataclasses.replace(card, ecnreid_version="unknown", derived_from_config=True)
+    card = dataclasses.replace(card, ecnreid_version="unknown", derived_from_config=True)
+    return _with_ecn_model_details(card, state)
+
+
+def _with_ecn_model_details(card: ModelCard, state: dict[str, Any]) -> ModelCard:
+    """An ECN card with ``details["model"]`` (last stride and DG settings), from the checkpoint's config when
+    the card was written without it."""
+    if card.method != "ecn" or "model" in card.details:
+        return card
+    saved = state.get("config") or {}
+    details = {"last_stride": (saved.get("model") or {}).get("last_stride", 2), "dg": saved.get("dg") or {}}
+    return dataclasses.replace(card, details={**card.details, "model": details})
 
 
 def write_card_json(card: ModelCard, path: Path) -> None:

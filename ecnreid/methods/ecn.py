@@ -29,7 +29,7 @@ from ecnreid.data.camstyle_dataset import (
 from ecnreid.data.records import ImageRecord, ReidDataset
 from ecnreid.data.two_domains import TwoDomainData
 from ecnreid.errors import EcnreidError
-from ecnreid.evaluation.features import PooledBackbone, extract_features
+from ecnreid.evaluation.features import extract_features
 from ecnreid.io import require_dir
 from ecnreid.losses import (
     ecn_total_loss,
@@ -40,10 +40,11 @@ from ecnreid.losses import (
 )
 from ecnreid.memory import ExemplarMemory
 from ecnreid.methods.base import Method, RunContext, StepOutput
-from ecnreid.models.card import ECN_FEATURE, MethodCard
+from ecnreid.models.card import ECN_FEATURE, MethodCard, ModelCard
 from ecnreid.models.dg import build_rsc, dg_source_loss
 from ecnreid.models.ecn import ECNModel
-from ecnreid.models.factory import build_ecn_model
+from ecnreid.models.factory import build_ecn_model, ecn_eval_network, ecn_model_details
+from ecnreid.models.pooled import PooledBackbone
 from ecnreid.models.rsc import RSC
 from ecnreid.runtime import all_gather_cat
 
@@ -255,8 +256,17 @@ class ECN(Method):
             ECN_FEATURE,
             self.model.backbone.out_channels,
             self.ecn.setting_name,
-            {"backbone_weights": self.model.backbone.weights_origin, "dg": modules},
+            {
+                "backbone_weights": self.model.backbone.weights_origin,
+                "dg": modules,
+                "model": ecn_model_details(self.config.model, dg),
+            },
         )
+
+    @classmethod
+    def model_from_card(cls, card: ModelCard, device: torch.device) -> nn.Module:
+        """The backbone with its DG modules, pooled: ``ECNModel``'s eval-mode feature without the head."""
+        return ecn_eval_network(card.arch, card.details["model"]).to(device)
 
     def notices(self) -> list[str]:
         notes = []
