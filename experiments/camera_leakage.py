@@ -50,10 +50,11 @@ from ecnreid.data.records import ImageRecord  # noqa: E402
 from ecnreid.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from ecnreid.errors import EcnreidError  # noqa: E402
 from ecnreid.evaluation.distances import iter_distance_blocks  # noqa: E402
-from ecnreid.evaluation.features import PooledBackbone, extract_features  # noqa: E402
+from ecnreid.evaluation.features import extract_features  # noqa: E402
 from ecnreid.inference.adapted import load_adapted_model  # noqa: E402
 from ecnreid.io import atomic_write_bytes, write_json  # noqa: E402
 from ecnreid.models.backbones import build_backbone  # noqa: E402
+from ecnreid.models.pooled import PooledBackbone  # noqa: E402
 
 DISTRACTOR_PID = 0  # Market-1501's distractors: images of no person, left out of the identity split
 

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from ecnreid.config.fields import flag_of, require, require_device, require_one_of, section, setting
 from ecnreid.config.train import ARCHS, WORKERS_HELP, EvaluationConfig, InputConfig, ModelConfig, RuntimeConfig
-from ecnreid.data.datasets import DATASET_HELP
+from ecnreid.dataset_names import DATASET_HELP
 from ecnreid.errors import EcnreidError
 
 C = TypeVar("C")
