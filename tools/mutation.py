@@ -39,7 +39,8 @@ class Target:
 TARGETS: dict[str, Target] = {
     "losses": Target("ecnreid/losses.py", ("tests/test_losses.py",)),
     "memory": Target("ecnreid/memory.py", ("tests/test_memory.py",)),
-    "methods-base": Target("ecnreid/methods/base.py", ("tests/test_methods.py", "tests/test_loop.py")),
+    # The base class's own tests and the registry's one short training run (not the minutes of tests/test_loop.py).
+    "methods-base": Target("ecnreid/methods/base.py", ("tests/test_methods_base.py", "tests/test_methods.py")),
     # The method's unit tests and one short training run; tests/test_loop.py's runs add minutes per mutant.
     "methods-ecn": Target("ecnreid/methods/ecn.py", ("tests/test_ecn_method.py", "tests/test_methods.py")),
     "metrics": Target("ecnreid/evaluation/metrics.py", ("tests/test_metrics.py", "tests/test_reranking.py")),
