@@ -59,7 +59,9 @@ TARGETS: dict[str, Target] = {
     "index": Target("ecnreid/inference/index.py", ("tests/test_search.py",)),
     "search": Target("ecnreid/inference/search.py", ("tests/test_search.py",)),
     "extract": Target("ecnreid/inference/extract.py", ("tests/test_extract.py",)),
-    "store": Target("ecnreid/inference/store.py", ("tests/test_extract.py", "tests/test_search.py")),
+    "store": Target(
+        "ecnreid/inference/store.py", ("tests/test_store.py", "tests/test_extract.py", "tests/test_search.py")
+    ),
     "export": Target("ecnreid/inference/export.py", ("tests/test_export.py",)),
 }
 
