@@ -32,7 +32,8 @@ def checkpoint_state(tmp_path: Path, **card_changes: object) -> dict:
     model = build_ecn_model(model_config, DGConfig(), 4)
     card = build_card(config, MethodCard(ECN_FEATURE, 512, "+E+N"), [], 2)
     return {"model": model.state_dict(), "config": config_to_dict(config), "signature": {"num_source_classes": 4},
-            "card": {**card.to_dict(), **card_changes}, "epoch": 2}
+            "card": {**card.to_dict(), **card_changes}, "epoch": 2,
+            "numpy_rng": np.random.default_rng(0).bit_generator, "path": Path("runs")}  # not plain tensors
 
 
 def save(state: dict, path: Path) -> Path:
@@ -88,6 +89,12 @@ def test_weights_or_a_config_that_do_not_rebuild_are_one_line_errors(tmp_path: P
     del state["signature"]
     assert "(its config or weights do not fit: no 'signature' entry)" in error_of(save(state, tmp_path / "s.pt"))
     assert error_of(tmp_path / "none.pt", "--gallery-checkpoint").startswith(f"--gallery-checkpoint {tmp_path}")
+
+
+def test_a_missing_checkpoint_or_a_folder_names_the_option_and_what_is_expected(tmp_path: Path) -> None:
+    assert error_of(tmp_path / "none.pt") == (f"--checkpoint {tmp_path / 'none.pt'}: ecnreid checkpoint not found; "
+                                              f"expected {CHECKPOINT_EXPECTED}")
+    assert error_of(tmp_path) == f"--checkpoint {tmp_path}: is a folder; expected {CHECKPOINT_EXPECTED}"
 
 
 def test_first_line_of_an_error() -> None:
