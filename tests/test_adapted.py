@@ -95,6 +95,9 @@ def test_a_missing_checkpoint_or_a_folder_names_the_option_and_what_is_expected(
     assert error_of(tmp_path / "none.pt") == (f"--checkpoint {tmp_path / 'none.pt'}: ecnreid checkpoint not found; "
                                               f"expected {CHECKPOINT_EXPECTED}")
     assert error_of(tmp_path) == f"--checkpoint {tmp_path}: is a folder; expected {CHECKPOINT_EXPECTED}"
+    weights = save({"model": {}}, tmp_path / "weights.pt")
+    assert error_of(weights) == (f"--checkpoint {weights}: not an ecnreid checkpoint (no 'model' and 'config' "
+                                 f"entries); expected {CHECKPOINT_EXPECTED}")
 
 
 def test_first_line_of_an_error() -> None:
