@@ -4,6 +4,7 @@ cannot be used, and the features of an image list batch by batch with the card's
 from __future__ import annotations
 
 import hashlib
+import io
 import warnings
 from pathlib import Path
 
@@ -70,6 +71,26 @@ def test_a_card_less_checkpoint_is_loaded_with_a_notice(tmp_path: Path, capsys) 
     adapted = load_adapted_model(path)
     assert adapted.card.derived_from_config and adapted.card.feature_dim == 512 and adapted.card.epoch == 2
     assert f"{path}: no model card (written before cards); derived one from its config" in capsys.readouterr().err
+
+
+def test_the_notice_of_a_card_less_checkpoint_is_a_warning(tmp_path: Path, monkeypatch) -> None:
+    from rich.console import Console
+
+    import ecnreid.inference.messages
+
+    terminal = Console(force_terminal=True, color_system="standard", width=300, file=io.StringIO())
+    monkeypatch.setattr(ecnreid.inference.messages, "console", terminal)
+    state = checkpoint_state(tmp_path)
+    del state["card"]
+    load_adapted_model(save(state, tmp_path / "old.pt"))
+    assert "\x1b[33m" in terminal.file.getvalue()  # yellow
+
+
+def test_a_stored_card_that_cannot_be_read_names_the_checkpoint(tmp_path: Path) -> None:
+    state = checkpoint_state(tmp_path)
+    del state["card"]["arch"]
+    path = save(state, tmp_path / "last.pt")
+    assert error_of(path) == f"{path}: model card lacks 'arch'"
 
 
 def test_a_card_that_disagrees_with_the_model_is_refused(tmp_path: Path) -> None:
