@@ -41,6 +41,13 @@ def test_the_index_round_trips_unknown_ids_and_awkward_paths(tmp_path: Path) -> 
     assert read_index(tmp_path / "index.csv") == entries
 
 
+def test_the_index_file_has_plain_newlines_and_keeps_carriage_returns_in_paths(tmp_path: Path) -> None:
+    entries = [ImageEntry("a\r\nb.jpg", 1, None), ImageEntry("c.jpg", None, 2)]
+    write_index(entries, tmp_path / "index.csv")
+    assert (tmp_path / "index.csv").read_bytes() == b'path,pid,camid\n"a\r\nb.jpg",1,\nc.jpg,,2\n'
+    assert read_index(tmp_path / "index.csv") == entries
+
+
 def test_an_index_without_a_header_and_blank_ids_is_read(tmp_path: Path) -> None:
     (tmp_path / "index.csv").write_text("a.jpg,3,1\nb.jpg, , \n")
     assert read_index(tmp_path / "index.csv") == [ImageEntry("a.jpg", 3, 1), ImageEntry("b.jpg", None, None)]
@@ -77,6 +84,24 @@ def test_the_extraction_record(tmp_path: Path) -> None:
     assert message.endswith("); delete the folder and extract again")
 
 
+def test_unreadable_files_are_named_by_the_systems_reason(tmp_path: Path, monkeypatch) -> None:
+    folder = feature_folder(tmp_path / "f", np.ones((2, 3), np.float32))
+    (folder / "extract.json").write_text("{}")
+
+    def io_error(*args, **kwargs):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(Path, "read_text", io_error)
+    assert error_of(read_meta, folder) == (f"{folder / 'extract.json'}: not the extraction record `ecnreid extract` "
+                                           "writes (unreadable or not JSON: Input/output error); delete the folder "
+                                           "and extract again")
+    monkeypatch.undo()
+    monkeypatch.setattr(np, "load", io_error)
+    assert error_of(open_feature_folder, folder, "--gallery") == (
+        f"--gallery {folder}: cannot read features.npy (not a .npy array: Input/output error); extract the features "
+        "again")
+
+
 def feature_folder(folder: Path, features: np.ndarray, rows: int | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     np.save(folder / "features.npy", features)
@@ -92,6 +117,7 @@ def test_a_finished_folder_opens_with_its_card_and_record(tmp_path: Path) -> Non
     opened = open_feature_folder(folder, "--gallery")
     assert (len(opened), opened.dim, opened.card, opened.meta) == (3, 4, None, {})
     assert opened.features.dtype == np.float16 and np.array_equal(opened.features, features)
+    assert isinstance(opened.features, np.memmap) and not opened.features.flags.writeable  # mapped, read-only
     assert [e.path for e in opened.entries] == ["0.jpg", "1.jpg", "2.jpg"] and opened.folder == folder
     card = ModelCard("resnet18", 32, 16, "pool5", 4, "ecn", "a", "b", 1, 1)
     write_card_json(card, folder / "card.json")
