@@ -3,6 +3,7 @@ blocks, the IVF index (its build, the nprobe calibration against exact search) a
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from ecnreid.inference.index import (
     load_or_build_ivf,
     nlist_for,
 )
+from ecnreid.io import TEMP_FILE_PATTERN
 
 
 def unit_rows(num: int, dim: int, seed: int = 0, dtype: type = np.float32) -> np.ndarray:
@@ -33,6 +35,7 @@ def unit_rows(num: int, dim: int, seed: int = 0, dtype: type = np.float32) -> np
 
 def test_index_kind_and_sizes() -> None:
     assert [index_kind("flat", 10**7), index_kind("ivf", 1), index_kind("auto", 0)] == ["flat", "ivf", "flat"]
+    assert (index_kind("auto", 1_000_000), index_kind("auto", 1_000_001)) == ("flat", "ivf")
     with pytest.raises(ValueError, match="^index kind 'hnsw' is not auto, flat or ivf$"):
         index_kind("hnsw", 10)
     assert [nlist_for(n) for n in (0, 79, 80, 1600, 40_000, 10**6)] == [1, 1, 2, 40, 800, 4000]
@@ -118,6 +121,23 @@ def test_calibration_gives_the_smallest_power_of_two_reaching_the_target() -> No
     assert calibrate_nprobe(index, gallery[:1]) == (8, 1.0)  # no other row to find
 
 
+def test_calibration_of_two_rows_in_two_cells() -> None:
+    gallery = unit_rows(2, 4)
+    index = build_ivf(gallery, 2, show_progress=False)  # each row is its own cell
+    assert calibrate_nprobe(index, gallery, target=0.0) == (1, 0.0)  # the other row is in the other cell
+    assert calibrate_nprobe(index, gallery, target=1.0) == (2, 1.0)
+
+
+def test_float16_features_are_searched_and_calibrated_as_float32() -> None:
+    gallery = unit_rows(200, 8, dtype=np.float16)
+    index = build_ivf(gallery, 4, show_progress=False)
+    as_float32 = gallery.astype(np.float32)
+    ivf = IVFIndex(index, 4, 1.0, True)
+    half, full = ivf.search(gallery[:3], 5), ivf.search(as_float32[:3], 5)
+    assert np.array_equal(half[1], full[1]) and np.array_equal(half[0], full[0])
+    assert calibrate_nprobe(index, gallery, target=0.9) == calibrate_nprobe(index, as_float32, target=0.9)
+
+
 def test_without_drops_the_own_row_and_padding() -> None:
     assert _without(np.array([3, -1, 5, 2, 7]), 5, 2) == [3, 2]
     assert _without(np.array([5, 0]), 5, 3) == [0]
@@ -140,7 +160,8 @@ def test_the_ivf_index_is_saved_reused_and_rebuilt_when_the_features_change(tmp_
     assert meta["target_recall"] == 0.95 and meta["features"] == index_module.features_stamp(folder)
     assert f"IVF: nprobe {first.nprobe} of {first.nlist} cells gives recall@10" in capsys.readouterr().err
     again = load_or_build_ivf(folder, gallery, show_progress=False)
-    assert not again.built and (again.nprobe, again.recall, again.nlist) == (first.nprobe, first.recall, first.nlist)
+    assert again.built is False
+    assert (again.nprobe, again.recall, again.nlist) == (first.nprobe, first.recall, first.nlist)
     assert again.index.ntotal == 300 and "training" not in capsys.readouterr().err
     changed = unit_rows(300, 8, seed=5)
     np.save(folder / "features.npy", changed)
@@ -151,6 +172,37 @@ def test_the_ivf_index_is_saved_reused_and_rebuilt_when_the_features_change(tmp_
     assert load_or_build_ivf(folder, changed, show_progress=False).built
     assert f"{folder / 'ivf.faiss'}: unreadable or damaged; rebuilding it" in capsys.readouterr().err
     assert [p.name for p in folder.iterdir() if p.name.endswith(".tmp")] == []
+    (folder / "ivf.json").unlink()  # an index without its record is rebuilt without a warning
+    assert load_or_build_ivf(folder, changed, show_progress=False).built
+    err = capsys.readouterr().err
+    assert "unreadable" not in err and "features changed" not in err and "training an IVF index" in err
+
+
+def test_the_notices_of_a_damaged_or_unsaved_index_are_warnings(tmp_path: Path, monkeypatch) -> None:
+    from rich.console import Console
+
+    import ecnreid.inference.messages
+
+    terminal = Console(force_terminal=True, color_system="standard", width=300, file=io.StringIO())
+    monkeypatch.setattr(ecnreid.inference.messages, "console", terminal)
+    gallery = unit_rows(100, 4)
+    folder = feature_folder(tmp_path / "f", gallery)
+    load_or_build_ivf(folder, gallery, show_progress=False)
+    (folder / "ivf.json").write_text("{")
+    terminal.file = io.StringIO()
+    load_or_build_ivf(folder, gallery, show_progress=False)
+    damaged = [line for line in terminal.file.getvalue().splitlines() if "unreadable or damaged" in line]
+    assert len(damaged) == 1 and "\x1b[33m" in damaged[0]  # yellow
+
+    def refuse(index, path: Path) -> None:
+        raise RuntimeError("faiss could not write")
+
+    monkeypatch.setattr(index_module, "_write_index", refuse)
+    (folder / "ivf.json").unlink()
+    load_or_build_ivf(folder, gallery, show_progress=False)
+    unsaved = [line for line in terminal.file.getvalue().splitlines() if "cannot save" in line]
+    assert len(unsaved) == 1 and "\x1b[33m" in unsaved[0]
+    assert f"{folder}: cannot save the IVF index (write failed); it is rebuilt next time" in unsaved[0]
 
 
 def test_an_index_that_cannot_be_saved_is_still_used(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -169,7 +221,17 @@ def test_an_index_that_cannot_be_saved_is_still_used(tmp_path: Path, monkeypatch
 
 def test_write_index_leaves_no_temp_file(tmp_path: Path, monkeypatch) -> None:
     index = build_ivf(unit_rows(100, 4), 2, show_progress=False)
+    real, temps = faiss.write_index, []
+
+    def recorded(index, path: str) -> None:
+        temps.append(Path(path))
+        real(index, path)
+
+    monkeypatch.setattr(faiss, "write_index", recorded)
     _write_index(index, tmp_path / "ivf.faiss")
+    # the temp file is beside the target and named as ecnreid.io's sweep of killed writes expects
+    assert temps[0].parent == tmp_path and TEMP_FILE_PATTERN.match(temps[0].name)
+    assert TEMP_FILE_PATTERN.match(temps[0].name)["name"] == "ivf.faiss"
     assert faiss.read_index(str(tmp_path / "ivf.faiss")).ntotal == 100 and len(list(tmp_path.iterdir())) == 1
 
     def fails(index, path: str) -> None:
