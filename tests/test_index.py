@@ -59,6 +59,8 @@ def test_flat_search_reports_each_block_and_keeps_k_within_the_gallery(monkeypat
     expected = queries @ gallery.T
     assert np.array_equal(rows, np.argsort(-expected, axis=1)[:, :2])
     np.testing.assert_allclose(sims, np.take_along_axis(expected, rows, axis=1), atol=1e-6)
+    half = flat_search(queries.astype(np.float16), gallery, 2)
+    assert np.array_equal(half[1], flat_search(queries.astype(np.float16).astype(np.float32), gallery, 2)[1])
     sims, rows = flat_search(queries, gallery, 50)
     assert rows.shape == (3, 7) and np.array_equal(rows, np.argsort(-expected, axis=1))
 
@@ -81,6 +83,17 @@ def test_build_ivf_trains_spherical_cells_and_adds_every_row(dtype, kind, monkey
     assert np.array_equal(rows, flat_search(gallery[:5], gallery, 4)[1])
     build_ivf(gallery, show_progress=False)
     assert "training an IVF index of 5 cells on 200 of 200 gallery features" in capsys.readouterr().err
+
+
+def test_the_cells_are_trained_on_a_seeded_sample_without_repeats() -> None:
+    gallery = unit_rows(400, 8)
+    index = build_ivf(gallery, 2, show_progress=False)  # 80 of the 400 rows train the cells
+    sample = np.sort(np.random.default_rng(0).choice(400, size=80, replace=False))
+    reference = faiss.IndexIVFFlat(faiss.IndexFlatIP(8), 8, 2, faiss.METRIC_INNER_PRODUCT)
+    reference.cp.niter, reference.cp.spherical, reference.cp.seed = 10, True, 0
+    reference.train(gallery[sample])
+    np.testing.assert_allclose(index.quantizer.reconstruct_n(0, 2), reference.quantizer.reconstruct_n(0, 2),
+                               atol=1e-6)
 
 
 def test_ivf_search_clamps_nprobe_and_k() -> None:
