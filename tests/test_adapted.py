@@ -44,7 +44,7 @@ def save(state: dict, path: Path) -> Path:
 
 def error_of(path: Path, option: str = "--checkpoint") -> str:
     with pytest.raises(EcnreidError) as info:
-        load_adapted_model(path, option)
+        load_adapted_model(path) if option == "--checkpoint" else load_adapted_model(path, option)
     return str(info.value)
 
 
