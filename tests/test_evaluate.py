@@ -4,6 +4,7 @@ re-ranked by the loop reference), for eval and for a training run."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -300,3 +301,79 @@ def test_training_table_metrics_json_and_saved_features_agree(two_domains, tmp_p
     assert list(printed) == ["1", "2 (final)"]
     assert printed["2 (final)"] == pytest.approx([round(recomputed[k], 1) for k in METRICS], abs=0.051)
     assert printed["1"] == pytest.approx([round(log[0][k], 1) for k in METRICS], abs=0.051)
+
+
+# The runner's parts on hand-made inputs.
+def rendered(table) -> list[list[str]]:
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(table)
+    return [line.replace("│", " ").split() for line in console.export_text().splitlines()]
+
+
+def test_the_metrics_table_shows_percentages_and_valid_queries() -> None:
+    from ecnreid.inference.evaluate import render_metrics_table
+
+    plain = RankingResult(cmc=[0.5] + [0.75] * 4 + [0.875] * 5, mAP=0.4, mINP=0.25, num_valid_queries=3, num_queries=4)
+    table = render_metrics_table({"plain": plain, "rerank": plain}, "the title")
+    assert table.title == "the title" and [c.header for c in table.columns] == [
+        "setting", "R1", "R5", "R10", "mAP", "mINP", "queries"]
+    assert [c.justify for c in table.columns] == ["left"] + ["right"] * 6
+    rows = [cells for cells in rendered(table) if cells and cells[0] in ("plain", "rerank")]
+    assert rows == [["plain", "50.0", "75.0", "87.5", "40.0", "25.0", "3/4"]] + [["rerank", *rows[0][1:]]]
+
+
+def test_the_training_summary_marks_only_the_last_evaluation_final() -> None:
+    from ecnreid.inference.evaluate import render_train_summary
+
+    row = {"rank1": 10.0, "rank5": 20.0, "rank10": 30.0, "mAP": 5.0, "mINP": 1.25}
+    summary = {"method": "ecn", "setting": "+E+N", "source": "dukemtmc", "target": "market1501",
+               "evaluations": [{"epoch": 2, **row}, {"epoch": 4, **row, "mAP": 6.5}]}
+    table = render_train_summary(summary)
+    assert table.title == "ecn +E+N: dukemtmc → market1501"
+    assert [c.header for c in table.columns] == ["epoch", "R1", "R5", "R10", "mAP", "mINP"]
+    assert all(c.justify == "right" for c in table.columns)
+    body = [cells for cells in rendered(table) if cells and cells[0] in ("2", "4")]
+    assert body == [["2", "10.0", "20.0", "30.0", "5.0", "1.2"], ["4", "(final)", "10.0", "20.0", "30.0", "6.5", "1.2"]]
+    assert render_train_summary({**summary, "evaluations": None}).row_count == 0
+
+
+def test_the_cards_pretrained_setting() -> None:
+    from ecnreid.inference.card import ModelCard
+    from ecnreid.inference.evaluate import _card_pretrained
+
+    card = ModelCard("resnet18", 32, 16, "f", 512, "ecn", "a", "b", 1, 1)
+    assert _card_pretrained(card) is None
+    assert _card_pretrained(dataclasses.replace(card, details={"backbone_weights": None})) is None
+    assert _card_pretrained(dataclasses.replace(card, details={"backbone_weights": {"kind": "random"}})) is False
+    assert _card_pretrained(dataclasses.replace(card, details={"backbone_weights": {"kind": "file"}})) is True
+
+
+def test_save_pictures_draws_the_curves_and_the_rank_lists_asked_for(tmp_path: Path, monkeypatch) -> None:
+    import ecnreid.evaluation.visualize
+    import ecnreid.plots
+    from ecnreid.data.records import ImageRecord
+    from ecnreid.inference.evaluate import save_pictures
+
+    curves, lists = [], []
+    monkeypatch.setattr(ecnreid.plots, "cmc_curve_png", lambda cmc, path, **kw: curves.append((cmc, path, kw)))
+
+    def rank_lists(distmat, query, gallery, out, num_queries):
+        lists.append((distmat, out, num_queries))
+        return [out / f"{i}.png" for i in range(num_queries)]
+
+    monkeypatch.setattr(ecnreid.evaluation.visualize, "save_rank_lists", rank_lists)
+    plain = RankingResult(cmc=[0.5, 1.0], mAP=0.5, mINP=0.5, num_valid_queries=1, num_queries=1)
+    reranked = RankingResult(cmc=[1.0, 1.0], mAP=1.0, mINP=1.0, num_valid_queries=1, num_queries=1)
+    q, g = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0], [3.0, 0.0]])
+    records = [ImageRecord("q.jpg", 1, 0)], [ImageRecord("a.jpg", 1, 1), ImageRecord("b.jpg", 2, 1)]
+    results = {"plain": plain, "rerank": reranked}
+    assert save_pictures(q, g, *records, results, tmp_path, num_rank_lists=0) == [tmp_path / "cmc.png"]
+    assert curves == [([0.5, 1.0], tmp_path / "cmc.png", {"label": "plain", "extra": {"rerank": [1.0, 1.0]}})]
+    assert lists == []
+    written = save_pictures(q, g, *records, results, tmp_path, num_rank_lists=2, metric="euclidean")
+    assert written == [tmp_path / "cmc.png", tmp_path / "ranks" / "0.png", tmp_path / "ranks" / "1.png"]
+    distmat, out, num = lists[0]
+    assert (out, num) == (tmp_path / "ranks", 2)
+    torch.testing.assert_close(distmat, torch.tensor([[5.0, 4.0]]).sqrt())

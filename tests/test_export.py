@@ -4,6 +4,7 @@ size, the JSON beside them, and a failed parity check that writes nothing."""
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from typer.testing import CliRunner
 import ecnreid.inference.export as export_module
 from ecnreid.cli import app
 from ecnreid.inference.adapted import load_adapted_model
+from ecnreid.inference.card import ecnreid_version
 
 runner = CliRunner()
 
@@ -34,7 +36,7 @@ def pytorch_features(checkpoint: Path, images: torch.Tensor) -> np.ndarray:
         return load_adapted_model(checkpoint).network(images).numpy()
 
 
-def check_sidecar(out: Path, fmt: str) -> None:
+def check_sidecar(out: Path, fmt: str, checkpoint: Path) -> None:
     sidecar = json.loads(out.with_name(out.name + ".json").read_text())
     assert sidecar["format"] == fmt and sidecar["file"] == out.name
     assert sidecar["input"]["shape"] == ["batch", 3, 32, 16] and sidecar["input"]["channels"] == "RGB"
@@ -43,6 +45,28 @@ def check_sidecar(out: Path, fmt: str) -> None:
     assert sidecar["output"]["shape"] == ["batch", 512] and "L2" in sidecar["output"]["feature"]
     assert sidecar["parity"]["max_abs_diff"] <= sidecar["parity"]["tolerance"] == 1e-4
     assert sidecar["card"]["feature_dim"] == 512
+    adapted = load_adapted_model(checkpoint)
+    assert sidecar["input"] == {
+        "name": "images", "shape": ["batch", 3, 32, 16], "dtype": "float32", "layout": "NCHW", "channels": "RGB",
+        "resize": {"height": 32, "width": 16, "interpolation": "bicubic"}, "scale": "pixel values / 255, to [0, 1]",
+        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+        "preprocess": "decode as RGB, resize to 32x16 (bicubic), divide by 255, subtract mean, divide by std "
+                      "(per channel)",
+    }
+    assert sidecar["output"] == {"name": "features", "shape": ["batch", 512], "dtype": "float32",
+                                 "feature": adapted.card.feature,
+                                 "compare": "inner product (cosine similarity: the features have unit length)"}
+    if fmt == "onnx":
+        import onnxruntime
+
+        checked_with, exporter = f"onnxruntime {onnxruntime.__version__}", "(torch.onnx, dynamo)"
+    else:
+        checked_with, exporter = "torch.jit.load", "(torch.jit.trace)"
+    assert {k: v for k, v in sidecar["parity"].items() if k != "max_abs_diff"} == {
+        "batch": 3, "tolerance": 1e-4, "checked_with": checked_with}
+    assert sidecar["exporter"] == f"torch {torch.__version__} {exporter}"
+    assert sidecar["checkpoint"] == str(checkpoint) and sidecar["checkpoint_sha256"] == adapted.checkpoint_sha256
+    assert sidecar["card"] == adapted.card.to_dict() and sidecar["ecnreid_version"] == ecnreid_version()
 
 
 def test_onnx_matches_pytorch_on_any_batch_size(checkpoint: Path, tmp_path: Path) -> None:
@@ -51,7 +75,7 @@ def test_onnx_matches_pytorch_on_any_batch_size(checkpoint: Path, tmp_path: Path
     out = tmp_path / "model.onnx"
     result = export(checkpoint, out, "onnx")
     assert result.exit_code == 0, result.output
-    check_sidecar(out, "onnx")
+    check_sidecar(out, "onnx", checkpoint)
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     for batch in (1, 5):
         images = torch.randn(batch, 3, 32, 16, generator=torch.Generator().manual_seed(batch))
@@ -65,7 +89,12 @@ def test_torchscript_matches_pytorch_on_any_batch_size(checkpoint: Path, tmp_pat
     out = tmp_path / "model.pt"
     result = export(checkpoint, out, "torchscript")
     assert result.exit_code == 0, result.output
-    check_sidecar(out, "torchscript")
+    check_sidecar(out, "torchscript", checkpoint)
+    said = " ".join(result.output.split())
+    assert "exporting resnet18 (512-d features) to torchscript" in said
+    size = out.stat().st_size / 2**20
+    assert f"wrote {out} ({size:.1f} MiB) and model.pt.json; parity with PyTorch: max |difference| " in said
+    assert said.endswith("on a batch of 3")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 deprecates TorchScript; services still load it
         module = torch.jit.load(str(out))
@@ -91,4 +120,44 @@ def test_a_failed_parity_check_writes_nothing(checkpoint: Path, tmp_path: Path, 
 
 def test_export_needs_a_file_not_a_folder(checkpoint: Path, tmp_path: Path) -> None:
     result = export(checkpoint, tmp_path, "torchscript")
-    assert result.exit_code == 2 and "is a folder" in result.output
+    assert result.exit_code == 2
+    assert " ".join(result.output.split()) == f"error: --out {tmp_path}: is a folder; expected the file to write"
+
+
+def test_the_parity_batch_is_fixed_by_its_seed() -> None:
+    batch = export_module.parity_batch(8, 4)
+    assert batch.shape == (3, 3, 8, 4)
+    assert torch.equal(batch, torch.randn(3, 3, 8, 4, generator=torch.Generator().manual_seed(0)))
+    assert not torch.equal(export_module.parity_batch(8, 4, seed=1), batch)
+
+
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        (np.zeros((2, 512), np.float32), "--format torchscript: the exported model gives (2, 512) on a batch of 3, "
+                                         "PyTorch (3, 512); nothing written"),
+        (np.full((3, 512), np.nan, np.float32), "--format torchscript: the exported model differs from PyTorch by up "
+                                                "to nan (tolerance 0.0001) on a fixed batch of 3; nothing written"),
+    ],
+)
+def test_an_export_of_another_shape_or_nan_writes_nothing(
+    checkpoint: Path, tmp_path: Path, monkeypatch, broken: np.ndarray, message: str
+) -> None:
+    # An exporter whose model gives ``broken`` on the parity batch (no tracing needed to reach the check).
+    monkeypatch.setitem(export_module.EXPORTERS, "torchscript", (lambda network, example: b"model",
+                                                                 lambda model, images: broken))
+    result = export(checkpoint, tmp_path / "model.pt", "torchscript")
+    assert result.exit_code == 2 and " ".join(result.output.split()).endswith(f"to torchscript error: {message}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_onnx_without_its_packages_is_a_one_line_error_naming_the_missing_one(
+    checkpoint: Path, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # import of it raises ImportError
+    result = export(checkpoint, tmp_path / "model.onnx", "onnx")
+    assert result.exit_code == 2
+    assert " ".join(result.output.split()) == (
+        "error: --format onnx needs onnx, onnxruntime and onnxscript (onnxscript is missing): "
+        "pip install 'ecnreid[export]'")
+    assert list(tmp_path.iterdir()) == []

@@ -9,18 +9,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from inference_checkpoint import train_tiny_checkpoint
 from PIL import Image
+from rich.console import Console
 from typer.testing import CliRunner
 
 import ecnreid.evaluation.features
+import ecnreid.inference.adapted
+import ecnreid.inference.extract
 from ecnreid.cli import app
+from ecnreid.config import ExtractConfig
 from ecnreid.data.datasets import read_dataset
+from ecnreid.errors import EcnreidError
 from ecnreid.evaluation.features import extract_features
-from ecnreid.inference.adapted import model_from_checkpoint
-from ecnreid.inference.card import read_card_json
-from ecnreid.inference.images import parse_ids
-from ecnreid.inference.store import open_feature_folder, read_index
+from ecnreid.inference.adapted import AdaptedModel, iter_features, model_from_checkpoint
+from ecnreid.inference.card import ModelCard, ecnreid_version, read_card_json
+from ecnreid.inference.extract import extract_to_folder, render_extract_table, source_images
+from ecnreid.inference.images import ImageEntry, list_images, parse_ids
+from ecnreid.inference.store import list_sha256, open_feature_folder, read_index
 from ecnreid.runstate import load_checkpoint
 
 runner = CliRunner()
@@ -169,3 +176,160 @@ def test_extract_reads_its_settings_from_a_config_file(tiny, tmp_path: Path) -> 
     result = runner.invoke(app, ["extract", "--config", str(settings), "--out", str(tmp_path / "feats")])
     assert result.exit_code == 0, result.output
     assert np.load(tmp_path / "feats" / "features.npy").dtype == np.float16
+
+
+# extract_to_folder itself, with a small network in place of a checkpoint's (no training needed).
+class ChannelMeans(torch.nn.Module):
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.mean(dim=(2, 3)) + torch.tensor([0.0, 0.0, 3.0])
+
+
+def small_adapted(tmp_path: Path, sha: str = "sha-a") -> AdaptedModel:
+    card = ModelCard("resnet18", 8, 4, "means", 3, "ecn", "a", "b", 1, 1)
+    return AdaptedModel(ChannelMeans(), card, tmp_path / "last.pt", sha)
+
+
+def image_list(folder: Path, count: int) -> list[ImageEntry]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (8, 4, 3), dtype=np.uint8)).save(folder / f"{i:04d}_c1s1_{i}.png")
+    return list_images(folder, "--images")
+
+
+def to_folder(adapted: AdaptedModel, listing: list[ImageEntry], out: Path, **options):
+    return extract_to_folder(adapted, listing, out, source={"images": "imgs"}, batch_size=2, workers=0, **options)
+
+
+def test_extract_to_folder_records_what_it_extracted(tmp_path: Path, capsys) -> None:
+    adapted, listing = small_adapted(tmp_path), image_list(tmp_path / "imgs", 5)
+    out = tmp_path / "feats"
+    meta = to_folder(adapted, listing, out, dtype="float16", flip=True)
+    expected = torch.cat(list(iter_features(adapted, [e.record() for e in listing], device=torch.device("cpu"),
+                                            batch_size=5, workers=0, flip=True))).numpy()
+    features = np.load(out / "features.npy")
+    assert features.dtype == np.float16 and np.allclose(features, expected, atol=1e-3)
+    assert {k: v for k, v in meta.items() if k != "seconds"} == {
+        "format": "ecnreid-features", "format_version": 1, "source": {"images": "imgs"},
+        "listing_sha256": list_sha256(listing), "checkpoint": str((tmp_path / "last.pt").resolve()),
+        "checkpoint_sha256": "sha-a", "dim": 3, "dtype": "float16", "flip": True, "skip_bad_images": False,
+        "input_size": [8, 4], "ecnreid_version": ecnreid_version(), "count": 5, "skipped": [], "done": 5,
+        "complete": True,
+    }
+    assert meta["seconds"] > 0 and json.loads((out / "extract.json").read_text()) == meta
+    assert read_index(out / "index.csv") == listing and read_card_json(out / "card.json") == adapted.card
+    capsys.readouterr()
+    assert to_folder(adapted, listing, out, dtype="float16", flip=True) == meta
+    assert f"{out}: already extracted (5 images)" in capsys.readouterr().err
+    console = Console(width=300, record=True)
+    console.print(render_extract_table(meta, out))
+    text = console.export_text()
+    assert "features of 5 images" in text
+    row = [line.replace("│", " ").split() for line in text.splitlines() if str(out) in line][0]
+    assert row == [str(out), "5", "3", "float16", "yes", "0", f"{meta['seconds']:.1f}"]
+
+
+@pytest.mark.parametrize(
+    ("change", "difference"),
+    [
+        ({"dtype": "float16"}, "with dtype 'float32' (this one: 'float16')"),
+        ({"flip": True}, "with flip False (this one: True)"),
+        ({"adapted": "sha-b"}, "by another checkpoint ({checkpoint})"),
+        ({"listing": 3}, "of other images ({{'images': 'imgs'}})"),
+    ],
+)
+def test_another_extraction_in_the_folder_is_refused_or_restarted(tmp_path: Path, capsys, change, difference) -> None:
+    listing = image_list(tmp_path / "imgs", 4)
+    out = tmp_path / "feats"
+    to_folder(small_adapted(tmp_path), listing, out)
+    adapted = small_adapted(tmp_path, change.pop("adapted", "sha-a"))
+    listing = listing[: change.pop("listing", 4)]
+    with pytest.raises(EcnreidError) as info:
+        to_folder(adapted, listing, out, option="--gallery", **change)
+    difference = difference.format(checkpoint=(tmp_path / "last.pt").resolve())
+    assert str(info.value) == (f"--gallery {out}: holds an extraction {difference}; delete the folder or choose "
+                               "another --gallery")
+    meta = to_folder(adapted, listing, out, restart_stale=True, **change)
+    assert meta["complete"] and meta["count"] == len(listing)
+    assert "starting the extraction over" in capsys.readouterr().err
+
+
+def test_a_stop_resumes_where_the_record_says(tmp_path: Path, capsys, monkeypatch) -> None:
+    adapted, listing = small_adapted(tmp_path), image_list(tmp_path / "imgs", 5)
+    out = tmp_path / "feats"
+    whole = to_folder(adapted, listing, tmp_path / "whole")
+    real, calls = ecnreid.inference.extract.iter_features, []
+
+    def stops_after_one_batch(*args, **kwargs):
+        for batch in real(*args, **kwargs):
+            calls.append(len(batch))
+            yield batch
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ecnreid.inference.extract, "iter_features", stops_after_one_batch)
+    with pytest.raises(KeyboardInterrupt):
+        to_folder(adapted, listing, out)
+    assert json.loads((out / "extract.json").read_text())["done"] == 2
+    monkeypatch.setattr(ecnreid.inference.extract, "iter_features", real)
+    meta = to_folder(adapted, listing, out)
+    assert f"resuming the extraction into {out} at image 3 of 5" in capsys.readouterr().err and meta["done"] == 5
+    assert (out / "features.npy").read_bytes() == (tmp_path / "whole" / "features.npy").read_bytes()
+    assert {k: v for k, v in meta.items() if k != "seconds"} == {k: v for k, v in whole.items() if k != "seconds"}
+
+
+def test_a_damaged_unfinished_extraction_is_refused(tmp_path: Path) -> None:
+    adapted, listing = small_adapted(tmp_path), image_list(tmp_path / "imgs", 4)
+    out = tmp_path / "feats"
+    to_folder(adapted, listing, out)
+    record = json.loads((out / "extract.json").read_text())
+    (out / "extract.json").write_text(json.dumps({**record, "done": 2, "complete": False}))
+    np.save(out / "features.npy", np.zeros((4, 5), np.float32))
+    with pytest.raises(EcnreidError) as info:
+        to_folder(adapted, listing, out)
+    assert str(info.value) == (f"{out / 'features.npy'}: holds float32 (4, 5), but {out / 'extract.json'} expects "
+                               f"float32 (4, 3); delete {out} and extract again")
+    (out / "features.npy").write_bytes(b"junk")
+    with pytest.raises(EcnreidError, match=r"cannot continue the extraction \(not a readable \.npy array: "):
+        to_folder(adapted, listing, out)
+    (out / "extract.json").write_text(json.dumps({**record, "done": 2, "complete": False, "count": 3}))
+    with pytest.raises(EcnreidError) as info:
+        to_folder(adapted, listing, out)
+    assert str(info.value) == (f"{out / 'index.csv'}: 4 rows, but {out / 'extract.json'} counts 3; delete {out} "
+                               "and extract again")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    np.save(foreign / "features.npy", np.zeros((1, 3), np.float32))
+    with pytest.raises(EcnreidError) as info:
+        to_folder(adapted, listing, foreign)
+    assert str(info.value) == (f"--out {foreign}: holds a features.npy that `ecnreid extract` did not write; choose "
+                               "another folder")
+
+
+def test_bad_images_stop_with_the_remedy_or_are_skipped(tmp_path: Path, capsys) -> None:
+    adapted, listing = small_adapted(tmp_path), image_list(tmp_path / "imgs", 3)
+    Path(listing[1].path).write_bytes(b"not an image")
+    out = tmp_path / "feats"
+    with pytest.raises(EcnreidError) as info:
+        to_folder(adapted, listing, out)
+    assert str(info.value).startswith(listing[1].path) and str(info.value).endswith(
+        "; replace the file and rerun to resume, or rerun with --skip-bad-images (which starts over)")
+    meta = to_folder(adapted, listing, out, skip_bad_images=True)
+    assert meta["skipped"] == [listing[1].path] and meta["count"] == 2 and meta["complete"]
+    assert f"skipping 1 undecodable images (listed in {out / 'extract.json'})" in capsys.readouterr().err
+    for entry in listing:
+        Path(entry.path).write_bytes(b"broken")
+    with pytest.raises(EcnreidError) as info:
+        to_folder(adapted, listing, tmp_path / "none", skip_bad_images=True)
+    assert str(info.value) == "{'images': 'imgs'}: none of the 3 images decodes"
+
+
+def test_a_dataset_split_without_images_is_a_one_line_error(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(ecnreid.inference.extract, "dataset_images", lambda name, root, split: [])
+    config = ExtractConfig(checkpoint=tmp_path / "c.pt", dataset="market1501", root=tmp_path, split="query",
+                           out=tmp_path / "o")
+    with pytest.raises(EcnreidError) as info:
+        source_images(config)
+    assert str(info.value) == f"--dataset market1501 --root {tmp_path}: the query split has no images"
+    monkeypatch.setattr(ecnreid.inference.extract, "dataset_images", lambda name, root, split: ["x"])
+    assert source_images(config) == (["x"], {"dataset": "market1501", "root": str(tmp_path.resolve()),
+                                             "split": "query"})

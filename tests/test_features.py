@@ -53,3 +53,13 @@ def test_pooled_backbone_is_unit_norm_and_extraction_restores_train_mode(two_dom
     model.eval()
     extract_features(model, records, height=32, width=16, workers=0, show_progress=False)
     assert not model.training
+
+
+def test_pooled_backbone_is_the_spatial_mean_of_the_last_map_unit_norm_or_raw() -> None:
+    maps = torch.arange(2 * 3 * 2 * 4, dtype=torch.float32).reshape(2, 3, 2, 4) - 20
+    pool5 = maps.mean(dim=(2, 3))
+    unit = PooledBackbone(nn.Identity())
+    assert unit.normalize and isinstance(unit.backbone, nn.Identity)
+    torch.testing.assert_close(unit(maps), pool5 / pool5.norm(dim=1, keepdim=True))
+    raw = PooledBackbone(nn.Identity(), normalize=False)
+    torch.testing.assert_close(raw(maps), pool5)

@@ -22,6 +22,7 @@ from ecnreid.inference.card import (
     ModelCard,
     card_from_checkpoint,
     ecnreid_version,
+    final_metrics,
     read_card_json,
     write_card_json,
 )
@@ -139,3 +140,125 @@ def test_the_default_method_card_measures_the_eval_feature_once_and_keeps_the_mo
     assert method.model.training
     method.model = None  # a second call does not run the model again
     assert method.model_card().feature_dim == 512
+
+
+def test_card_from_checkpoint_reads_the_stored_card_as_written(tiny) -> None:
+    checkpoint, _ = tiny
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    card = card_from_checkpoint(state, checkpoint, feature_dim=512)
+    assert card == ModelCard.from_dict(state["card"], "x") and not card.derived_from_config
+    assert card.details["backbone_weights"] == {"kind": "random"}
+    state["card"] = {k: v for k, v in state["card"].items() if k != "arch"}
+    with pytest.raises(EcnreidError, match=rf"^{checkpoint}: model card lacks 'arch'$"):
+        card_from_checkpoint(state, checkpoint, feature_dim=512)
+
+
+def test_a_derived_card_of_a_checkpoint_without_an_epoch_counts_zero_epochs(tiny, tmp_path: Path) -> None:
+    checkpoint, _ = tiny
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    del state["card"], state["epoch"]
+    state["history"] = []
+    card = card_from_checkpoint(state, tmp_path / "old.pt", feature_dim=512)
+    assert (card.epoch, card.epochs, card.metrics) == (0, 1, None) and card.derived_from_config
+
+
+def test_card_less_checkpoints_that_cannot_be_derived_name_the_remedy(tiny, tmp_path: Path) -> None:
+    checkpoint, _ = tiny
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    del state["card"]
+    other = {**state, "config": {**state["config"], "method": "other"}}
+    with pytest.raises(EcnreidError) as info:
+        card_from_checkpoint(other, tmp_path / "o.pt", feature_dim=512)
+    assert str(info.value) == (f"{tmp_path / 'o.pt'}: no model card, and a 'other' checkpoint needs one; retrain it "
+                               "with this ecnreid version")
+    broken = {**state, "config": {**state["config"], "renamed_section": {}}}
+    with pytest.raises(EcnreidError) as info:
+        card_from_checkpoint(broken, tmp_path / "b.pt", feature_dim=512)
+    assert str(info.value).endswith("re-save it by training with this ecnreid version (a run still under way "
+                                    "writes a card at its next epoch with --resume)")
+
+
+def test_ecnreid_version_is_the_installed_one_or_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.metadata
+
+    assert ecnreid_version() == importlib.metadata.version("ecnreid")
+
+    def not_installed(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    assert ecnreid_version() == "unknown"
+
+
+def test_final_metrics_of_no_history_or_an_unevaluated_epoch_are_none() -> None:
+    assert final_metrics([]) is None
+    assert final_metrics([{"epoch": 1, "rank1": 50.0}, {"epoch": 2, "loss_total": 1.0}]) is None
+    row = {"epoch": 2, "rank1": 50.0, "rank5": 60.0, "mAP": 30.0, "loss_total": 1.0}
+    assert final_metrics([{"epoch": 1}, row]) == {"epoch": 2, "rank1": 50.0, "rank5": 60.0, "mAP": 30.0}
+
+
+def minimal_card_fields() -> dict[str, object]:
+    """Only the fields a card must have (no defaults, no card_version)."""
+    return {"arch": "resnet18", "input_height": 32, "input_width": 16, "feature": "pool5", "feature_dim": 512,
+            "method": "ecn", "source": "a", "target": "b", "epoch": 0, "epochs": 3}
+
+
+def test_to_dict_gives_every_field_once_with_lists_for_the_normalisation() -> None:
+    card = ModelCard(**minimal_card_fields())  # type: ignore[arg-type]
+    data = card.to_dict()
+    assert set(data) == {f.name for f in dataclasses.fields(ModelCard)}
+    assert data["mean"] == list(IMAGENET_MEAN) and data["std"] == list(IMAGENET_STD)
+    assert type(data["mean"]) is list and type(data["std"]) is list
+
+
+def test_a_card_with_only_its_required_fields_and_no_version_is_read() -> None:
+    card = ModelCard.from_dict(minimal_card_fields(), "c.json")
+    assert card == ModelCard(**minimal_card_fields())  # type: ignore[arg-type]
+    assert card.card_version == CARD_VERSION and card.epoch == 0
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ([1, 2], "c.json: model card is not a table of fields"),
+        ({"card_version": CARD_VERSION + 1}, f"c.json: model card version {CARD_VERSION + 1} is newer than this "
+                                            f"ecnreid reads ({CARD_VERSION}); upgrade ecnreid"),
+        ({"arch": "x"}, "c.json: model card lacks 'input_height', 'input_width', 'feature', 'feature_dim', "
+                        "'method', 'source', 'target', 'epoch', 'epochs'"),
+        ({**minimal_card_fields(), "epoch": -1}, "c.json: model card field 'epoch' is -1, not a count"),
+        ({**minimal_card_fields(), "feature_dim": True}, "c.json: model card field 'feature_dim' is True, not a count"),
+        ({**minimal_card_fields(), "input_width": 1.5}, "c.json: model card field 'input_width' is 1.5, not a count"),
+    ],
+)
+def test_card_fields_that_cannot_be_read_are_named(data: object, message: str) -> None:
+    with pytest.raises(EcnreidError) as info:
+        ModelCard.from_dict(data, "c.json")
+    assert str(info.value) == message
+
+
+def test_card_json_files_that_cannot_be_read_name_the_file_and_what_was_expected(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def message(path: Path) -> str:
+        with pytest.raises(EcnreidError) as info:
+            read_card_json(path)
+        return str(info.value)
+
+    expected = "expected the card.json that `ecnreid extract` writes beside its features"
+    assert message(tmp_path / "none.json") == f"{tmp_path / 'none.json'}: model card not found"
+    assert message(tmp_path) == f"{tmp_path}: cannot read the model card (Is a directory)"
+    (tmp_path / "bad.json").write_text("{")
+    assert message(tmp_path / "bad.json").startswith(f"{tmp_path / 'bad.json'}: not a model card (not JSON: ")
+    assert message(tmp_path / "bad.json").endswith(f"); {expected}")
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00")
+    binary = f"{tmp_path / 'binary.json'}: not a model card (not a text file); {expected}"
+    assert message(tmp_path / "binary.json") == binary
+    (tmp_path / "short.json").write_text(json.dumps({"arch": "x", **{k: v for k, v in minimal_card_fields().items()
+                                                                     if k != "epochs"}}))
+    assert message(tmp_path / "short.json") == f"{tmp_path / 'short.json'}: model card lacks 'epochs'"
+
+    def unreadable(self: Path) -> str:
+        raise OSError("no reason given")
+
+    monkeypatch.setattr(Path, "read_text", unreadable)
+    assert message(tmp_path / "card.json") == f"{tmp_path / 'card.json'}: cannot read the model card (read error)"

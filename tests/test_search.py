@@ -3,12 +3,15 @@ as features, the saved IVF index, re-ranking and its memory check, and one-line 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from inference_checkpoint import train_tiny_checkpoint
 from PIL import Image
 from typer.testing import CliRunner
@@ -16,10 +19,15 @@ from typer.testing import CliRunner
 import ecnreid.inference.index as index_module
 import ecnreid.inference.search as search_module
 from ecnreid.cli import app
+from ecnreid.config import SearchConfig
+from ecnreid.errors import EcnreidError
+from ecnreid.inference.adapted import AdaptedModel
+from ecnreid.inference.card import ModelCard
 from ecnreid.inference.images import ImageEntry
 from ecnreid.inference.index import build_ivf, calibrate_nprobe, flat_search, index_kind, nlist_for
+from ecnreid.inference.results import Match, QueryResult
 from ecnreid.inference.search import rerank_peak_bytes
-from ecnreid.inference.store import write_index
+from ecnreid.inference.store import FeatureFolder, open_feature_folder, write_index
 
 runner = CliRunner()
 
@@ -221,3 +229,160 @@ def test_ivf_calibration_reaches_the_target_recall() -> None:
     index = build_ivf(gallery, show_progress=False)
     nprobe, recall = calibrate_nprobe(index, gallery)
     assert recall >= 0.95 and 1 <= nprobe < index.nlist
+
+
+def test_the_rerank_memory_estimate_and_its_refusal(monkeypatch) -> None:
+    gib = 1 << 30
+    # 1 GiB + two float32 copies + 16 KiB per image + three query blocks of distances (2048 rows when they fit)
+    assert rerank_peak_bytes(10, 1000, 8) == gib + 2 * 1010 * 8 * 4 + 1010 * 16 * 1024 + 3 * 2048 * 1000 * 4
+    assert rerank_peak_bytes(1, 1 << 20, 4) == gib + 2 * ((1 << 20) + 1) * 16 + ((1 << 20) + 1) * 16384 + 3 * 64 * (
+        1 << 20) * 4
+    huge = (1 << 27) + 1
+    assert rerank_peak_bytes(1, 1 << 27, 1) == gib + 2 * huge * 4 + huge * 16384 + 3 * (1 << 27) * 4
+    assert rerank_peak_bytes(3, 0, 2) == gib + 2 * 3 * 2 * 4 + 3 * 16384
+    cpu = torch.device("cpu")
+    free = search_module.available_memory(cpu)
+    meminfo = Path("/proc/meminfo").read_text().split("MemAvailable:")[1].split()[0]
+    assert free is not None and abs(free - int(meminfo) * 1024) < 2 * gib  # the kernel's figure, in bytes
+    monkeypatch.setattr(search_module, "available_memory", lambda device: 3 * gib)
+    search_module.check_rerank_fits(1, 1000, 8, cpu)  # about 1.03 GiB fits
+    with pytest.raises(EcnreidError) as info:
+        search_module.check_rerank_fits(2000, 100_000, 512, cpu)
+    need = rerank_peak_bytes(2000, 100_000, 512) / gib
+    assert str(info.value) == (f"--rerank: re-ranking 2,000 queries against 100,000 gallery images needs about "
+                               f"{need:.1f} GiB and cpu has 3.0 GiB free; search without --rerank")
+    monkeypatch.setattr(search_module, "available_memory", lambda device: None)
+    search_module.check_rerank_fits(10**6, 10**7, 2048, cpu)  # unknown free memory: not refused
+
+
+def test_available_memory_without_proc_meminfo(monkeypatch) -> None:
+    import builtins
+
+    real_open = builtins.open
+
+    def no_proc(path, *args, **kwargs):
+        if str(path) == "/proc/meminfo":
+            raise FileNotFoundError(path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", no_proc)
+    assert search_module.available_memory(torch.device("cpu")) == os.sysconf("SC_AVPHYS_PAGES") * os.sysconf(
+        "SC_PAGE_SIZE")
+    monkeypatch.setattr(os, "sysconf", lambda name: (_ for _ in ()).throw(ValueError(name)))
+    assert search_module.available_memory(torch.device("cpu")) is None
+
+
+def unit_gallery(folder: Path, features: np.ndarray, meta: dict | None = None) -> FeatureFolder:
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "features.npy", features)
+    write_index([ImageEntry(f"/g/{i:04d}_c{i % 3 + 1}.jpg", i // 2, i % 3) for i in range(len(features))],
+                folder / "index.csv")
+    if meta is not None:
+        (folder / "extract.json").write_text(json.dumps(meta))
+    return open_feature_folder(folder, "--gallery")
+
+
+def random_unit(num: int, dim: int, seed: int) -> np.ndarray:
+    points = np.random.default_rng(seed).standard_normal((num, dim)).astype(np.float32)
+    return points / np.linalg.norm(points, axis=1, keepdims=True)
+
+
+def test_check_gallery_wants_this_models_dimension_and_checkpoint(tmp_path: Path) -> None:
+    card = ModelCard("resnet18", 32, 16, "pool5", 8, "ecn", "a", "b", 1, 1)
+    adapted = AdaptedModel(torch.nn.Identity(), card, tmp_path / "last.pt", "abc")
+    search_module.check_gallery(unit_gallery(tmp_path / "plain", random_unit(4, 8, 0)), adapted)
+    mine = {"complete": True, "checkpoint": "x.pt", "checkpoint_sha256": "abc"}
+    search_module.check_gallery(unit_gallery(tmp_path / "mine", random_unit(4, 8, 0), mine), adapted)
+    other = unit_gallery(tmp_path / "other", random_unit(4, 8, 0), {**mine, "checkpoint_sha256": "def"})
+    with pytest.raises(EcnreidError) as info:
+        search_module.check_gallery(other, adapted, "--queries")
+    assert str(info.value) == (f"--queries {tmp_path / 'other'}: features of another checkpoint (x.pt); extract the "
+                               f"gallery with {tmp_path / 'last.pt'}")
+    wide = unit_gallery(tmp_path / "wide", random_unit(4, 6, 0))
+    with pytest.raises(EcnreidError) as info:
+        search_module.check_gallery(wide, adapted)
+    assert str(info.value) == (f"--gallery {tmp_path / 'wide'}: features have dimension 6, but the model of "
+                               f"{tmp_path / 'last.pt'} gives 8; extract the gallery with this checkpoint")
+
+
+def test_rank_flat_ivf_and_rerank_against_numpy(tmp_path: Path) -> None:
+    from test_reranking import reference_rerank
+
+    gallery = unit_gallery(tmp_path / "g", random_unit(120, 8, 0))
+    queries = random_unit(5, 8, 1)
+    cpu = torch.device("cpu")
+    similarity = queries @ np.asarray(gallery.features).T
+    order = np.argsort(-similarity, axis=1)
+    config = SearchConfig(checkpoint=tmp_path / "c.pt", query=tmp_path, gallery=tmp_path, out=tmp_path, top_k=4)
+    sims, rows, distances, how = search_module.rank(config, queries, gallery, cpu)
+    assert how == {"kind": "flat"} and distances is None and np.array_equal(rows, order[:, :4])
+    np.testing.assert_allclose(sims, np.take_along_axis(similarity, rows, axis=1), atol=1e-5)
+    many = dataclasses.replace(config, top_k=500)
+    assert search_module.rank(many, queries, gallery, cpu)[1].shape == (5, 120)
+    ivf_config = dataclasses.replace(config, index="ivf", nprobe=1000)
+    sims, rows, distances, how = search_module.rank(ivf_config, queries, gallery, cpu)
+    assert np.array_equal(rows, order[:, :4]) and distances is None  # every cell visited: exact
+    assert {k: how[k] for k in ("kind", "nlist", "nprobe", "built_now")} == {"kind": "ivf", "nlist": 3, "nprobe": 3,
+                                                                            "built_now": True}
+    saved = json.loads((tmp_path / "g" / "ivf.json").read_text())
+    assert (how["calibrated_nprobe"], how["calibrated_recall"]) == (saved["nprobe"], saved["recall"])
+    calibrated = search_module.rank(dataclasses.replace(ivf_config, nprobe=None), queries, gallery, cpu)[3]
+    assert calibrated["nprobe"] == saved["nprobe"] and not calibrated["built_now"]
+    rerank_config = dataclasses.replace(config, rerank=True)
+    sims, rows, distances, how = search_module.rank(rerank_config, queries, gallery, cpu)
+    assert how == {"kind": "rerank", "k1": 20, "k2": 6, "lambda": 0.3}
+    expected = reference_rerank(queries, np.asarray(gallery.features), 20, 6, 0.3)
+    np.testing.assert_allclose(distances, np.sort(expected, axis=1)[:, :4], atol=1e-4)
+    np.testing.assert_allclose(np.take_along_axis(expected, rows, axis=1), distances, atol=1e-4)
+    np.testing.assert_allclose(sims, np.take_along_axis(similarity, rows, axis=1), atol=1e-5)
+
+
+def test_collect_skips_ivf_padding_and_numbers_the_matches(tmp_path: Path) -> None:
+    gallery = unit_gallery(tmp_path / "g", random_unit(4, 2, 0))
+    queries = [ImageEntry("/q/a.jpg", 1, 0), ImageEntry("/q/b.jpg", None, None)]
+    sims = np.array([[0.9, 0.5, 0.1], [0.8, 0.0, 0.0]], dtype=np.float32)
+    rows = np.array([[3, -1, 0], [2, -1, -1]])
+    results = search_module.collect(queries, gallery, sims, rows, None)
+    assert [r.query for r in results] == queries
+    assert [(m.rank, m.row, m.image, m.rerank_distance) for m in results[0].matches] == [
+        (1, 3, gallery.entries[3], None), (2, 0, gallery.entries[0], None)]
+    assert [m.similarity for m in results[0].matches] == pytest.approx([0.9, 0.1])
+    reranked = search_module.collect(queries, gallery, sims, rows, np.array([[0.25, 0.0, 0.5], [0.75, 0, 0]]))
+    assert [m.rerank_distance for m in reranked[0].matches] == [0.25, 0.5]
+    assert [m.rerank_distance for m in reranked[1].matches] == [0.75]
+
+
+def test_the_console_table_shows_the_first_queries_and_counts_the_rest(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    gallery = [ImageEntry("/g/0001_c1.jpg", 1, 0), ImageEntry("/g/other.jpg", None, None)]
+    results = [QueryResult(ImageEntry(f"/q/{i:02d}.jpg", 1 if i % 2 else 2, 0),
+                           [Match(1, i % 2, gallery[i % 2], 0.5 + i / 100)]) for i in range(22)]
+    results[1] = QueryResult(ImageEntry("/q/01.jpg", 1, 0), [])
+    table = search_module.render_search_table(results, "t")
+    assert table.caption == "2 more queries in results.json and index.html" and table.row_count == 20
+    console = Console(width=200, record=True)
+    console.print(table)
+    lines = console.export_text().splitlines()
+    cells = [line.replace("│", " ").split() for line in lines if ".jpg" in line]
+    body = {cell[0]: cell[1:] for cell in cells}
+    assert body["00.jpg"] == ["0001_c1.jpg", "0.500", "no"]
+    assert body["01.jpg"] == ["-", "-", "-"]
+    assert body["03.jpg"] == ["other.jpg", "0.530", "-"]
+    assert body["02.jpg"] == ["0001_c1.jpg", "0.520", "no"] and "19.jpg" in body and "20.jpg" not in body
+    assert [c.header for c in table.columns] == ["query", "top-1", "similarity", "same id"]
+    assert [c.justify for c in table.columns] == ["left", "left", "right", "right"]
+    few = search_module.render_search_table(results[:20], "t")
+    assert few.caption is None and few.title == "t"
+    one = search_module.render_search_table([QueryResult(ImageEntry("/q/x.jpg", 2, 0),
+                                                         [Match(1, 0, ImageEntry("/g/y.jpg", 2, 1), 0.25)])], "t")
+    console = Console(width=200, record=True)
+    console.print(one)
+    assert "yes" in console.export_text()
+
+
+def test_old_rank_lists_are_cleared_and_kept_ones_stay(tmp_path: Path) -> None:
+    for name in ("rank_00000.png", "rank_00001.png", "rank_00002.png", "notes.png"):
+        (tmp_path / name).write_bytes(b"x")
+    search_module._clear_old_rank_lists(tmp_path, {tmp_path / "rank_00000.png"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.png", "rank_00000.png"]

@@ -1,0 +1,104 @@
+"""What every method inherits from ``Method``: the step's logged losses, the generic model card (measured on
+one blank image in eval mode, without gradients, the mode put back), the run's announcement and the defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from ecnreid.config import DomainsConfig, ModelConfig, TrainConfig, override
+from ecnreid.methods.base import Method, RunContext, StepOutput
+from ecnreid.runtime import DistributedContext
+
+
+class Recorder(nn.Module):
+    """Gives ``width`` features per image (or ``output`` when set) and records what each forward saw."""
+
+    def __init__(self, width: int, output: Any = None) -> None:
+        super().__init__()
+        self.width, self.output = width, output
+        self.seen: list[dict[str, Any]] = []
+
+    def forward(self, images: torch.Tensor) -> Any:
+        self.seen.append({"shape": tuple(images.shape), "device": images.device, "training": self.training,
+                          "grad": torch.is_grad_enabled(), "sum": float(images.abs().sum())})
+        return self.output if self.output is not None else torch.ones(images.shape[0], self.width)
+
+
+class Bare(Method):
+    """A method that overrides only what it must."""
+
+    uses_target = False
+
+    def __init__(self, config: TrainConfig, data: Any, model: nn.Module, setting: str | None = None) -> None:
+        super().__init__(config, data, RunContext(torch.device("cpu")))
+        self.model = model
+        self.setting = setting
+
+    def provenance(self) -> dict[str, Any]:
+        return {} if self.setting is None else {"setting": self.setting}
+
+    def parameter_groups(self) -> list[dict[str, Any]]:  # pragma: no cover - never trained
+        return []
+
+    def step(self, network, x, u, epoch):  # pragma: no cover - never trained
+        raise NotImplementedError
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> TrainConfig:
+    domains = DomainsConfig("dukemtmc", tmp_path / "s", "market1501", tmp_path / "t")
+    return override(TrainConfig(domains=domains, model=ModelConfig(pretrained=False)), height=24, width=8)
+
+
+def test_step_values_are_the_total_and_each_part_as_floats() -> None:
+    output = StepOutput(torch.tensor(1.5), {"source": torch.tensor(0.25), "target": torch.tensor(2.0)})
+    assert output.values() == {"loss_total": 1.5, "loss_source": 0.25, "loss_target": 2.0}
+    assert output.state is None
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_the_default_card_measures_one_blank_eval_image_without_gradients_and_keeps_the_mode(
+    config: TrainConfig, training: bool
+) -> None:
+    model = Recorder(width=7).train(training)
+    method = Bare(config, None, model, setting="+E+N")
+    card = method.model_card()
+    assert (card.feature, card.feature_dim, card.setting) == ("the model's eval-mode output, L2-normalised", 7, "+E+N")
+    assert model.seen == [{"shape": (1, 3, 24, 8), "device": torch.device("cpu"), "training": False, "grad": False,
+                           "sum": 0.0}]
+    assert model.training is training
+    assert method.model_card() == card and len(model.seen) == 1  # measured once
+    assert Bare(config, None, Recorder(width=3)).model_card().setting is None
+
+
+@pytest.mark.parametrize("output", [torch.ones(1, 2, 3), (torch.ones(1, 4),)])
+def test_a_model_without_batch_by_dimension_features_is_refused_and_keeps_its_mode(
+    config: TrainConfig, output: Any
+) -> None:
+    model = Recorder(width=0, output=output).train()
+    with pytest.raises(ValueError, match=r"^Bare: the eval-mode model must give \[B, D\] features$"):
+        Bare(config, None, model).model_card()
+    assert model.training
+
+
+def test_describe_names_the_method_the_domains_and_their_sizes(config: TrainConfig) -> None:
+    data = SimpleNamespace(source_train=[0] * 5, target_train=[0] * 3)
+    method = Bare(config, data, Recorder(width=1))
+    assert method.describe() == "Bare: source dukemtmc (5 images) → target market1501 (3 train images)"
+
+
+def test_the_defaults_of_a_method(config: TrainConfig) -> None:
+    data = SimpleNamespace(source_train=[], target_train=[])
+    method = Bare(config, data, Recorder(width=1))
+    assert method.config is config and method.data is data and method.run.device == torch.device("cpu")
+    assert method.run.dist == DistributedContext() and not method.run.dist.enabled
+    assert method.target_dataset(None) is None and method.after_step(None, None, 0) is None  # type: ignore[arg-type]
+    assert method.before_epoch(0) is None and method.before_training() is None
+    assert (method.state_dict(), method.signature(), method.provenance(), method.notices()) == ({}, {}, {}, [])
+    assert method.load_state_dict({"x": 1}) is None
