@@ -19,8 +19,9 @@ An image of camera ``a`` goes to camera ``b`` in the order a camera makes an ima
 the ratio of the two cameras' spectra (a fixed gain per band, ``MAX_GAIN`` at most either way), its Lab
 channels are matched to camera ``b``'s tone (``per_image``: the image's own distribution is mapped onto ``b``'s,
 as histogram matching does; otherwise camera ``a``'s average curve is, which keeps what sets the image apart
-from the others of its camera), white noise tops its noise up to ``b``'s level, and it is saved at ``b``'s JPEG
-quality. ``capture=False`` keeps only the tone step.
+from the others of its camera, and values beyond ``a``'s curve keep their distance to its end), white noise
+tops its noise up to ``b``'s level, and it is saved at ``b``'s JPEG quality. ``capture=False`` keeps only the
+tone step.
 """
 
 from __future__ import annotations
@@ -276,9 +277,14 @@ def render(
     lab = rgb_to_lab(images.clamp(0, 1))
     if per_image:
         p = torch.stack([image_probability(one) for one in lab])
+        matched = evaluate_curve(profiles.tone[targets], p).view_as(lab)
     else:
-        p = torch.stack([curve_probability(profiles.tone[own], one.flatten(1)) for one in lab])
-    matched = evaluate_curve(profiles.tone[targets], p).view_as(lab)
+        own_curve = profiles.tone[own]
+        flat = lab.flatten(2)
+        p = torch.stack([curve_probability(own_curve, one) for one in flat])
+        # Beyond the own curve's ends the excess carries over, so that the rarest colours are not clipped.
+        excess = flat - torch.maximum(torch.minimum(flat, own_curve[:, -1:]), own_curve[:, :1])
+        matched = (evaluate_curve(profiles.tone[targets], p) + excess).view_as(lab)
     out = lab_to_rgb(matched)
     if capture and noise is not None:
         # Independent noise per channel, scaled so that its luma has the missing sigma.
