@@ -74,6 +74,23 @@ class Sample:
 
 def draw_sample(found: CamStyleSet, probe_images: int, score_images: int, seed: int) -> Sample:
     """Split the identities, pick the probe's images and the originals, and name each original's fakes."""
+    probe, originals = draw_real_images(found, probe_images, score_images, seed)
+    fakes, source = [], []
+    for j, record in enumerate(originals):
+        for target in range(found.num_cameras):
+            if target != record.camid:
+                path = camstyle_path(found.camstyle_dir, record, target, found.scheme)
+                fakes.append(ImageRecord(str(path), record.pid, target))
+                source.append(j)
+    _require_present(found.camstyle_dir, fakes)
+    return Sample(probe, originals, fakes, torch.tensor(source, dtype=torch.long))
+
+
+def draw_real_images(
+    found: CamStyleSet, probe_images: int, score_images: int, seed: int
+) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    """The probe's real images and the scored originals (``draw_sample`` without the fakes, which a method can
+    render for these originals alone)."""
     records = found.records
     ids = sorted({r.pid for r in records})
     if len(ids) < 2:
@@ -98,16 +115,7 @@ def draw_sample(found: CamStyleSet, probe_images: int, score_images: int, seed: 
         if per_person.get(rank, 0) < PER_PERSON and len(chosen) < score_images:
             per_person[rank] = per_person.get(rank, 0) + 1
             chosen.append(index)
-    originals = [records[i] for i in chosen]
-    fakes, source = [], []
-    for j, record in enumerate(originals):
-        for target in range(found.num_cameras):
-            if target != record.camid:
-                path = camstyle_path(found.camstyle_dir, record, target, found.scheme)
-                fakes.append(ImageRecord(str(path), record.pid, target))
-                source.append(j)
-    _require_present(found.camstyle_dir, fakes)
-    return Sample([records[i] for i in sorted(taught)], originals, fakes, torch.tensor(source, dtype=torch.long))
+    return [records[i] for i in sorted(taught)], [records[i] for i in chosen]
 
 
 def _require_present(camstyle_dir: Path, fakes: Sequence[ImageRecord]) -> None:

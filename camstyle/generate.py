@@ -95,18 +95,22 @@ class ImageWriter:
         self._pool = ThreadPoolExecutor(max_workers=max(1, threads))
         self._pending: deque[Future] = deque()
 
-    def _write(self, pixels: np.ndarray, path: Path, size: tuple[int, int] | None) -> None:
+    def _write(self, pixels: np.ndarray, path: Path, size: tuple[int, int] | None, quality: int) -> None:
         image = Image.fromarray(pixels)
         if size is not None and image.size != size:
             image = image.resize(size, Image.Resampling.BICUBIC)
         # Full-resolution chroma (4:4:4): a camera's style is largely its colour, which 4:2:0 would blur.
-        atomic_save_image(image, path, durable=self.durable, quality=self.quality, subsampling=0)
+        atomic_save_image(image, path, durable=self.durable, quality=quality, subsampling=0)
 
-    def submit(self, pixels: np.ndarray, path: Path, size: tuple[int, int] | None = None) -> None:
-        """Queue (H, W, 3) uint8 ``pixels`` for ``path``, resized to ``size`` = (width, height) if given."""
+    def submit(
+        self, pixels: np.ndarray, path: Path, size: tuple[int, int] | None = None, quality: int | None = None
+    ) -> None:
+        """Queue (H, W, 3) uint8 ``pixels`` for ``path``, resized to ``size`` = (width, height) if given, at JPEG
+        ``quality`` (default: the writer's)."""
         while len(self._pending) >= self.max_pending:
             self._pending.popleft().result()
-        self._pending.append(self._pool.submit(self._write, pixels, path, size))
+        chosen = self.quality if quality is None else quality
+        self._pending.append(self._pool.submit(self._write, pixels, path, size, chosen))
 
     def close(self) -> None:
         try:

@@ -2,8 +2,9 @@
 
 ``run_prepare`` reads the target's training images, optionally groups them into pseudo cameras, then either
 trains (or reuses) a StarGAN generator and renders every image in every other camera's style, or does the
-same with the colour-statistics method. The summary is returned and written as ``prepare.json`` into the
-output folder. ``run_check`` and ``render_check_table`` are re-exported for ``--check``.
+same with a training-free method: colour statistics, or camera matching (``camstyle.matching``). The summary
+is returned and written as ``prepare.json`` into the output folder. ``run_check`` and ``render_check_table`` are
+re-exported for ``--check``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from rich.table import Table
 from camstyle.check import PREPARE_FILE, CheckReport, render_check_table, run_check
 from camstyle.colour import generate_colour_camstyle
 from camstyle.generate import GenerationCounts, generate_camstyle, load_generator
+from camstyle.matching import generate_matched_camstyle
 from camstyle.pseudo_cameras import adjusted_rand_index, assign_pseudo_cameras, cluster_purity, write_pseudo_cameras
 from camstyle.stargan import Generator, ModelSpec
 from camstyle.trainer import GENERATOR_NAME, train_stargan
@@ -228,6 +230,11 @@ def run_prepare(config: PrepareConfig, *, progress: bool = True) -> dict[str, An
                 records, num_cameras, out, workers=config.workers, progress=progress
             )
             summary["colour_styles"] = styles.to_dict()
+        elif config.method == "capture":
+            counts, profiles = generate_matched_camstyle(
+                records, num_cameras, out, seed=config.runtime.seed, workers=config.workers, progress=progress
+            )
+            summary["camera_profiles"] = profiles.to_dict()
         else:
             counts = _stargan_set(config, records, num_cameras, out, device, summary, progress)
     summary |= {"written": counts.written, "skipped": counts.skipped}

@@ -345,8 +345,8 @@ def _given(ctx: typer.Context, param: str) -> bool:
 
 @app.command(
     "prepare",
-    help="Make the CamStyle set of a target (StarGAN or colour), check one with --check, or score its fidelity "
-    "with --check DIR --score.",
+    help="Make the CamStyle set of a target (StarGAN, colour or capture), check one with --check, or score its "
+    "fidelity with --check DIR --score.",
     cls=Command,
 )
 @user_errors

@@ -28,3 +28,10 @@ make_colour_set() {
   [ -d "$colour_set" ] ||
     "$ECNREID" prepare --dataset market1501 --root "$ECNREID_DATA/market1501" --method colour --out "$colour_set"
 }
+
+# The capture CamStyle set of Market-1501 (docs/camstyle_methods.md), made once.
+capture_set="$ECNREID_RUNS/camstyle_market_capture"
+make_capture_set() {
+  [ -d "$capture_set" ] ||
+    "$ECNREID" prepare --dataset market1501 --root "$ECNREID_DATA/market1501" --method capture --out "$capture_set"
+}

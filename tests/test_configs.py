@@ -86,6 +86,8 @@ def test_the_rows_differ_only_in_what_their_names_say() -> None:
     assert rows["d2m_cpu_rsc"].dg.rsc
     budget = load(CONFIGS / "d2m_budget_ECN.toml")
     assert (budget.optim.epochs, budget.optim.lr_steps, budget.ecn.neighbour_start_epoch) == (60, (40,), 5)
+    # The capture set's run is the colour run's recipe; only the CamStyle set given on the command line differs.
+    assert load(CONFIGS / "d2m_budget_ECN_capture.toml") == budget
 
 
 def test_the_readme_and_docs_name_only_configs_that_exist() -> None:
@@ -125,7 +127,7 @@ def locations(tmp_path: Path) -> dict[str, str]:
     [
         ("duke2market_cpu.sh", ["source-only", "E", "EN", "ECN-colour", "ECN-stargan", "dg-baseline", "mixstyle",
                                 "snr", "rsc"]),
-        ("duke2market_budget.sh", ["source-only", "ECN", "EC"]),
+        ("duke2market_budget.sh", ["source-only", "ECN", "EC", "ECN-capture"]),
     ],
 )
 def test_scripts_train_from_the_configs_with_the_documented_locations(
@@ -156,3 +158,14 @@ def test_scripts_stop_in_one_line_naming_the_missing_variable(
     assert result.returncode == 2 and "ECNREID_DATA" in result.stderr and "dukemtmc/" in result.stderr
     result = run_script(script, "no-such-setting", env=locations)
     assert result.returncode == 2 and "unknown" in result.stderr
+
+
+def test_the_capture_run_trains_on_the_set_it_makes_with_the_capture_method(locations: dict[str, str]) -> None:
+    result = run_script("duke2market_budget.sh", "ECN-capture", env=locations)
+    assert result.returncode == 0, result.stderr
+    lines = [line.split() for line in result.stdout.splitlines()]
+    (prepare,) = [words for words in lines if words[0] == "prepare"]
+    (train,) = [words for words in lines if words[0] == "train"]
+    assert prepare[prepare.index("--method") + 1] == "capture"
+    assert prepare[prepare.index("--out") + 1] == train[train.index("--camstyle-dir") + 1]
+    assert Path(train[train.index("--config") + 1]).name == "d2m_budget_ECN_capture.toml"

@@ -140,7 +140,7 @@ class StarGANConfig:
         return round(h * self.load_scale), round(w * self.load_scale)
 
 
-CAMSTYLE_METHODS = ("stargan", "colour")
+CAMSTYLE_METHODS = ("stargan", "colour", "capture")
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,11 @@ class PrepareConfig:
 
     dataset: str = setting(help=f"Target dataset: {DATASET_HELP}.")
     root: Path = setting(help="Target dataset folder.")
-    method: str = setting("stargan", "stargan (GAN) or colour (fast colour-statistics transfer).")
+    method: str = setting(
+        "stargan",
+        "stargan (GAN), colour (fast colour-statistics transfer) or capture (each camera's tone curves, sharpness, "
+        "noise and JPEG quality).",
+    )
     out: Path | None = setting(None, "CamStyle output folder.", unset="beside the dataset's training images")
     generator: Path | None = setting(None, "Reuse a trained StarGAN checkpoint.")
     work_dir: Path | None = setting(
