@@ -261,6 +261,41 @@ class ECNConfig:
 
 
 @dataclass(frozen=True)
+class SpCLConfig:
+    """SpCL (Ge et al., NeurIPS 2020): the hybrid memory and the self-paced clustering; defaults are the authors'
+    UDA script. Epochs, iterations per epoch, batch sizes and the backbone come from their own sections; SpCL
+    trains every stage and has no head of its own (--frozen-stages, --embedding-dim and --dropout are ECN's)."""
+
+    eps: float = setting(0.6, "DBSCAN radius on the Jaccard distance.", flag="--spcl-eps")
+    eps_gap: float = setting(0.02, "Tighter and looser radius for the reliability criteria.", flag="--spcl-eps-gap")
+    min_samples: int = setting(4, "DBSCAN neighbours (itself included) of a core image.", flag="--spcl-min-samples")
+    k1: int = setting(30, "k-reciprocal neighbours of the Jaccard distance.", flag="--spcl-k1")
+    k2: int = setting(6, "Neighbours of the Jaccard distance's query expansion.", flag="--spcl-k2")
+    instances: int = setting(4, "Images per identity in a batch (P identities x K images).", flag="--spcl-instances")
+    memory_momentum: float = setting(0.2, "Hybrid memory momentum (share of the old entry).", flag="--spcl-momentum")
+    temperature: float = setting(0.05, "Contrastive loss temperature.", flag="--spcl-temperature")
+    adam_lr: float = setting(3.5e-4, "Adam learning rate.", flag="--spcl-lr")
+    adam_weight_decay: float = setting(5e-4, "Adam weight decay.", flag="--spcl-weight-decay")
+    lr_step: int = setting(20, "Epochs between learning-rate drops.", flag="--spcl-lr-step")
+    lr_step_gamma: float = setting(0.1, "Learning-rate factor at each drop.", flag="--spcl-lr-gamma")
+
+    def __post_init__(self) -> None:
+        _require(self.eps - self.eps_gap > 0, "--spcl-eps", self.eps, "must exceed --spcl-eps-gap")
+        _require(self.eps + self.eps_gap < 1, "--spcl-eps", self.eps, "plus --spcl-eps-gap must stay below 1")
+        _require(self.eps_gap >= 0, "--spcl-eps-gap", self.eps_gap, "must not be negative")
+        _require(self.min_samples >= 1, "--spcl-min-samples", self.min_samples, "must be at least 1")
+        _require(self.k1 >= 1, "--spcl-k1", self.k1, "must be at least 1")
+        _require(self.k2 >= 1, "--spcl-k2", self.k2, "must be at least 1")
+        _require(self.instances >= 1, "--spcl-instances", self.instances, "must be at least 1")
+        _require(0 <= self.memory_momentum < 1, "--spcl-momentum", self.memory_momentum, "must lie in [0, 1)")
+        _require(self.temperature > 0, "--spcl-temperature", self.temperature, "must be positive")
+        _require(self.adam_lr > 0, "--spcl-lr", self.adam_lr, "must be positive")
+        _require(self.adam_weight_decay >= 0, "--spcl-weight-decay", self.adam_weight_decay, "must not be negative")
+        _require(self.lr_step >= 1, "--spcl-lr-step", self.lr_step, "must be at least 1")
+        _require(0 < self.lr_step_gamma <= 1, "--spcl-lr-gamma", self.lr_step_gamma, "must lie in (0, 1]")
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
     """Where and how a job runs."""
 
@@ -303,6 +338,7 @@ class TrainConfig:
     model: ModelConfig = section(ModelConfig, "Model")
     optim: OptimConfig = section(OptimConfig, "Optimisation")
     ecn: ECNConfig = section(ECNConfig, "ECN")
+    spcl: SpCLConfig = section(SpCLConfig, "SpCL")
     dg: DGConfig = section(DGConfig, "Domain generalisation")
     evaluation: EvaluationConfig = section(EvaluationConfig, "Evaluation")
     runtime: RuntimeConfig = section(RuntimeConfig, "Runtime")
