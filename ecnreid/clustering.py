@@ -128,6 +128,8 @@ def self_paced_labels(
     independence_threshold: float | None,
 ) -> PseudoLabels:
     """Cluster at ``eps - gap``, ``eps`` and ``eps + gap`` and keep the reliable part (:func:`reliable_labels`)."""
+    near = graph.distances <= eps + eps_gap  # no farther pair is a neighbour in any of the three
+    graph = JaccardGraph(graph.rows[near], graph.cols[near], graph.distances[near], graph.num_images)
     return reliable_labels(
         dbscan(graph, eps, min_samples),
         dbscan(graph, eps - eps_gap, min_samples),
