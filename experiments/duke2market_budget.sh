@@ -12,7 +12,7 @@
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-[ $# -gt 0 ] || stop "name the runs: source-only ECN EC EN"
+[ $# -gt 0 ] || stop "name the runs: source-only ECN EC EN spcl"
 train() {  # config name, run folder, extra options
   local config=$1 out=$2
   shift 2
@@ -26,6 +26,7 @@ for run in "$@"; do
     EC)  make_colour_set  # the neighbourhood ablation: +E+C
          train d2m_budget_EC EC --camstyle-dir "$colour_set" ;;
     EN)  train d2m_budget_EN EN ;;  # the camera ablation: +E+N, no CamStyle set
-    *) stop "unknown run $run (source-only ECN EC EN)" ;;
+    spcl) train d2m_budget_spcl spcl ;;  # SpCL (--method spcl), no CamStyle set
+    *) stop "unknown run $run (source-only ECN EC EN spcl)" ;;
   esac
 done
