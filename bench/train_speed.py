@@ -28,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ecnreid.config import DomainsConfig, ModelConfig, TrainConfig, override  # noqa: E402
 from ecnreid.data.batches import LabelledBatch, UnlabelledBatch  # noqa: E402
 from ecnreid.data.records import ImageRecord, ReidDataset  # noqa: E402
-from ecnreid.engine.data import TwoDomainData  # noqa: E402
+from ecnreid.data.two_domains import TwoDomainData  # noqa: E402
 from ecnreid.engine.loop import TwoDomainLoop  # noqa: E402
+from ecnreid.training import build_loop  # noqa: E402
 
 MARKET_SLOTS, MARKET_CAMERAS, DUKE_IDS = 12_936, 6, 702
 MSMT17_SLOTS = 32_621
@@ -54,7 +55,7 @@ def measure(arch: str, height: int, width: int, batch: int, steps: int, device: 
         config = override(
             config, batch_size=batch, height=height, width=width, device=device.type, amp=amp, use_camera=False
         )
-        loop = TwoDomainLoop(config, data=duke_to_market_records(), hooks=[])
+        loop = build_loop(config, data=duke_to_market_records(), hooks=[])
         loop.network.train()
         generator = torch.Generator().manual_seed(0)
         cameras = torch.zeros(batch, dtype=torch.long)
@@ -143,7 +144,7 @@ def memory_share(batch: int, steps: int) -> list[dict]:
             out=Path(out),
         )
         config = override(config, batch_size=batch, height=128, width=64, device="cpu", use_camera=False)
-        loop = TwoDomainLoop(config, data=duke_to_market_records(), hooks=[])
+        loop = build_loop(config, data=duke_to_market_records(), hooks=[])
     step = measure("mobilenet_v2", 128, 64, batch, steps, torch.device("cpu"), amp=False)["step_s"]
     rows = []
     for dtype in ("fp32", "fp16"):

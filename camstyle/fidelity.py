@@ -267,7 +267,8 @@ def _identity_features(
     """Re-ID features of originals then fakes: ``--checkpoint``'s adapted model, else the frozen ones given."""
     if config.checkpoint is None:
         return frozen, "frozen backbone (as the camera probe)"
-    from ecnreid.inference.adapted import embed, load_adapted_model
+    from ecnreid.evaluation.features import embed
+    from ecnreid.inference.adapted import load_adapted_model
 
     adapted = load_adapted_model(config.checkpoint).to(device)
     card = adapted.card

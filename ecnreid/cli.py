@@ -385,8 +385,8 @@ def config_command(
     config_file=config_file_option("[optim] lr = 0.01", run_record=True),
 )
 def train_command(config: TrainConfig) -> None:
-    from ecnreid.engine.loop import train
-    from ecnreid.evaluation.runner import render_train_summary
+    from ecnreid.inference.evaluate import render_train_summary
+    from ecnreid.training import train
 
     summary = train(config)
     if summary:  # under torchrun, only rank 0 has one to print
@@ -402,7 +402,7 @@ def train_command(config: TrainConfig) -> None:
     config_file=config_file_option("[input] batch_size = 64"),
 )
 def eval_command(config: EvalConfig) -> None:
-    from ecnreid.evaluation.runner import run_eval
+    from ecnreid.inference.evaluate import run_eval
 
     run_eval(config)
 

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import tomllib
 
-from ecnreid.data.datasets import DATASET_HELP
+from ecnreid.dataset_names import DATASET_HELP
 from ecnreid.errors import EcnreidError
 
 C = TypeVar("C")
@@ -334,6 +334,10 @@ class TrainConfig:
     domains: DomainsConfig = setting(help="Source and target.")
     out: Path = setting(Path("runs/train"), "Run folder: checkpoints, log.jsonl, curves.png, metrics.json.")
     method: str = setting("ecn", "Training method (a name in ecnreid.methods.METHODS).")
+    tensorboard: bool = setting(
+        False, "Also write TensorBoard events to tensorboard/ in --out: losses per step, lr, evaluations.",
+        flag="--tensorboard",
+    )
     input: InputConfig = section(InputConfig, "Input")
     model: ModelConfig = section(ModelConfig, "Model")
     optim: OptimConfig = section(OptimConfig, "Optimisation")
@@ -342,13 +346,6 @@ class TrainConfig:
     dg: DGConfig = section(DGConfig, "Domain generalisation")
     evaluation: EvaluationConfig = section(EvaluationConfig, "Evaluation")
     runtime: RuntimeConfig = section(RuntimeConfig, "Runtime")
-
-    def __post_init__(self) -> None:
-        if self.dg.mixstyle_stages and self.dg.mixstyle_mix == "crossdomain" and not self.ecn.uses_target:
-            raise EcnreidError(
-                "--mixstyle-mix crossdomain mixes source with target statistics: it needs target images "
-                "(not --source-only or --no-target); use --mixstyle-mix random"
-            )
 
 
 def fill_defaults(section: Any, base: type[C]) -> C:

@@ -103,8 +103,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     """Generate → prepare (colour CamStyle) → train each ablation row → one results table."""
     from camstyle.prepare import render_prepare_summary, run_prepare
     from ecnreid.data.synthetic import generate_synthetic
-    from ecnreid.engine.loop import train
-    from ecnreid.evaluation.runner import run_eval
+    from ecnreid.inference.evaluate import run_eval
+    from ecnreid.training import train
 
     start = time.perf_counter()
     data_root = config.out / "data"

@@ -203,7 +203,7 @@ def training_curves_png(
     """Two stacked panels in one PNG: losses against epoch, then rank-1/mAP against epoch.
 
     Every numeric ``loss*`` key in the rows becomes a loss curve; ``rank1``, ``rank5``, ``rank10``, ``mAP``
-    and ``mINP`` go to the lower panel as logged (in %, see ``evaluation.runner.metrics_row``). A row
+    and ``mINP`` go to the lower panel as logged (in %, see ``evaluation.evaluator.metrics_row``). A row
     missing a key is skipped for that curve; a panel with no curve at all is left out.
     """
     path = _check_png(path)

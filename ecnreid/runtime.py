@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -56,6 +56,14 @@ class DistributedContext:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+@dataclass
+class RunContext:
+    """Where a training method runs: its device and the distributed ranks."""
+
+    device: torch.device
+    dist: DistributedContext = field(default_factory=DistributedContext)
 
 
 def init_distributed(device_name: str) -> tuple[DistributedContext, torch.device]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from conftest import make_reid_tree
 
 from ecnreid.config import DomainsConfig, ModelConfig, TrainConfig, override
-from ecnreid.engine.loop import train
+from ecnreid.training import train
 
 
 def train_tiny_checkpoint(root: Path) -> tuple[Path, Path]:

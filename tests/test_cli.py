@@ -384,11 +384,11 @@ def test_train_path_options_naming_a_file_are_one_line(two_domains, tmp_path: Pa
 
 def captured_train_config(monkeypatch, args: list[str]):
     """Run `ecnreid train` with ``args`` and return the TrainConfig it would train, without training."""
-    import ecnreid.engine.loop
+    import ecnreid.training
 
     seen = []
-    monkeypatch.setattr(ecnreid.engine.loop, "train", lambda config: seen.append(config) or {})
-    monkeypatch.setattr("ecnreid.evaluation.runner.render_train_summary", lambda summary: "")
+    monkeypatch.setattr(ecnreid.training, "train", lambda config: seen.append(config) or {})
+    monkeypatch.setattr("ecnreid.inference.evaluate.render_train_summary", lambda summary: "")
     result = runner.invoke(app, ["train", *args])
     assert result.exit_code == 0, result.output
     return seen[0]
@@ -628,7 +628,7 @@ def test_no_target_and_source_only_are_one_way_switches(monkeypatch) -> None:
 
 
 COMMAND_RUNS = {
-    "eval": ("ecnreid.evaluation.runner.run_eval", ["--dataset", "market1501", "--root", "m"]),
+    "eval": ("ecnreid.inference.evaluate.run_eval", ["--dataset", "market1501", "--root", "m"]),
     "prepare": ("camstyle.prepare.run_prepare", ["--dataset", "market1501", "--root", "m"]),
     "extract": ("ecnreid.inference.extract.run_extract", ["--checkpoint", "c.pt", "--out", "f", "--images", "i"]),
     "search": ("ecnreid.inference.search.run_search", ["--checkpoint", "c.pt", "--query", "q", "--gallery", "g"]),
@@ -691,7 +691,7 @@ def test_workers_are_capped_at_the_usable_cpus_with_one_notice(monkeypatch) -> N
     monkeypatch.setattr(ecnreid.workers, "usable_cpus", lambda: 2)
     monkeypatch.setattr(ecnreid.workers, "_announced", set())
     seen = []
-    monkeypatch.setattr("ecnreid.evaluation.runner.run_eval", lambda config: seen.append(config))
+    monkeypatch.setattr("ecnreid.inference.evaluate.run_eval", lambda config: seen.append(config))
     args = ["eval", "--dataset", "market1501", "--root", "m"]
     for _ in range(2):
         result = runner.invoke(app, [*args, "--workers", "8"])
@@ -708,11 +708,11 @@ def test_workers_are_capped_at_the_usable_cpus_with_one_notice(monkeypatch) -> N
 
 
 def test_only_the_process_with_a_summary_prints_the_results_table(monkeypatch) -> None:
-    import ecnreid.engine.loop
+    import ecnreid.training
 
-    monkeypatch.setattr(ecnreid.engine.loop, "train", lambda config: {})  # a torchrun rank other than 0
-    monkeypatch.setattr("ecnreid.evaluation.runner.render_train_summary", lambda summary: "RESULTS TABLE")
+    monkeypatch.setattr(ecnreid.training, "train", lambda config: {})  # a torchrun rank other than 0
+    monkeypatch.setattr("ecnreid.inference.evaluate.render_train_summary", lambda summary: "RESULTS TABLE")
     result = runner.invoke(app, ["train", *REQUIRED])
     assert result.exit_code == 0 and "RESULTS TABLE" not in result.output
-    monkeypatch.setattr(ecnreid.engine.loop, "train", lambda config: {"final": {}})
+    monkeypatch.setattr(ecnreid.training, "train", lambda config: {"final": {}})
     assert "RESULTS TABLE" in runner.invoke(app, ["train", *REQUIRED]).output

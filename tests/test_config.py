@@ -26,6 +26,7 @@ from ecnreid.config import (
     section,
 )
 from ecnreid.errors import EcnreidError
+from ecnreid.methods import resolve_method
 
 
 def train_config(**settings) -> TrainConfig:
@@ -60,7 +61,12 @@ def test_defaults_are_the_published_setting() -> None:
         (lambda: DGConfig(rsc_batch=0.0), "--rsc-batch"),
         (lambda: StarGANConfig(image_size=(100, 50)), "--image-size"),
         (lambda: PrepareConfig(dataset="market1501", root=Path("m"), method="cyclegan"), "--method"),
-        (lambda: train_config(mixstyle_stages=("layer1",), mixstyle_mix="crossdomain", no_target=True), "crossdomain"),
+        (
+            lambda: resolve_method(
+                train_config(mixstyle_stages=("layer1",), mixstyle_mix="crossdomain", no_target=True)
+            ),
+            "crossdomain",
+        ),
     ],
 )
 def test_a_library_user_gets_the_checks_of_the_command_line(build, flag: str) -> None:

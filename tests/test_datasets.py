@@ -11,6 +11,7 @@ from PIL import Image
 from ecnreid.data.camstyle_dataset import find_camstyle_dir
 from ecnreid.data.datasets import IMAGE_SUFFIXES, READERS, is_image_name, read_dataset
 from ecnreid.data.records import ImageRecord
+from ecnreid.dataset_names import DATASET_NAMES
 from ecnreid.errors import EcnreidError
 
 
@@ -238,3 +239,7 @@ def test_one_set_of_image_suffixes_for_readers_and_camstyle_folders(tmp_path: Pa
     assert len(read_dataset("synthetic", tmp_path, require_test=False).train) == 2
     _touch_images(tmp_path / "bounding_box_train_camstyle", ["0001_c1_a_fake_2.bmp"])
     assert find_camstyle_dir(tmp_path) == tmp_path / "bounding_box_train_camstyle"
+
+
+def test_every_named_dataset_has_a_reader_and_every_reader_a_name() -> None:
+    assert tuple(READERS) == DATASET_NAMES

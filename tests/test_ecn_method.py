@@ -16,16 +16,17 @@ import torch.nn.functional as F
 from PIL import Image
 
 import ecnreid.methods.ecn as ecn_module
-from ecnreid.config import DomainsConfig, ModelConfig, TrainConfig, override
+from ecnreid.config import DomainsConfig, ModelConfig, TrainConfig, config_to_dict, override
 from ecnreid.data.batches import LabelledBatch, UnlabelledBatch
 from ecnreid.data.camstyle_dataset import CAMSTYLE_FOLDER, pseudo_camera_keys
 from ecnreid.engine.loop import TwoDomainLoop
 from ecnreid.errors import EcnreidError
-from ecnreid.inference.card import ECN_FEATURE, MethodCard
+from ecnreid.inference.card import ECN_FEATURE, MethodCard, build_card
 from ecnreid.losses import source_loss
 from ecnreid.methods.base import StepOutput
 from ecnreid.models.dg import dg_source_loss
 from ecnreid.models.rsc import RSC
+from ecnreid.training import build_loop
 
 EMBEDDING = 4
 
@@ -104,7 +105,7 @@ def spec_source_loss() -> float:
 def test_one_step_gives_the_spec_losses_for_beta_k_lambda_and_epoch(two_domains, tmp_path: Path, beta, k, lam) -> None:
     source, target = two_domains
     config = tiny_config(source, target, tmp_path / "run", beta=beta, k=k, lam=lam, neighbour_start_epoch=3)
-    loop = TwoDomainLoop(config)
+    loop = build_loop(config)
     memory = hand_made(loop)
     for epoch, neighbours in ((2, None), (3, k), (7, k)):  # exemplar before --neighbour-start, neighbourhood from it
         output = one_step(loop, epoch)
@@ -121,7 +122,7 @@ def test_one_step_gives_the_spec_losses_for_beta_k_lambda_and_epoch(two_domains,
 
 def test_without_neighbourhood_invariance_every_epoch_is_exemplar(two_domains, tmp_path: Path) -> None:
     source, target = two_domains
-    loop = TwoDomainLoop(tiny_config(source, target, tmp_path / "run", use_neighbour=False, neighbour_start_epoch=0))
+    loop = build_loop(tiny_config(source, target, tmp_path / "run", use_neighbour=False, neighbour_start_epoch=0))
     memory = hand_made(loop)
     assert not loop.method.neighbours_on(9)
     output = one_step(loop, 9)
@@ -133,7 +134,7 @@ def test_neighbour_search_runs_from_neighbour_start_on(two_domains, tmp_path: Pa
     from it on, and its neighbours give the spec's loss."""
     pytest.importorskip("faiss")
     source, target = two_domains
-    loop = TwoDomainLoop(tiny_config(source, target, tmp_path / "run", knn="faiss", k=2, neighbour_start_epoch=4))
+    loop = build_loop(tiny_config(source, target, tmp_path / "run", knn="faiss", k=2, neighbour_start_epoch=4))
     assert loop.method.knn == "faiss-cpu"
     memory = hand_made(loop)
     searches = []
@@ -158,7 +159,7 @@ def test_after_step_updates_the_memory_with_momentum_alpha_times_epoch(
     two_domains, tmp_path: Path, alpha: float, epoch: int
 ) -> None:
     source, target = two_domains
-    loop = TwoDomainLoop(tiny_config(source, target, tmp_path / "run", alpha=alpha))
+    loop = build_loop(tiny_config(source, target, tmp_path / "run", alpha=alpha))
     memory = loop.method.memory.features
     old = F.normalize(torch.tensor([[1.0, 2.0, 0.0, 0.0], [0.0, 0.0, 1.0, -1.0]]), dim=1)
     memory[[3, 10]] = old
@@ -179,7 +180,7 @@ def test_a_training_step_moves_the_memory_with_the_epochs_momentum(two_domains, 
     """Through the loop's own step: slot ``i`` becomes ``α·M[i] + (1−α)·f_i``, normalised, with the batch's
     target features ``f``."""
     source, target = two_domains
-    loop = TwoDomainLoop(tiny_config(source, target, tmp_path / "run", alpha=0.1))
+    loop = build_loop(tiny_config(source, target, tmp_path / "run", alpha=0.1))
     loader_x, loader_u = loop.loaders()
     loader_x.set_epoch(3)
     loader_u.set_epoch(3)
@@ -237,7 +238,7 @@ def test_training_batches_hold_camstyle_images_in_the_spec_proportion(two_domain
     source, target = two_domains
     camstyle = tmp_path / "camstyle"
     write_solid_camstyle_set(target, camstyle)
-    loop = TwoDomainLoop(tiny_config(source, target, tmp_path / "run", use_camera=True, camstyle_dir=camstyle))
+    loop = build_loop(tiny_config(source, target, tmp_path / "run", use_camera=True, camstyle_dir=camstyle))
     assert loop.method.ecn.setting_name == "+E+C+N"
     # Originals are noisy non-primary colours: none passes for a fake.
     originals = loop.method.target_dataset(None).records
@@ -279,14 +280,14 @@ def test_a_camstyle_dir_that_is_not_there_names_the_option(two_domains, tmp_path
     missing = tmp_path / "nowhere"
     config = tiny_config(source, target, tmp_path / "run", use_camera=True, camstyle_dir=missing)
     with pytest.raises(EcnreidError) as error:
-        TwoDomainLoop(config)
+        build_loop(config)
     assert str(error.value) == f"--camstyle-dir {missing}: CamStyle folder not found"
 
 
 def test_without_a_camstyle_set_the_run_stops_with_the_remedies(two_domains, tmp_path: Path) -> None:
     source, target = two_domains
     with pytest.raises(EcnreidError) as error:
-        TwoDomainLoop(tiny_config(source, target, tmp_path / "run", use_camera=True))
+        build_loop(tiny_config(source, target, tmp_path / "run", use_camera=True))
     assert str(error.value) == (
         f"{target / CAMSTYLE_FOLDER}: no CamStyle set for camera invariance; make one with `ecnreid prepare "
         f"--dataset synthetic --root {target}`, point --camstyle-dir at one, or train without camera invariance "
@@ -298,7 +299,7 @@ def test_the_set_beside_the_target_is_found_and_its_pseudo_cameras_replace_the_c
     source, target = two_domains
     folder = target / CAMSTYLE_FOLDER
     images = write_full_camstyle_set(target, folder)
-    loop = TwoDomainLoop(tiny_config(source, target, tmp_path / "plain", use_camera=True))
+    loop = build_loop(tiny_config(source, target, tmp_path / "plain", use_camera=True))
     coverage = loop.method.camstyle
     assert coverage.camstyle_dir == folder and coverage.complete
     assert coverage.expected == images * 2  # every image in each of the 2 other cameras of 3
@@ -307,7 +308,7 @@ def test_the_set_beside_the_target_is_found_and_its_pseudo_cameras_replace_the_c
     records = loop.data.target_train
     mapping = {key: r.pid % 2 for key, r in zip(pseudo_camera_keys(records), records, strict=True)}
     (folder / "pseudo_cameras.json").write_text(json.dumps(mapping))
-    loop = TwoDomainLoop(tiny_config(source, target, tmp_path / "pseudo", use_camera=True))
+    loop = build_loop(tiny_config(source, target, tmp_path / "pseudo", use_camera=True))
     assert [r.camid for r in loop.method.data.target_train] == [r.pid % 2 for r in records]
     assert loop.method.num_target_cameras == 2
     assert loop.method.camstyle.expected == images  # one other camera each
@@ -322,7 +323,7 @@ def test_an_incomplete_camstyle_set_stops_the_run(two_domains, tmp_path: Path) -
     first.unlink()
     config = tiny_config(source, target, tmp_path / "run", use_camera=True, camstyle_dir=folder)
     with pytest.raises(EcnreidError) as error:
-        TwoDomainLoop(config)
+        build_loop(config)
     assert str(error.value) == (
         f"{folder}: incomplete CamStyle set, 1 of 48 images missing (first: {first}); rerun `ecnreid prepare` to "
         "fill it, or train with --no-camera"
@@ -332,16 +333,19 @@ def test_an_incomplete_camstyle_set_stops_the_run(two_domains, tmp_path: Path) -
 # --------------------------------------------------------------------------- what the method builds and reports
 def test_the_memory_holds_one_slot_per_target_image_in_the_chosen_dtype(two_domains, tmp_path: Path) -> None:
     source, target = two_domains
-    loop = TwoDomainLoop(tiny_config(source, target, tmp_path / "run", memory_dtype="fp16"))
+    loop = build_loop(tiny_config(source, target, tmp_path / "run", memory_dtype="fp16"))
     memory = loop.method.memory.features
     assert memory.dtype == torch.float16 and memory.shape == (len(loop.data.target_train), EMBEDDING)
-    assert loop.method.signature() == {"memory_slots": len(loop.data.target_train), "memory_dtype": "fp16"}
+    assert loop.method.signature() == {
+        "embedding_dim": EMBEDDING, "memory_slots": len(loop.data.target_train), "memory_dtype": "fp16"
+    }
+    assert "embedding_dim" in loop.signature()  # the run's resume keys include the method's
     assert loop.method.knn == "topk"
 
 
 def test_the_method_reports_its_setting_weights_and_data(two_domains, tmp_path: Path) -> None:
     source, target = two_domains
-    loop = TwoDomainLoop(tiny_config(source, target, tmp_path / "run", lr=0.02, backbone_lr_mult=0.25))
+    loop = build_loop(tiny_config(source, target, tmp_path / "run", lr=0.02, backbone_lr_mult=0.25))
     method, data = loop.method, loop.data
     origin = method.model.backbone.weights_origin
     assert method.provenance() == {
@@ -349,8 +353,16 @@ def test_the_method_reports_its_setting_weights_and_data(two_domains, tmp_path: 
     }
     assert method.model_card() == MethodCard(
         ECN_FEATURE, method.model.backbone.out_channels, "+E+N",
-        {"backbone_weights": origin, "dg": {"mixstyle": [], "snr": [], "rsc": False}},
+        {
+            "backbone_weights": origin,
+            "dg": {"mixstyle": [], "snr": [], "rsc": False},
+            "model": {"last_stride": 2, "dg": config_to_dict(method.config.dg)},
+        },
     )
+    rebuilt = type(method).model_from_card(build_card(method.config, method.model_card(), [], 0), torch.device("cpu"))
+    images = torch.rand(2, 3, 32, 16)
+    rebuilt.load_state_dict({k: v for k, v in method.model.state_dict().items() if k.startswith("backbone.")})
+    assert torch.allclose(rebuilt.eval()(images), method.model.eval()(images), atol=1e-6)  # the eval feature
     assert method.describe() == (
         f"ECN +E+N: source synthetic ({len(data.source_train)} images, {data.num_source_classes} ids) → target "
         f"synthetic ({len(data.target_train)} train images, 3 cameras, {len(data.target.query)} query, "
@@ -361,12 +373,12 @@ def test_the_method_reports_its_setting_weights_and_data(two_domains, tmp_path: 
         "warning: random initial weights (--no-pretrained), and the stages stem, layer1, layer2 stay frozen at "
         "them (--frozen-stages 0 trains every stage)"
     ]
-    one = TwoDomainLoop(tiny_config(source, target, tmp_path / "one", frozen_stages=1))
+    one = build_loop(tiny_config(source, target, tmp_path / "one", frozen_stages=1))
     assert one.method.notices() == [
         "warning: random initial weights (--no-pretrained), and the stages stem stay frozen at them "
         "(--frozen-stages 0 trains every stage)"
     ]
-    free = TwoDomainLoop(tiny_config(source, target, tmp_path / "free", frozen_stages=0, knn="faiss"))
+    free = build_loop(tiny_config(source, target, tmp_path / "free", frozen_stages=0, knn="faiss"))
     free.method.knn = "topk"  # what knn_backend gives on a CUDA device whose faiss build sees no GPU
     assert free.method.notices() == ["--knn faiss: this faiss build sees no GPU; neighbours by torch top-k on cpu"]
     groups = method.parameter_groups()
@@ -375,14 +387,14 @@ def test_the_method_reports_its_setting_weights_and_data(two_domains, tmp_path: 
 
 def test_without_the_target_there_is_no_memory_and_only_the_source_loss(two_domains, tmp_path: Path) -> None:
     source, target = two_domains
-    loop = TwoDomainLoop(tiny_config(source, target, tmp_path / "run", no_target=True))
+    loop = build_loop(tiny_config(source, target, tmp_path / "run", no_target=True))
     method = loop.method
     assert method.memory is None and not method.uses_target and method.target_dataset(None) is None
-    assert method.signature() == {"memory_slots": 0, "memory_dtype": "fp32"}
+    assert method.signature() == {"embedding_dim": EMBEDDING, "memory_slots": 0, "memory_dtype": "fp32"}
     assert method.provenance()["knn_backend"] is None and method.provenance()["setting"] == "source only"
     assert method.state_dict() == {"memory": None}
     # Without the target there is no neighbour search, so --knn faiss has nothing to fall back from.
-    faiss = TwoDomainLoop(tiny_config(source, target, tmp_path / "faiss", no_target=True, knn="faiss"))
+    faiss = build_loop(tiny_config(source, target, tmp_path / "faiss", no_target=True, knn="faiss"))
     assert not [n for n in faiss.method.notices() if "--knn" in n]
     method.load_state_dict({"memory": None})
     output = one_step(loop, 9)  # a target batch and its features reach the method, which has no use for them
@@ -394,7 +406,7 @@ def test_without_the_target_there_is_no_memory_and_only_the_source_loss(two_doma
 
 def test_a_step_without_a_target_batch_is_the_source_loss_and_moves_no_memory(two_domains, tmp_path: Path) -> None:
     source, target = two_domains
-    loop = TwoDomainLoop(tiny_config(source, target, tmp_path / "run"))
+    loop = build_loop(tiny_config(source, target, tmp_path / "run"))
     memory = hand_made(loop)
     seen = {}
 
@@ -418,7 +430,7 @@ def test_a_step_without_a_target_batch_is_the_source_loss_and_moves_no_memory(tw
 
 def test_the_memory_state_round_trips_and_features_init_fills_it(two_domains, tmp_path: Path) -> None:
     source, target = two_domains
-    loop = TwoDomainLoop(tiny_config(source, target, tmp_path / "run", memory_init="features"))
+    loop = build_loop(tiny_config(source, target, tmp_path / "run", memory_init="features"))
     method = loop.method
     method.before_training()
     expected = ecn_module.target_embeddings(
@@ -427,7 +439,7 @@ def test_the_memory_state_round_trips_and_features_init_fills_it(two_domains, tm
     )
     torch.testing.assert_close(method.memory.features, expected, atol=1e-5, rtol=1e-4)
     assert expected.abs().sum() > 0
-    other = TwoDomainLoop(tiny_config(source, target, tmp_path / "other"))
+    other = build_loop(tiny_config(source, target, tmp_path / "other"))
     other.method.before_training()  # zeros init: the memory stays empty
     assert other.method.memory.features.abs().sum() == 0
     other.method.load_state_dict(method.state_dict())
@@ -436,7 +448,7 @@ def test_the_memory_state_round_trips_and_features_init_fills_it(two_domains, tm
 
 def test_rsc_replaces_the_source_logits_with_those_of_the_challenged_map(two_domains, tmp_path, monkeypatch) -> None:
     source, target = two_domains
-    loop = TwoDomainLoop(tiny_config(source, target, tmp_path / "run", rsc=True, dropout=0.0))
+    loop = build_loop(tiny_config(source, target, tmp_path / "run", rsc=True, dropout=0.0))
     network, model = loop.method.network, loop.method.model
     assert isinstance(network.rsc, RSC)
     calls = []
@@ -464,7 +476,7 @@ def test_faiss_neighbours_are_the_ones_the_loss_weights(two_domains, tmp_path: P
     with ``--knn topk`` faiss is never asked."""
     pytest.importorskip("faiss")
     source, target = two_domains
-    loop = TwoDomainLoop(tiny_config(source, target, tmp_path / "run", knn="faiss", k=2, neighbour_start_epoch=0))
+    loop = build_loop(tiny_config(source, target, tmp_path / "run", knn="faiss", k=2, neighbour_start_epoch=0))
     memory = hand_made(loop)
     far = torch.tensor([[3, 0], [2, 4]])  # per feature: two slots that are not its nearest
     monkeypatch.setattr(ecn_module, "nearest_slots_faiss", lambda features, slots, k: far)
@@ -476,7 +488,7 @@ def test_faiss_neighbours_are_the_ones_the_loss_weights(two_domains, tmp_path: P
         weights = {j: 0.5 for j in slots} | {own: 1.0}
         expected -= sum(w * (z[j] - log_norm) for j, w in weights.items())
     assert output.parts["target"].item() == pytest.approx(expected / 2, rel=1e-5)
-    topk = TwoDomainLoop(tiny_config(source, target, tmp_path / "topk", k=2, neighbour_start_epoch=0))
+    topk = build_loop(tiny_config(source, target, tmp_path / "topk", k=2, neighbour_start_epoch=0))
     hand_made(topk)
     monkeypatch.setattr(ecn_module, "nearest_slots_faiss", lambda *args: pytest.fail("faiss asked under --knn topk"))
     output = one_step(topk, 1)
@@ -485,7 +497,7 @@ def test_faiss_neighbours_are_the_ones_the_loss_weights(two_domains, tmp_path: P
 
 def test_the_source_loss_adds_the_snr_losses(two_domains, tmp_path: Path) -> None:
     source, target = two_domains
-    loop = TwoDomainLoop(tiny_config(source, target, tmp_path / "run", snr_stages=("layer3",), dropout=0.0))
+    loop = build_loop(tiny_config(source, target, tmp_path / "run", snr_stages=("layer3",), dropout=0.0))
     network, model = loop.method.network.train(), loop.method.model
     images = torch.randn(4, 3, 32, 16, generator=torch.Generator().manual_seed(0))
     pids = torch.tensor([0, 1, 2, 3])

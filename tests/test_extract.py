@@ -13,14 +13,14 @@ from inference_checkpoint import train_tiny_checkpoint
 from PIL import Image
 from typer.testing import CliRunner
 
-import ecnreid.inference.adapted
+import ecnreid.evaluation.features
 from ecnreid.cli import app
 from ecnreid.data.datasets import read_dataset
 from ecnreid.evaluation.features import extract_features
+from ecnreid.inference.adapted import model_from_checkpoint
 from ecnreid.inference.card import read_card_json
 from ecnreid.inference.images import parse_ids
 from ecnreid.inference.store import open_feature_folder, read_index
-from ecnreid.models.factory import model_from_checkpoint
 from ecnreid.runstate import load_checkpoint
 
 runner = CliRunner()
@@ -45,9 +45,8 @@ def test_a_dataset_split_gives_the_features_eval_scores(tiny, tmp_path: Path) ->
     features = np.load(out / "features.npy")
     query = read_dataset("synthetic", target).query
     assert features.shape == (len(query), 512) and features.dtype == np.float32
-    expected = extract_features(
-        model_from_checkpoint(load_checkpoint(checkpoint)), query, height=32, width=16, workers=0, show_progress=False
-    )
+    network, _ = model_from_checkpoint(load_checkpoint(checkpoint), checkpoint)
+    expected = extract_features(network, query, height=32, width=16, workers=0, show_progress=False)
     assert np.allclose(features, expected.numpy(), atol=1e-5)
     index = read_index(out / "index.csv")
     assert [(e.pid, e.camid) for e in index] == [(r.pid, r.camid) for r in query]
@@ -88,7 +87,7 @@ def test_a_killed_extraction_resumes_to_the_same_bytes(tiny, tmp_path: Path, mon
     gallery = ("--images", str(target / "bounding_box_test"))  # 18 images: 5 batches of 4
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert extract(checkpoint, straight, *gallery).exit_code == 0
-    real_embed, calls = ecnreid.inference.adapted.embed, []
+    real_embed, calls = ecnreid.evaluation.features.embed, []
 
     def dies_in_third_batch(*args, **kwargs):
         calls.append(1)
@@ -96,7 +95,7 @@ def test_a_killed_extraction_resumes_to_the_same_bytes(tiny, tmp_path: Path, mon
             raise KeyboardInterrupt  # what Ctrl-C or SIGTERM raise under the CLI
         return real_embed(*args, **kwargs)
 
-    monkeypatch.setattr(ecnreid.inference.adapted, "embed", dies_in_third_batch)
+    monkeypatch.setattr(ecnreid.evaluation.features, "embed", dies_in_third_batch)
     result = extract(checkpoint, killed, *gallery)
     assert result.exit_code == 130 and "rerun with the same command" in result.output
     meta = json.loads((killed / "extract.json").read_text())
@@ -105,7 +104,7 @@ def test_a_killed_extraction_resumes_to_the_same_bytes(tiny, tmp_path: Path, mon
                                  "--gallery", str(killed), "--out", str(tmp_path / "s"), "--device", "cpu"])
     assert result.exit_code == 2 and "unfinished extraction (8 of 18" in result.output
 
-    monkeypatch.setattr(ecnreid.inference.adapted, "embed", real_embed)
+    monkeypatch.setattr(ecnreid.evaluation.features, "embed", real_embed)
     calls.clear()
     result = extract(checkpoint, killed, *gallery)
     assert result.exit_code == 0, result.output

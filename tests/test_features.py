@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from ecnreid.data.datasets import read_dataset
-from ecnreid.evaluation.features import PooledBackbone, extract_features
+from ecnreid.evaluation.features import extract_features
+from ecnreid.models.pooled import PooledBackbone
 
 
 class MeanColour(nn.Module):

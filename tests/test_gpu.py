@@ -30,12 +30,12 @@ from ecnreid.config import (
     override,
 )
 from ecnreid.data.records import ImageRecord
-from ecnreid.engine.loop import train
 from ecnreid.evaluation.evaluator import score_features
 from ecnreid.evaluation.reranking import k_reciprocal_rerank
 from ecnreid.losses import faiss_gpu_count, nearest_slots, nearest_slots_faiss
 from ecnreid.memory import ExemplarMemory
 from ecnreid.runstate import load_checkpoint
+from ecnreid.training import train
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 

@@ -16,7 +16,6 @@ from ecnreid.cli import app
 from ecnreid.config import DomainsConfig, ModelConfig, TrainConfig, override
 from ecnreid.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ecnreid.errors import EcnreidError
-from ecnreid.evaluation.features import PooledBackbone
 from ecnreid.inference.adapted import load_adapted_model
 from ecnreid.inference.card import (
     CARD_VERSION,
@@ -28,6 +27,7 @@ from ecnreid.inference.card import (
 )
 from ecnreid.methods.base import Method, RunContext
 from ecnreid.models.backbones import build_backbone
+from ecnreid.models.pooled import PooledBackbone
 
 runner = CliRunner()
 
@@ -83,7 +83,19 @@ def test_a_checkpoint_without_a_card_gets_one_from_its_config(tiny, tmp_path: Pa
     derived = load_adapted_model(old).card
     assert derived.derived_from_config and derived.ecnreid_version == "unknown"
     same = dataclasses.replace(derived, derived_from_config=False, ecnreid_version=written.ecnreid_version)
-    assert same == dataclasses.replace(written, details={})
+    assert same == dataclasses.replace(written, details={"model": written.details["model"]})
+
+
+def test_an_ecn_card_without_the_rebuild_record_gets_it_from_the_config(tiny, tmp_path: Path) -> None:
+    checkpoint, _ = tiny
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state["card"]["details"].pop("model")  # as cards were first written
+    earlier = tmp_path / "earlier.pt"
+    torch.save(state, earlier)
+    adapted, current = load_adapted_model(earlier), load_adapted_model(checkpoint)
+    assert adapted.card == current.card and not adapted.card.derived_from_config
+    images = torch.rand(2, 3, 32, 16)
+    assert torch.allclose(adapted.network(images), current.network(images))
 
 
 def test_a_checkpoint_without_a_card_or_a_usable_config_is_a_one_line_error(tiny, tmp_path: Path) -> None:

@@ -15,10 +15,10 @@ import torch.multiprocessing as mp
 from test_ecn_method import spec_target_loss
 
 from ecnreid.config import DomainsConfig, ModelConfig, TrainConfig, override
-from ecnreid.engine.loop import TwoDomainLoop, train
 from ecnreid.errors import EcnreidError
 from ecnreid.methods.ecn import target_embeddings
 from ecnreid.runstate import load_checkpoint
+from ecnreid.training import build_loop, train
 
 
 def tiny_config(source: Path, target: Path, out: Path, **overrides) -> TrainConfig:
@@ -79,7 +79,7 @@ def test_resume_equals_straight_run(two_domains, tmp_path: Path) -> None:
 
 def test_memory_init_features_fills_every_slot_with_its_own_embedding(two_domains, tmp_path: Path) -> None:
     source, target = two_domains
-    ecn = TwoDomainLoop(tiny_config(source, target, tmp_path / "run", memory_init="features")).method
+    ecn = build_loop(tiny_config(source, target, tmp_path / "run", memory_init="features")).method
     assert torch.count_nonzero(ecn.memory.features) == 0  # the published start: zeros
     ecn.before_training()
     memory = ecn.memory.features
@@ -123,7 +123,7 @@ def test_memory_init_happens_once_so_a_resumed_run_equals_a_straight_one(two_dom
 )
 def test_a_stop_saves_interrupted_weights(two_domains, tmp_path: Path, monkeypatch, error, saved) -> None:
     source, target = two_domains
-    loop = TwoDomainLoop(tiny_config(source, target, tmp_path / "run", epochs=2, every=0))
+    loop = build_loop(tiny_config(source, target, tmp_path / "run", epochs=2, every=0))
     real_step, calls = loop.method.step, []
 
     def stop_on_the_fourth_step(*args, **kwargs):
@@ -172,7 +172,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(two_domains, tmp_pa
 
 def test_source_only_has_no_memory_and_no_target_loss(two_domains, tmp_path: Path) -> None:
     source, target = two_domains
-    loop = TwoDomainLoop(tiny_config(source, target, tmp_path / "run", epochs=1, source_only=True))
+    loop = build_loop(tiny_config(source, target, tmp_path / "run", epochs=1, source_only=True))
     assert loop.method.memory is None and loop.loaders()[1] is None
     row = loop.train_epoch(0)
     assert "loss_target" not in row and row["loss_source"] > 0
@@ -200,7 +200,7 @@ def test_camera_invariance_uses_the_camstyle_set(two_domains, tmp_path: Path) ->
 
 def test_frozen_stages_do_not_change_in_training(two_domains, tmp_path: Path) -> None:
     source, target = two_domains
-    loop = TwoDomainLoop(tiny_config(source, target, tmp_path / "run", epochs=1))
+    loop = build_loop(tiny_config(source, target, tmp_path / "run", epochs=1))
     model = loop.method.model
     stem = {k: v.clone() for k, v in model.backbone.stages["stem"].state_dict().items()}
     layer4 = {k: v.clone() for k, v in model.backbone.stages["layer4"].state_dict().items()}
@@ -227,7 +227,7 @@ def _ddp_worker(rank: int, world: int, port: int, config: TrainConfig, results: 
         }
     )
     torch.set_num_threads(1)
-    loop = TwoDomainLoop(config)
+    loop = build_loop(config)
     losses = [loop.train_epoch(epoch)["loss_total"] for epoch in range(2)]
     results[rank] = {"memory": loop.method.memory.features.clone(), "losses": losses}
     torch.distributed.destroy_process_group()
@@ -257,7 +257,7 @@ def test_the_result_is_the_final_epoch_and_every_evaluation_is_logged(two_domain
 
 def test_target_loss_is_float32_under_autocast(two_domains, tmp_path: Path) -> None:
     source, target = two_domains
-    ecn = TwoDomainLoop(tiny_config(source, target, tmp_path / "run")).method
+    ecn = build_loop(tiny_config(source, target, tmp_path / "run")).method
     generator = torch.Generator().manual_seed(0)
     memory = torch.nn.functional.normalize(torch.randn(24, 64, generator=generator), dim=1)
     ecn.memory.features.copy_(memory)
@@ -283,7 +283,7 @@ def test_memory_init_takes_the_training_path(two_domains, tmp_path: Path) -> Non
 
     source, target = two_domains
     model = dataclasses.replace(tiny_config(source, target, tmp_path).model, frozen_stages=5, dropout=0.0)
-    ecn = TwoDomainLoop(tiny_config(source, target, tmp_path / "run", model=model)).method
+    ecn = build_loop(tiny_config(source, target, tmp_path / "run", model=model)).method
     records = ecn.data.target_train
     initial = target_embeddings(
         ecn.model, records, height=32, width=16, batch_size=5, workers=0, device=torch.device("cpu")
@@ -326,16 +326,16 @@ def test_a_checkpoint_of_the_single_step_schedule_resumes_exactly(two_domains, t
 
 
 def test_only_rank_0_returns_the_summary(monkeypatch) -> None:
-    import ecnreid.engine.loop
+    import ecnreid.training
     from ecnreid.runtime import DistributedContext
 
     class FinishedLoop:
-        def __init__(self, config) -> None:
+        def __init__(self, config, extra_hooks=None) -> None:
             self.ctx = config
 
         def fit(self) -> dict:
             return {"final": {"rank1": 50.0}}
 
-    monkeypatch.setattr(ecnreid.engine.loop, "TwoDomainLoop", FinishedLoop)
+    monkeypatch.setattr(ecnreid.training, "build_loop", FinishedLoop)
     assert train(DistributedContext(rank=0, world_size=2)) == {"final": {"rank1": 50.0}}
     assert train(DistributedContext(rank=1, world_size=2)) == {}

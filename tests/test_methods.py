@@ -6,22 +6,26 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
+from typer.testing import CliRunner
 
 import ecnreid.methods
 from ecnreid.config import DomainsConfig, ModelConfig, TrainConfig, override
-from ecnreid.data.batches import LabelledBatch, UnlabelledBatch
+from ecnreid.data.batches import LabelledBatch, UnlabelledBatch, collate_unlabelled
 from ecnreid.data.image_dataset import ImageDataset
-from ecnreid.engine.loop import train
+from ecnreid.engine.hooks import Hook
 from ecnreid.errors import EcnreidError
-from ecnreid.evaluation.features import PooledBackbone
-from ecnreid.methods import Method, StepOutput
+from ecnreid.inference.card import ModelCard
+from ecnreid.methods import LoaderFactory, Method, StepOutput
 from ecnreid.models.backbones import build_backbone
+from ecnreid.models.pooled import PooledBackbone
 from ecnreid.runstate import load_checkpoint
+from ecnreid.training import build_loop, train
 
 
 class CentroidPull(Method):
@@ -72,6 +76,10 @@ class CentroidPull(Method):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.steps = state["steps"]
 
+    @classmethod
+    def model_from_card(cls, card: ModelCard, device: torch.device) -> nn.Module:
+        return PooledBackbone(build_backbone(card.arch, pretrained=False)).to(device)
+
 
 def test_a_method_registered_in_one_line_trains_for_an_epoch(two_domains, tmp_path: Path, monkeypatch) -> None:
     source, target = two_domains
@@ -101,3 +109,139 @@ def test_an_unknown_method_is_a_one_line_error(two_domains, tmp_path: Path) -> N
 def test_ecn_is_registered() -> None:
     assert ecnreid.methods.METHODS["ecn"].__name__ == "ECN"
     assert torch.is_tensor(StepOutput(torch.zeros(()), {}).total)
+
+
+class Relabelling(CentroidPull):
+    """A toy clustering-style method: it relabels the target in ``before_epoch``, draws P x K target batches over
+    those labels, and trains with its own optimiser and schedule."""
+
+    name = "relabelling"
+
+    def __init__(self, config, data, run) -> None:
+        super().__init__(config, data, run)
+        self.labels = np.full(len(data.target_train), -1)  # no labels until the first epoch assigns them
+        self.batch_labels: list[np.ndarray] = []
+
+    def before_epoch(self, epoch: int) -> None:
+        self.labels[:] = (np.arange(len(self.labels)) + epoch) % 6
+
+    def build_loaders(self, factory: LoaderFactory):
+        source, _ = super().build_loaders(factory)
+        target = factory.identity_loader(
+            self.target_dataset(factory.transform), 8, labels=lambda: self.labels, instances=2,
+            collate_fn=collate_unlabelled,
+        )
+        return source, target
+
+    def build_optimizer(self):
+        optimizer = torch.optim.Adam(self.parameter_groups(), lr=1e-3)
+        return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+
+    def step(self, network: nn.Module, x: LabelledBatch, u: UnlabelledBatch | None, epoch: int) -> StepOutput:
+        self.batch_labels.append(self.labels[u.indices.numpy()].reshape(4, 2))
+        return super().step(network, x, u, epoch)
+
+
+class StepRecorder(Hook):
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, int, set[str]]] = []
+
+    def after_step(self, loop, epoch: int, iteration: int, values: dict[str, float]) -> None:
+        self.steps.append((epoch, iteration, set(values)))
+
+
+def test_a_method_brings_its_optimiser_loaders_and_per_epoch_labels(two_domains, tmp_path: Path, monkeypatch) -> None:
+    source, target = two_domains
+    monkeypatch.setitem(ecnreid.methods.METHODS, "relabelling", Relabelling)
+    config = TrainConfig(
+        domains=DomainsConfig("synthetic", source, "synthetic", target),
+        out=tmp_path / "run",
+        method="relabelling",
+        model=ModelConfig(arch="resnet18", pretrained=False),
+    )
+    config = override(config, epochs=2, batch_size=8, height=32, width=16, workers=0, device="cpu", every=0)
+    recorder = StepRecorder()
+    loop = build_loop(config, extra_hooks=[recorder])
+    loop.fit()
+    assert isinstance(loop.optimizer, torch.optim.Adam)
+    assert [row["lr"] for row in loop.history] == pytest.approx([5e-4, 2.5e-4])  # stepped once per epoch
+    # before_epoch ran before the loaders were re-seeded: every batch is 4 identities x 2 images of this
+    # epoch's labels (the labels start as -1, which no identity batch could be drawn from)
+    assert len(loop.method.batch_labels) == 4
+    for labels in loop.method.batch_labels:
+        assert (labels == labels[:, :1]).all() and len(set(labels[:, 0])) == 4 and (labels >= 0).all()
+    assert [(epoch, iteration) for epoch, iteration, _ in recorder.steps] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert all({"loss_total", "loss_source", "loss_pull"} == keys for _, _, keys in recorder.steps)
+
+
+def test_a_method_is_checked_where_it_is_looked_up(two_domains, tmp_path: Path, monkeypatch) -> None:
+    class Picky(CentroidPull):
+        @classmethod
+        def check_config(cls, config: TrainConfig) -> None:
+            if config.optim.epochs > 1:
+                raise EcnreidError("--epochs: picky trains one epoch")
+
+    source, target = two_domains
+    monkeypatch.setitem(ecnreid.methods.METHODS, "picky", Picky)
+    config = TrainConfig(domains=DomainsConfig("synthetic", source, "synthetic", target), out=tmp_path / "run",
+                         method="picky")
+    with pytest.raises(EcnreidError, match="--epochs: picky trains one epoch"):
+        train(override(config, epochs=2))
+    assert not (tmp_path / "run").exists()
+    assert ecnreid.methods.resolve_method(override(config, epochs=1)) is Picky
+
+
+def test_a_registered_method_trains_through_the_cli_and_its_checkpoint_serves_every_command(
+    two_domains, tmp_path: Path, monkeypatch
+) -> None:
+    """A method without a ``setting``: the run ends with its summary table and ``metrics.json``, and extract,
+    search and export rebuild its model from the checkpoint through the registry."""
+    from ecnreid.cli import app
+
+    source, target = two_domains
+    monkeypatch.setitem(ecnreid.methods.METHODS, "centroid", CentroidPull)
+    runner = CliRunner()
+    run = tmp_path / "run"
+    domains = ["--source", "synthetic", "--source-root", str(source), "--target", "synthetic", "--target-root"]
+    sizes = ["--arch", "resnet18", "--no-pretrained", "--height", "32", "--width", "16", "--batch-size", "8"]
+    args = ["train", "--method", "centroid", *domains, str(target), *sizes, "--epochs", "2", "--eval-every", "1"]
+    result = runner.invoke(app, [*args, "--workers", "0", "--device", "cpu", "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "centroid: synthetic → synthetic" in result.output and "2 (final)" in result.output
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["method"] == "centroid" and "setting" not in metrics
+    assert metrics["final"] == {key: log[-1][key] for key in metrics["final"]} and metrics["final"]["epoch"] == 2
+    assert [row["epoch"] for row in metrics["evaluations"]] == [1, 2]
+    checkpoint = run / "last.pt"
+    common = ["--checkpoint", str(checkpoint), "--device", "cpu", "--workers", "0"]
+
+    feats = tmp_path / "feats"
+    gallery = ["--images", str(target / "bounding_box_test")]
+    result = runner.invoke(app, ["extract", *common, *gallery, "--out", str(feats)])
+    assert result.exit_code == 0, result.output
+    assert np.load(feats / "features.npy").shape[1] == 512
+    result = runner.invoke(app, ["search", *common, "--query", str(target / "query"), "--gallery", str(feats),
+                                 "--out", str(tmp_path / "search")])
+    assert result.exit_code == 0, result.output
+    searched = json.loads((tmp_path / "search" / "results.json").read_text())
+    queries = len(list((target / "query").iterdir()))
+    assert searched["card"]["method"] == "centroid" and len(searched["results"]) == queries
+    exported = tmp_path / "model.pt"
+    result = runner.invoke(app, ["export", "--checkpoint", str(checkpoint), "--format", "torchscript",
+                                 "--out", str(exported)])
+    assert result.exit_code == 0, result.output
+    assert exported.is_file()
+
+
+def test_a_checkpoint_of_a_method_this_ecnreid_lacks_is_a_one_line_error(two_domains, tmp_path: Path) -> None:
+    from inference_checkpoint import train_tiny_checkpoint
+
+    from ecnreid.inference.adapted import load_adapted_model
+
+    checkpoint, _ = train_tiny_checkpoint(tmp_path)
+    state = load_checkpoint(checkpoint)
+    state["card"]["method"] = "cycle"
+    torch.save(state, tmp_path / "cycle.pt")
+    with pytest.raises(EcnreidError, match="trained with the method 'cycle', which this ecnreid does not have"):
+        load_adapted_model(tmp_path / "cycle.pt")

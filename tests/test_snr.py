@@ -353,13 +353,13 @@ def test_source_loss_does_not_depend_on_which_batch_ran_last():
 def test_train_cli_snr_weight_defaults_to_the_paper_and_overrides(monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
-    import ecnreid.engine.loop
-    import ecnreid.evaluation.runner
+    import ecnreid.inference.evaluate
+    import ecnreid.training
     from ecnreid.cli import app
 
     built = []
-    monkeypatch.setattr(ecnreid.engine.loop, "train", built.append)
-    monkeypatch.setattr(ecnreid.evaluation.runner, "render_train_summary", lambda summary: "")
+    monkeypatch.setattr(ecnreid.training, "train", built.append)
+    monkeypatch.setattr(ecnreid.inference.evaluate, "render_train_summary", lambda summary: "")
     base = ["train", "--source", "synthetic", "--source-root", str(tmp_path), "--target", "synthetic"]
     base += ["--target-root", str(tmp_path), "--snr", ",".join(SNR_PAPER_STAGES)]
     for extra in ([], ["--snr-weight", "0.25"]):

@@ -50,7 +50,7 @@ TARGETS: dict[str, Target] = {
         ("tests/test_evaluator.py", "tests/test_runner.py", "tests/test_reranking.py", "tests/test_metrics.py"),
     ),
     "features": Target("ecnreid/evaluation/features.py", ("tests/test_features.py",)),
-    "runner": Target("ecnreid/evaluation/runner.py", ("tests/test_snr.py", "tests/test_features.py")),
+    "runner": Target("ecnreid/inference/evaluate.py", ("tests/test_snr.py", "tests/test_features.py")),
     "camstyle-names": Target("ecnreid/data/camstyle_names.py", ("tests/test_camstyle_names.py",)),
     "camstyle-dataset": Target("ecnreid/data/camstyle_dataset.py", ("tests/test_camstyle_dataset.py",)),
     "adapted": Target("ecnreid/inference/adapted.py", ("tests/test_extract.py",)),

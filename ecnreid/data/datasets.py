@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ecnreid.data.records import ImageRecord, ReidDataset
+from ecnreid.dataset_names import DATASET_HELP
 from ecnreid.errors import EcnreidError
 
 # File suffixes read as images (lower case), by the dataset readers and wherever a folder is scanned for images.
@@ -297,7 +298,6 @@ READERS: dict[str, Callable[..., ReidDataset]] = {
     "custom": read_custom,
     "synthetic": read_synthetic,
 }
-DATASET_HELP = ", ".join(READERS) + " (torchreid's dukemtmcreid too)"
 
 
 # Other tools' names for the same datasets (torchreid's keys), any case.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def _draw_seed(generator: torch.Generator) -> int:
+def draw_seed(generator: torch.Generator) -> int:
     """A base seed for the workers, drawn as DataLoader draws its own."""
     return int(torch.empty((), dtype=torch.int64).random_(generator=generator).item())
 
@@ -61,7 +61,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
 
     def set_epoch(self, epoch: int) -> None:
         self.generator.manual_seed(self.seed + epoch)
-        self.base_seed = _draw_seed(self.generator)
+        self.base_seed = draw_seed(self.generator)
         self.passes = 0
 
     def __len__(self) -> int:
@@ -69,7 +69,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         if self.passes > 0 and self.reseed_each_pass:
-            self.base_seed = _draw_seed(self.generator)
+            self.base_seed = draw_seed(self.generator)
         self.passes += 1
         order = torch.randperm(self.size, generator=self.generator) if self.shuffle else torch.arange(self.size)
         base = self.base_seed
@@ -103,8 +103,20 @@ class EpochSeededDataset(Dataset):
         return self.dataset[index]
 
 
+class EpochOrder(Protocol):
+    """What an ``EpochLoader`` draws its order from: ``(index, workers' base seed)`` pairs, re-seeded per epoch
+    (``EpochSampler``: uniform; ``identity_sampler.IdentitySampler``: P identities x K images)."""
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[tuple[int, int]]: ...
+
+
 class EpochLoader:
-    """A DataLoader built once (workers persist) over an ``EpochSampler``; ``set_epoch`` before each epoch.
+    """A DataLoader built once (workers persist) over an ``EpochSampler`` (or another ``EpochOrder``);
+    ``set_epoch`` before each epoch.
 
     It never runs out: whenever a pass ends, the next batch starts a new one.
     """
@@ -120,19 +132,22 @@ class EpochLoader:
         shuffle: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        sampler: EpochOrder | None = None,
     ) -> None:
         size = len(dataset)  # type: ignore[arg-type]
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
-        if size // world_size < batch_size:
+        if sampler is None and size // world_size < batch_size:
             raise EcnreidError(
                 f"--batch-size: {batch_size} is larger than the dataset ({size} images"
                 + (f" over {world_size} processes" if world_size > 1 else "")
                 + "), so no full batch exists"
             )
-        self.sampler = EpochSampler(
-            size, seed=seed, shuffle=shuffle, rank=rank, world_size=world_size, reseed_each_pass=workers == 0
-        )
+        if sampler is None:
+            sampler = EpochSampler(
+                size, seed=seed, shuffle=shuffle, rank=rank, world_size=world_size, reseed_each_pass=workers == 0
+            )
+        self.sampler = sampler
         self.loader = DataLoader(
             EpochSeededDataset(dataset),
             batch_size=batch_size,

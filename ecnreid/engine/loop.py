@@ -1,8 +1,10 @@
 """The two-domain training loop: labelled source batches (``x``) and unlabelled target batches (``u``).
 
-It owns epochs and iterations, the optimiser and scheduler, AMP, DDP, checkpoints and exact resume, the stop on
-an interruption or a non-finite loss, and the hooks (evaluation, logging, curves, console). It knows nothing
-of the method it trains: a ``Method`` (``ecnreid.methods``) gives the model, the losses and its own state.
+It owns epochs and iterations, AMP, DDP, checkpoints and exact resume, the stop on an interruption or a
+non-finite loss, and the hooks (evaluation, logging, curves, console; per epoch and per step). It knows nothing
+of the method it trains and never imports ``ecnreid.methods``: the caller (``ecnreid.training``) hands it a
+method class, which gives the model, the losses, its own state, the optimiser and scheduler, the loaders, its
+resume keys and its model card.
 
 One epoch is one pass over the source loader; the target loader restarts whenever it runs out. Every epoch's
 randomness is re-seeded from ``(seed, epoch)`` so that a resumed run continues exactly.
@@ -12,45 +14,60 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from ecnreid.config import TrainConfig, config_to_dict
-from ecnreid.data.batches import LabelledBatch, UnlabelledBatch, collate_labelled, collate_unlabelled
-from ecnreid.data.image_dataset import ImageDataset
+from ecnreid.data.batches import LabelledBatch, UnlabelledBatch
+from ecnreid.data.loaders import LoaderFactory
 from ecnreid.data.samplers import EpochLoader
 from ecnreid.data.transforms import build_train_transform
-from ecnreid.engine.data import TwoDomainData, load_two_domains
+from ecnreid.data.two_domains import TwoDomainData, load_two_domains
 from ecnreid.engine.hooks import Hook, default_hooks
 from ecnreid.errors import EcnreidError
-from ecnreid.inference.card import build_card
 from ecnreid.io import ensure_output_dir, sweep_stale_temp_files, write_json
-from ecnreid.methods import build_method
-from ecnreid.methods.base import RunContext
 from ecnreid.progress import console, make_progress
 from ecnreid.runstate import check_resume_compatible, interruption_guard, load_checkpoint, save_checkpoint
-from ecnreid.runtime import init_distributed, seed_everything
+from ecnreid.runtime import RunContext, init_distributed, seed_everything
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ecnreid.methods.base import Method
+
+    #: what builds the method of a run: a ``Method`` subclass, or any callable with its constructor's signature
+    MethodFactory = Callable[[TrainConfig, TwoDomainData, RunContext], Method]
 
 # What must match between a checkpoint and a run that resumes it; the method adds its own keys.
-RESUME_KEYS = ("method", "source", "target", "num_source_classes", "embedding_dim", "arch")
+RESUME_KEYS = ("method", "source", "target", "num_source_classes", "arch")
 # What `metrics.json` reports of the run's result: the final epoch's target scores (for watching, never selection).
 RESULT_KEYS = ("epoch", "rank1", "rank5", "rank10", "mAP", "mINP")
 CHECKPOINT = "last.pt"
 
 
 class TwoDomainLoop:
-    """Trains ``config.method`` as configured; :meth:`fit` returns the final summary (also ``metrics.json``).
+    """Trains the method ``method`` builds, as configured; :meth:`fit` returns the final summary (also
+    ``metrics.json``).
 
     ``data`` replaces reading the datasets (benchmarks feed batches to :meth:`train_step` directly);
-    ``hooks`` replaces the default evaluation, logging, curves and console hooks.
+    ``hooks`` replaces the default evaluation, logging, curves and console hooks; ``extra_hooks`` come after
+    them.
     """
 
-    def __init__(self, config: TrainConfig, data: TwoDomainData | None = None, hooks: list[Hook] | None = None) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        method: MethodFactory,
+        data: TwoDomainData | None = None,
+        hooks: list[Hook] | None = None,
+        extra_hooks: list[Hook] | None = None,
+    ) -> None:
         self.config = config
         self.ctx, self.device = init_distributed(config.runtime.device)
         self.out = Path(config.out)
@@ -58,29 +75,27 @@ class TwoDomainLoop:
             ensure_output_dir(self.out, "--out")
         seed_everything(config.runtime.seed)
         self.data = data if data is not None else load_two_domains(config, announce=self.ctx.is_main)
-        self.method = build_method(config, self.data, RunContext(self.device, self.ctx))
-        optim = config.optim
-        self.optimizer = torch.optim.SGD(
-            self.method.parameter_groups(),
-            lr=optim.lr,
-            momentum=optim.momentum,
-            weight_decay=optim.weight_decay,
-            nesterov=True,
-        )
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            self.optimizer, milestones=list(optim.lr_steps), gamma=optim.lr_gamma
-        )
-        self.use_amp = optim.amp and self.device.type == "cuda"
+        self.method = method(config, self.data, RunContext(self.device, self.ctx))
+        self.optimizer, self.scheduler = self.method.build_optimizer()
+        self.use_amp = config.optim.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.network = self.method.network
         if self.ctx.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.network = DistributedDataParallel(self.network, device_ids=ids, find_unused_parameters=config.dg.any)
-        self.hooks = hooks if hooks is not None else default_hooks(self)
+            self.network = DistributedDataParallel(
+                self.network, device_ids=ids, find_unused_parameters=self.method.ddp_find_unused_parameters()
+            )
+        self.hooks = [*(hooks if hooks is not None else default_hooks(self)), *(extra_hooks or [])]
         self.start_epoch = 0
         self.epoch = 0
+        self.iters_per_epoch = 0
         self.history: list[dict[str, Any]] = []
         self._loaders: tuple[EpochLoader, EpochLoader | None] | None = None
+
+    @property
+    def model(self) -> nn.Module:
+        """The trained model (what checkpoints hold and evaluation scores)."""
+        return self.method.model
 
     # ----------------------------------------------------------------- state
     def signature(self) -> dict[str, Any]:
@@ -91,7 +106,6 @@ class TwoDomainLoop:
             "source": f"{cfg.domains.source}:{len(self.data.source_train)}",
             "target": f"{cfg.domains.target}:{len(self.data.target_train)}",
             "num_source_classes": self.data.num_source_classes,
-            "embedding_dim": cfg.model.embedding_dim,
             "arch": cfg.model.arch,
             **self.method.signature(),
         }
@@ -110,7 +124,7 @@ class TwoDomainLoop:
             "provenance": self.method.provenance(),
             "signature": self.signature(),
             # What `ecnreid extract/search/export` need to use the model; the history holds this epoch's row.
-            "card": build_card(self.config, self.method.model_card(), self.history, epoch).to_dict(),
+            "card": self.method.card(self.history, epoch),
         }
 
     def maybe_resume(self) -> None:
@@ -147,24 +161,17 @@ class TwoDomainLoop:
 
     # ----------------------------------------------------------------- data
     def loaders(self) -> tuple[EpochLoader, EpochLoader | None]:
-        """The source and target loaders, built once; ``set_epoch`` re-seeds them for each epoch."""
-        if self._loaders is not None:
-            return self._loaders
-        cfg = self.config
-        world, rank = self.ctx.world_size, self.ctx.rank
-        per_rank = max(1, cfg.input.batch_size // world)
-        per_rank_u = max(1, (cfg.domains.target_batch_size or cfg.input.batch_size) // world)
-        transform = build_train_transform(cfg.input.height, cfg.input.width)
-        seed = cfg.runtime.seed * 10_007
-        common = dict(workers=cfg.input.workers, rank=rank, world_size=world)
-        source = EpochLoader(
-            ImageDataset(self.data.source_train, transform), per_rank, seed=seed, collate_fn=collate_labelled, **common
-        )
-        target = None
-        target_dataset = self.method.target_dataset(transform)
-        if target_dataset is not None:
-            target = EpochLoader(target_dataset, per_rank_u, seed=seed + 7_919, collate_fn=collate_unlabelled, **common)
-        self._loaders = (source, target)
+        """The method's source and target loaders, built once; ``set_epoch`` re-seeds them for each epoch."""
+        if self._loaders is None:
+            cfg = self.config
+            factory = LoaderFactory(
+                seed=cfg.runtime.seed * 10_007,
+                workers=cfg.input.workers,
+                transform=build_train_transform(cfg.input.height, cfg.input.width),
+                rank=self.ctx.rank,
+                world_size=self.ctx.world_size,
+            )
+            self._loaders = self.method.build_loaders(factory)
         return self._loaders
 
     # ----------------------------------------------------------------- training
@@ -194,11 +201,11 @@ class TwoDomainLoop:
         # Re-seed per epoch: dropout, erasing and CamStyle draws depend only on (seed, epoch, rank).
         seed_everything(cfg.runtime.seed * 10_007 + epoch * 101 + self.ctx.rank)
         source, target = self.loaders()
+        self.method.before_epoch(epoch)  # first: labels it assigns order this epoch's batches
         source.set_epoch(epoch)
         if target is not None:
             target.set_epoch(epoch)
-        iters = cfg.optim.iters_per_epoch or len(source)
-        self.method.before_epoch(epoch)
+        iters = self.iters_per_epoch = cfg.optim.iters_per_epoch or len(source)
         self.network.train()
         sums: dict[str, float] = {}
         images_seen = 0
@@ -210,6 +217,9 @@ class TwoDomainLoop:
                 x = next(source)
                 u = next(target) if target is not None else None
                 losses = self.train_step(x, u, epoch, iteration=step)
+                if self.ctx.is_main:
+                    for hook in self.hooks:
+                        hook.after_step(self, epoch, step, losses)
                 for key, value in losses.items():
                     sums[key] = sums.get(key, 0.0) + value
                 batch_images = len(x.images) + (len(u.images) if u is not None else 0)
@@ -295,10 +305,3 @@ class TwoDomainLoop:
         for notice in self.method.notices():
             console.print(f"[yellow]{notice}")
 
-
-def train(config: TrainConfig) -> dict[str, Any]:
-    """Library entry point behind ``ecnreid train``: the run's summary, or ``{}`` on the other processes of a
-    torchrun job (only rank 0 reports)."""
-    loop = TwoDomainLoop(config)
-    summary = loop.fit()
-    return summary if loop.ctx.is_main else {}

@@ -1,8 +1,10 @@
-"""Feature extraction: batched, L2-normalised, optional horizontal-flip averaging."""
+"""Feature extraction, the one loop every user of a model's features runs (evaluation, ECN's memory
+initialisation, ``ecnreid extract`` and ``search``): batched, in order, L2-normalised, optional horizontal-flip
+summing."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 
 import torch
@@ -16,21 +18,51 @@ from ecnreid.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_test_tran
 from ecnreid.progress import make_progress
 
 
-class PooledBackbone(nn.Module):
-    """A bare backbone as a re-ID feature extractor: global average pool of the last map (pool5), unit-norm
-    unless ``normalize=False`` (the raw pool5 that ECN's head takes in training)."""
-
-    def __init__(self, backbone: nn.Module, normalize: bool = True) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.normalize = normalize
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pool5 = self.backbone(x).mean(dim=(2, 3))
-        return F.normalize(pool5, dim=1) if self.normalize else pool5
-
-
 @torch.no_grad()
+def embed(network: nn.Module, images: torch.Tensor, flip: bool = False, normalize: bool = True) -> torch.Tensor:
+    """Features (float32) of an image batch on the network's device, unit-norm unless ``normalize=False``; with
+    ``flip`` the features of each image and its mirror are summed first. Half precision on CUDA."""
+    autocast = torch.autocast("cuda", dtype=torch.float16) if images.device.type == "cuda" else nullcontext()
+    with autocast:
+        features = network(images).float()
+        if flip:
+            features = features + network(torch.flip(images, dims=[3])).float()
+    return F.normalize(features, dim=1) if normalize else features
+
+
+def iter_features(
+    model: nn.Module,
+    records: Sequence[ImageRecord],
+    *,
+    height: int = 256,
+    width: int = 128,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    batch_size: int = 128,
+    workers: int = 2,
+    device: torch.device | str = "cpu",
+    flip: bool = False,
+    normalize: bool = True,
+) -> Iterator[torch.Tensor]:
+    """The features of ``records`` batch by batch, in order, on the CPU: see :func:`extract_features`. The
+    model runs in eval mode and gets its mode back when the batches end."""
+    device = torch.device(device)
+    loader = DataLoader(
+        ImageDataset(records, build_test_transform(height, width, mean, std)),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+    )
+    was_training = model.training
+    model.eval()
+    try:
+        for images, *_ in loader:
+            yield embed(model, images.to(device, non_blocking=True), flip, normalize).cpu()
+    finally:
+        model.train(was_training)
+
+
 def extract_features(
     model: nn.Module,
     records: Sequence[ImageRecord],
@@ -54,30 +86,17 @@ def extract_features(
     ``model`` in eval mode must map an image batch to features. With ``flip`` the features of the image and
     its mirror are summed before normalisation.
     """
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    loader = DataLoader(
-        ImageDataset(records, build_test_transform(height, width, mean, std)),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-    )
     chunks: list[torch.Tensor] = []
-    autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
     progress = make_progress(transient=True)
     with progress if show_progress else nullcontext():
         task = progress.add_task(description, total=len(records), unit="img", info="")
-        for images, *_ in loader:
-            images = images.to(device, non_blocking=True)
-            with autocast:
-                feats = model(images).float()
-                if flip:
-                    feats = feats + model(torch.flip(images, dims=[3])).float()
-            chunks.append((F.normalize(feats, dim=1) if normalize else feats).cpu())
-            progress.update(task, advance=len(images))
-    model.train(was_training)
+        batches = iter_features(
+            model, records, height=height, width=width, mean=mean, std=std, batch_size=batch_size, workers=workers,
+            device=device, flip=flip, normalize=normalize,
+        )
+        for chunk in batches:
+            chunks.append(chunk)
+            progress.update(task, advance=len(chunk))
     if not chunks:
         return torch.empty(0, 0)
     return torch.cat(chunks)

@@ -10,140 +10,48 @@ their ``config`` (everything it needs is recorded there) and are marked ``derive
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ecnreid.config import TrainConfig, train_config_from_record
-from ecnreid.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ecnreid.config import train_config_from_record
 from ecnreid.errors import EcnreidError
 from ecnreid.io import write_json
+from ecnreid.models.card import (
+    CARD_VERSION,
+    ECN_FEATURE,
+    METRIC_KEYS,
+    MethodCard,
+    ModelCard,
+    build_card,
+    ecnreid_version,
+    final_metrics,
+)
 
-CARD_VERSION = 1
-# What the card reports of the final epoch's evaluation on the target's query/gallery (for watching only).
-METRIC_KEYS = ("epoch", "rank1", "rank5", "rank10", "mAP", "mINP")
-# ECN's test feature, as ``ECNModel.forward`` in eval mode computes it.
-ECN_FEATURE = "pool5 (global average of the last backbone map), L2-normalised"
-
-
-def ecnreid_version() -> str:
-    """The installed ecnreid's version ("unknown" when run from a tree that is not installed)."""
-    try:
-        return importlib.metadata.version("ecnreid")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-@dataclass(frozen=True)
-class MethodCard:
-    """What only the training method knows for the card: its test-time feature and the setting it trained."""
-
-    feature: str
-    feature_dim: int
-    setting: str | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """Everything needed to use an adapted model without its training configuration."""
-
-    arch: str
-    input_height: int
-    input_width: int
-    feature: str
-    feature_dim: int
-    method: str
-    source: str
-    target: str
-    epoch: int
-    epochs: int
-    setting: str | None = None
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    channels: str = "RGB"
-    resize: str = "bicubic"
-    metric: str = "cosine"  # unit features: the inner product is the cosine similarity
-    metrics: dict[str, float] | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-    ecnreid_version: str = "unknown"
-    derived_from_config: bool = False
-    card_version: int = CARD_VERSION
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-safe dict (tuples become lists)."""
-        data = dataclasses.asdict(self)
-        data["mean"], data["std"] = list(self.mean), list(self.std)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Any, where: str) -> ModelCard:
-        """Read :meth:`to_dict`'s output; a card that lacks a field or was written by a newer ecnreid is a
-        one-line error naming ``where``. Unknown keys are ignored (a later version may add fields)."""
-        if not isinstance(data, dict):
-            raise EcnreidError(f"{where}: model card is not a table of fields")
-        version = data.get("card_version", CARD_VERSION)
-        if not isinstance(version, int) or version > CARD_VERSION:
-            raise EcnreidError(
-                f"{where}: model card version {version!r} is newer than this ecnreid reads ({CARD_VERSION}); "
-                "upgrade ecnreid"
-            )
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        required = [n for n, f in fields.items() if f.default is dataclasses.MISSING and f.default_factory is
-                    dataclasses.MISSING]
-        missing = [name for name in required if name not in data]
-        if missing:
-            raise EcnreidError(f"{where}: model card lacks {', '.join(repr(m) for m in missing)}")
-        values = {name: data[name] for name in fields if name in data}
-        for name in ("mean", "std"):
-            if name in values:
-                values[name] = tuple(float(v) for v in values[name])
-        for name in ("input_height", "input_width", "feature_dim", "epoch", "epochs"):
-            if not isinstance(values[name], int) or isinstance(values[name], bool) or values[name] < 0:
-                raise EcnreidError(f"{where}: model card field {name!r} is {values[name]!r}, not a count")
-        return cls(**values)
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        return self.input_height, self.input_width
+__all__ = [
+    "CARD_VERSION",
+    "ECN_FEATURE",
+    "METRIC_KEYS",
+    "MethodCard",
+    "ModelCard",
+    "build_card",
+    "card_from_checkpoint",
+    "ecnreid_version",
+    "final_metrics",
+    "read_card_json",
+    "write_card_json",
+]
 
 
-def final_metrics(history: list[dict[str, Any]]) -> dict[str, float] | None:
-    """The last history row's target scores when that epoch was evaluated, else None."""
-    if not history or "rank1" not in history[-1]:
-        return None
-    return {key: history[-1][key] for key in METRIC_KEYS if key in history[-1]}
-
-
-def build_card(config: TrainConfig, method: MethodCard, history: list[dict[str, Any]], epoch: int) -> ModelCard:
-    """The card of a training run's checkpoint after ``epoch`` completed epochs."""
-    return ModelCard(
-        arch=config.model.arch,
-        input_height=config.input.height,
-        input_width=config.input.width,
-        feature=method.feature,
-        feature_dim=method.feature_dim,
-        method=config.method,
-        setting=method.setting,
-        source=config.domains.source,
-        target=config.domains.target,
-        epoch=epoch,
-        epochs=config.optim.epochs,
-        metrics=final_metrics(history),
-        details=dict(method.details),
-        ecnreid_version=ecnreid_version(),
-    )
-
-
-def card_from_checkpoint(state: dict[str, Any], path: Path, *, feature_dim: int) -> ModelCard:
+def card_from_checkpoint(state: dict[str, Any], path: Path, *, feature_dim: int = 0) -> ModelCard:
     """The checkpoint's card; for a checkpoint written before cards, one derived from its ``config``,
-    ``provenance`` and ``history`` (``feature_dim`` is the rebuilt model's, which only an ECN model has here).
+    ``provenance`` and ``history`` (``feature_dim``: the rebuilt model's, when known; 0 leaves it to the
+    caller to measure). An ECN card written before cards recorded how to rebuild the test-time network gets
+    that record from the checkpoint's config.
 
     A card-less checkpoint whose config no longer describes a training run is a one-line error."""
     if "card" in state:
-        return ModelCard.from_dict(state["card"], f"{path}")
+        return _with_ecn_model_details(ModelCard.from_dict(state["card"], f"{path}"), state)
     try:
         config = train_config_from_record(state["config"])
     except EcnreidError as exc:
@@ -161,7 +69,18 @@ def card_from_checkpoint(state: dict[str, Any], path: Path, *, feature_dim: int)
         list(state.get("history") or []),
         int(state.get("epoch", 0)),
     )
-    return dataclasses.replace(card, ecnreid_version="unknown", derived_from_config=True)
+    card = dataclasses.replace(card, ecnreid_version="unknown", derived_from_config=True)
+    return _with_ecn_model_details(card, state)
+
+
+def _with_ecn_model_details(card: ModelCard, state: dict[str, Any]) -> ModelCard:
+    """An ECN card with ``details["model"]`` (last stride and DG settings), from the checkpoint's config when
+    the card was written without it."""
+    if card.method != "ecn" or "model" in card.details:
+        return card
+    saved = state.get("config") or {}
+    details = {"last_stride": (saved.get("model") or {}).get("last_stride", 2), "dg": saved.get("dg") or {}}
+    return dataclasses.replace(card, details={**card.details, "model": details})
 
 
 def write_card_json(card: ModelCard, path: Path) -> None:

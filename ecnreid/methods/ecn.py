@@ -27,10 +27,9 @@ from ecnreid.data.camstyle_dataset import (
     load_pseudo_cameras,
 )
 from ecnreid.data.records import ImageRecord, ReidDataset
-from ecnreid.engine.data import TwoDomainData
+from ecnreid.data.two_domains import TwoDomainData
 from ecnreid.errors import EcnreidError
-from ecnreid.evaluation.features import PooledBackbone, extract_features
-from ecnreid.inference.card import ECN_FEATURE, MethodCard
+from ecnreid.evaluation.features import extract_features
 from ecnreid.io import require_dir
 from ecnreid.losses import (
     ecn_total_loss,
@@ -41,9 +40,11 @@ from ecnreid.losses import (
 )
 from ecnreid.memory import ExemplarMemory
 from ecnreid.methods.base import Method, RunContext, StepOutput
+from ecnreid.models.card import ECN_FEATURE, MethodCard, ModelCard
 from ecnreid.models.dg import build_rsc, dg_source_loss
 from ecnreid.models.ecn import ECNModel
-from ecnreid.models.factory import build_ecn_model
+from ecnreid.models.factory import build_ecn_model, ecn_eval_network, ecn_model_details
+from ecnreid.models.pooled import PooledBackbone
 from ecnreid.models.rsc import RSC
 from ecnreid.runtime import all_gather_cat
 
@@ -111,6 +112,17 @@ class TwoDomainForward(nn.Module):
 class ECN(Method):
     """ECN's model, exemplar memory and losses."""
 
+    name = "ecn"
+
+    @classmethod
+    def check_config(cls, config: TrainConfig) -> None:
+        """Cross-domain MixStyle needs target batches."""
+        if config.dg.mixstyle_stages and config.dg.mixstyle_mix == "crossdomain" and not config.ecn.uses_target:
+            raise EcnreidError(
+                "--mixstyle-mix crossdomain mixes source with target statistics: it needs target images "
+                "(not --source-only or --no-target); use --mixstyle-mix random"
+            )
+
     def __init__(self, config: TrainConfig, data: TwoDomainData, run: RunContext) -> None:
         super().__init__(config, data, run)
         self.ecn: ECNConfig = config.ecn
@@ -145,6 +157,10 @@ class ECN(Method):
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         return self.model.parameter_groups(self.config.optim.lr, self.config.optim.backbone_lr_mult)
+
+    def ddp_find_unused_parameters(self) -> bool:
+        """The DG modules leave some parameters without gradient in some steps (RSC, SNR's classifiers)."""
+        return self.config.dg.any
 
     def step(self, network: nn.Module, x: LabelledBatch, u: UnlabelledBatch | None, epoch: int) -> StepOutput:
         out_x, out_u = network(x.images, x.pids, u.images if u is not None else None)
@@ -218,6 +234,7 @@ class ECN(Method):
 
     def signature(self) -> dict[str, Any]:
         return {
+            "embedding_dim": self.config.model.embedding_dim,
             "memory_slots": len(self.data.target_train) if self.memory is not None else 0,
             "memory_dtype": self.ecn.memory_dtype,
         }
@@ -239,8 +256,17 @@ class ECN(Method):
             ECN_FEATURE,
             self.model.backbone.out_channels,
             self.ecn.setting_name,
-            {"backbone_weights": self.model.backbone.weights_origin, "dg": modules},
+            {
+                "backbone_weights": self.model.backbone.weights_origin,
+                "dg": modules,
+                "model": ecn_model_details(self.config.model, dg),
+            },
         )
+
+    @classmethod
+    def model_from_card(cls, card: ModelCard, device: torch.device) -> nn.Module:
+        """The backbone with its DG modules, pooled: ``ECNModel``'s eval-mode feature without the head."""
+        return ecn_eval_network(card.arch, card.details["model"]).to(device)
 
     def notices(self) -> list[str]:
         notes = []

@@ -1,13 +1,15 @@
-"""Building the ECN model from configuration, for training and for loading a checkpoint in `eval`."""
+"""Building the ECN model from configuration (for training) and its test-time network from a model card (for
+every command that loads a checkpoint)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ecnreid.config import DGConfig, ModelConfig
+from ecnreid.config import DGConfig, ModelConfig, config_to_dict
 from ecnreid.models.backbones import build_backbone
 from ecnreid.models.dg import attach_dg_modules
 from ecnreid.models.ecn import ECNModel
+from ecnreid.models.pooled import PooledBackbone
 from ecnreid.models.snr import attach_snr_classifiers
 
 
@@ -28,16 +30,18 @@ def build_ecn_model(model: ModelConfig, dg: DGConfig, num_source_classes: int) -
     return ecn
 
 
-def model_from_checkpoint(state: dict[str, Any]) -> ECNModel:
-    """Rebuild the trained ECN model stored in a checkpoint (no weight download: the checkpoint has them)."""
-    saved = state["config"]
-    model_fields = {k: v for k, v in saved["model"].items() if k in ModelConfig.__dataclass_fields__}
-    model_fields.update(weights=None, pretrained=False)
-    dg_fields = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.get("dg", {}).items()}
-    model = build_ecn_model(
-        ModelConfig(**model_fields),
-        DGConfig(**{k: v for k, v in dg_fields.items() if k in DGConfig.__dataclass_fields__}),
-        state["signature"]["num_source_classes"],
-    )
-    model.load_state_dict(state["model"])
-    return model
+
+def ecn_model_details(model: ModelConfig, dg: DGConfig) -> dict[str, Any]:
+    """What a model card records to rebuild ECN's test-time network (``ecn_eval_network``)."""
+    return {"last_stride": model.last_stride, "dg": config_to_dict(dg)}
+
+
+def ecn_eval_network(arch: str, details: dict[str, Any]) -> PooledBackbone:
+    """ECN's test-time network, unloaded: the backbone with its DG modules, pooled and L2-normalised (what
+    ``ECNModel.forward`` gives in eval mode, without the head); its weights are the ``backbone.*`` entries of
+    an ``ECNModel`` state dict. ``details`` is :func:`ecn_model_details`'s record."""
+    dg_record = {k: tuple(v) if isinstance(v, list) else v for k, v in details.get("dg", {}).items()}
+    dg = DGConfig(**{k: v for k, v in dg_record.items() if k in DGConfig.__dataclass_fields__})
+    backbone = build_backbone(arch, weights=None, pretrained=False, last_stride=int(details["last_stride"]))
+    attach_dg_modules(backbone, dg)
+    return PooledBackbone(backbone)

@@ -1,4 +1,6 @@
-"""Scoring a query/gallery split end to end: features → distances → (re-ranking) → metrics, tables and pictures."""
+"""``ecnreid eval``: scoring a query/gallery split end to end with a checkpoint's model (rebuilt by the method
+that trained it) or a bare backbone: features → distances → (re-ranking) → metrics, tables and pictures; and
+the final table of ``ecnreid train``."""
 
 from __future__ import annotations
 
@@ -19,13 +21,13 @@ from ecnreid.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ecnreid.errors import EcnreidError
 from ecnreid.evaluation.distances import pairwise_distance
 from ecnreid.evaluation.evaluator import Evaluator, metrics_row
-from ecnreid.evaluation.features import PooledBackbone
 from ecnreid.evaluation.metrics import RankingResult
 from ecnreid.inference.adapted import AdaptedModel, load_adapted_model
 from ecnreid.inference.card import ECN_FEATURE, ModelCard
 from ecnreid.inference.messages import say
 from ecnreid.io import write_json
 from ecnreid.models.backbones import build_backbone
+from ecnreid.models.pooled import PooledBackbone
 from ecnreid.progress import console
 from ecnreid.runtime import resolve_device
 
@@ -93,14 +95,15 @@ def check_options_agree_with_card(config: EvalConfig, adapted: AdaptedModel) -> 
     option equal to the card's value is fine."""
     card, where = adapted.card, f"--checkpoint {adapted.checkpoint} holds a model with"
     given, model = config.input, config.model
+    last_stride = (card.details.get("model") or {}).get("last_stride")  # a method's card may not record it
     stated = [
         ("--arch", model.arch, card.arch, "architecture"),
         ("--height", given.height, card.input_height, "input height"),
         ("--width", given.width, card.input_width, "input width"),
-        ("--last-stride", model.last_stride, adapted.network.backbone.last_stride, "last stride"),
+        ("--last-stride", model.last_stride, last_stride, "last stride"),
     ]
     for flag, value, held, what in stated:
-        if value is not None and value != held:
+        if value is not None and held is not None and value != held:
             raise EcnreidError(
                 f"{flag} {value}: {where} {what} {held}; leave out {flag} (eval takes it from the model card)"
             )
@@ -198,7 +201,8 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
 def render_train_summary(summary: dict[str, Any]) -> Table:
     """The final table of a training run: its target scores after each evaluation, the last row being the
     result (earlier rows are for watching only: no target label picks an epoch)."""
-    table = Table(title=f"{summary['method']} {summary['setting']}: {summary['source']} → {summary['target']}")
+    name = " ".join(str(part) for part in (summary["method"], summary.get("setting")) if part)
+    table = Table(title=f"{name}: {summary['source']} → {summary['target']}")
     for column in ("epoch", "R1", "R5", "R10", "mAP", "mINP"):
         table.add_column(column, justify="right")
     rows = summary.get("evaluations") or []

@@ -1,4 +1,4 @@
-"""`ecnreid eval` end to end (``ecnreid.evaluation.runner``): the model it scores, what metrics.json records, and
+"""`ecnreid eval` end to end (``ecnreid.inference.evaluate``): the model it scores, what metrics.json records, and
 the reported numbers checked as values against metrics recomputed here from features computed here (plain, mirrored,
 re-ranked by the loop reference), for eval and for a training run."""
 
