@@ -116,8 +116,18 @@ def test_spcl_refuses_ecn_only_settings(two_domains, tmp_path: Path) -> None:
     source, target = two_domains
     with pytest.raises(EcnreidError, match="--mixstyle, --snr and --rsc"):
         SpCL.check_config(override(small_config(source, target, tmp_path), dg=DGConfig(rsc=True)))
+    with pytest.raises(EcnreidError, match="--source-only and --no-target"):
+        SpCL.check_config(override(small_config(source, target, tmp_path), no_target=True))
     with pytest.raises(EcnreidError, match="--camstyle-dir"):
         SpCL.check_config(override(small_config(source, target, tmp_path), camstyle_dir=tmp_path))
+
+
+def test_a_refused_setting_is_one_line_through_the_cli_and_writes_nothing(two_domains, tmp_path: Path) -> None:
+    source, target = two_domains
+    result = runner.invoke(app, train_args(source, target, tmp_path / "run", "--rsc"))
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.strip().startswith("error:") and "SpCL takes none of them" in result.output
+    assert not (tmp_path / "run").exists()
 
 
 def test_unclustered_images_are_drawn_in_runs_of_k() -> None:

@@ -92,6 +92,8 @@ class SpCL(Method):
             raise EcnreidError(
                 "--mixstyle, --snr and --rsc are ECN's domain-generalisation modules; SpCL takes none of them"
             )
+        if not config.ecn.uses_target:
+            raise EcnreidError("--source-only and --no-target are ECN's settings; SpCL always trains on the target")
         if config.domains.camstyle_dir is not None:
             raise EcnreidError("--camstyle-dir feeds ECN's camera invariance; SpCL trains on the target's own images")
 
