@@ -49,6 +49,8 @@ RESUME_KEYS = ("method", "source", "target", "num_source_classes", "arch")
 # What `metrics.json` reports of the run's result: the final epoch's target scores (for watching, never selection).
 RESULT_KEYS = ("epoch", "rank1", "rank5", "rank10", "mAP", "mINP")
 CHECKPOINT = "last.pt"
+# What a checkpoint's scheduler state contributes on resume: where the schedule is, not how it is set.
+SCHEDULER_PROGRESS = ("base_lrs", "last_epoch", "_step_count", "_last_lr")
 
 
 class TwoDomainLoop:
@@ -147,11 +149,11 @@ class TwoDomainLoop:
         self.method.model.load_state_dict(state["model"])
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
-        # The milestones and gamma are this run's (a checkpoint of the single-step schedule holds neither).
-        scheduler = {k: v for k, v in state["scheduler"].items() if k != "step_size"}
-        self.scheduler.load_state_dict(
-            {**scheduler, "milestones": self.scheduler.milestones, "gamma": self.scheduler.gamma}
-        )
+        # The checkpoint gives the schedule's progress; its settings (milestones, gamma, ...) are this run's,
+        # whatever scheduler the method builds (a checkpoint of the single-step schedule holds other settings).
+        saved = state["scheduler"]
+        progress = {k: saved[k] for k in SCHEDULER_PROGRESS if k in saved}
+        self.scheduler.load_state_dict({**self.scheduler.state_dict(), **progress})
         self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"].cpu())
         self.start_epoch = int(state["epoch"])
