@@ -110,6 +110,7 @@ def test_resume_mid_run_equals_the_straight_run(two_domains, tmp_path: Path) -> 
         {k: v for k, v in r.items() if k not in varying} for r in rows_b
     ]
     assert [row["lr"] for row in rows_a] == pytest.approx([3.5e-5, 3.5e-6])  # a drop after every epoch
+    assert a["scheduler"]["step_size"] == 1 and a["optimizer"]["param_groups"][0]["weight_decay"] == 5e-4
 
 
 def test_spcl_refuses_ecn_only_settings(two_domains, tmp_path: Path) -> None:

@@ -108,14 +108,11 @@ class SpCL(Method):
         return [{"params": [p for p in self.model.parameters() if p.requires_grad], "lr": self.spcl.adam_lr}]
 
     def build_optimizer(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-        """Adam, the learning rate times ``--spcl-lr-gamma`` every ``--spcl-lr-step`` epochs (the authors'
-        StepLR, written as its milestones)."""
+        """Adam, the learning rate times ``--spcl-lr-gamma`` every ``--spcl-lr-step`` epochs."""
         optimizer = torch.optim.Adam(
             self.parameter_groups(), lr=self.spcl.adam_lr, weight_decay=self.spcl.adam_weight_decay
         )
-        # Up to the last epoch included: a shorter run's checkpoint then holds the lr of a longer one it resumes.
-        milestones = list(range(self.spcl.lr_step, self.config.optim.epochs + 1, self.spcl.lr_step))
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=self.spcl.lr_step_gamma)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, self.spcl.lr_step, gamma=self.spcl.lr_step_gamma)
         return optimizer, scheduler
 
     def build_loaders(self, factory: LoaderFactory) -> tuple[EpochLoader, EpochLoader | None]:
