@@ -90,3 +90,66 @@ class ExemplarMemory(nn.Module):
             mean /= counts.unsqueeze(1)
             updated = alpha * self.features[slots].float() + (1.0 - alpha) * mean
             self.features[slots] = F.normalize(updated, dim=1).to(self.features.dtype)
+
+
+def occurrence_ranks(indices: torch.Tensor) -> torch.Tensor:
+    """Per entry of ``indices`` [B], how many earlier entries hold the same index (0 for its first)."""
+    order = torch.argsort(indices, stable=True)
+    _, counts = torch.unique_consecutive(indices[order], return_counts=True)
+    group_start = torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+    ranks = torch.empty_like(indices)
+    ranks[order] = torch.arange(len(indices), device=indices.device) - group_start
+    return ranks
+
+
+class HybridMemory(ExemplarMemory):
+    """SpCL's hybrid memory (Ge et al., NeurIPS 2020): ``num_source_classes`` source class centroids, then one
+    slot per target image, all unit-norm; ``labels[slot]`` is the class of each slot: source slot ``c`` is class
+    ``c``, a target slot is ``num_source_classes`` + its pseudo-label (:meth:`set_target_labels`).
+    """
+
+    labels: torch.Tensor
+
+    def __init__(self, num_source_classes: int, num_target: int, dim: int) -> None:
+        super().__init__(num_source_classes + num_target, dim)
+        self.num_source_classes = num_source_classes
+        self.num_target = num_target
+        # Until the first clustering every target image is a class of its own.
+        self.register_buffer("labels", torch.arange(num_source_classes + num_target))
+
+    def set_target_labels(self, target_labels: torch.Tensor) -> None:
+        """Target slot ``i`` joins class ``num_source_classes + target_labels[i]``."""
+        if target_labels.shape != (self.num_target,):
+            raise ValueError(f"expected {self.num_target} target labels, got {tuple(target_labels.shape)}")
+        self.labels[self.num_source_classes :] = target_labels.to(self.labels) + self.num_source_classes
+
+    def loss(self, features: torch.Tensor, slots: torch.Tensor, temperature: float) -> torch.Tensor:
+        """The hybrid contrastive loss of unit features [B, dim] whose own slots are ``slots`` [B].
+
+        The similarity to a class is the mean of the temperature-scaled similarities to its slots (a cluster's
+        centroid, by linearity); a softmax over all non-empty classes, with the authors' two 1e-6 guards,
+        against the class of each feature's slot.
+        """
+        logits = self.logits(features, temperature)  # [B, slots]
+        num_classes = int(self.labels.max()) + 1
+        class_sums = logits.new_zeros(num_classes, logits.shape[0]).index_add_(0, self.labels, logits.t())
+        sizes = torch.bincount(self.labels, minlength=num_classes).to(logits.dtype)
+        present = sizes > 0
+        class_logits = (class_sums / torch.where(present, sizes, 1.0).unsqueeze(1)).t()
+        exps = class_logits.exp() * present
+        probabilities = exps / (exps.sum(dim=1, keepdim=True) + 1e-6)
+        targets = self.labels[slots.to(self.labels.device)]
+        return F.nll_loss(torch.log(probabilities + 1e-6), targets)
+
+    @torch.no_grad()
+    def update_in_order(self, features: torch.Tensor, slots: torch.Tensor, momentum: float) -> None:
+        """``M[s] ← momentum·M[s] + (1−momentum)·f``, renormalised, for each feature in batch order: a slot
+        that appears ``K`` times in the batch (a source class in a P x K batch) takes ``K`` successive steps.
+
+        One vectorised update per occurrence rank: within a rank every slot appears at most once.
+        """
+        slots = slots.reshape(-1).to(self.features.device)
+        ranks = occurrence_ranks(slots)
+        for rank in range(int(ranks.max()) + 1 if len(ranks) else 0):
+            chosen = ranks == rank
+            self.update(features[chosen.to(features.device)], slots[chosen], momentum)

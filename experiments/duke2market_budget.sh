@@ -12,7 +12,7 @@
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-[ $# -gt 0 ] || stop "name the runs: source-only ECN EC EN ECN-capture"
+[ $# -gt 0 ] || stop "name the runs: source-only ECN EC EN ECN-capture spcl"
 train() {  # config name, run folder, extra options
   local config=$1 out=$2
   shift 2
@@ -28,6 +28,7 @@ for run in "$@"; do
     EN)  train d2m_budget_EN EN ;;  # the camera ablation: +E+N, no CamStyle set
     ECN-capture) make_capture_set  # +E+C+N with the capture set instead of colour (docs/camstyle_methods.md)
          train d2m_budget_ECN_capture ECN_capture --camstyle-dir "$capture_set" ;;
-    *) stop "unknown run $run (source-only ECN EC EN ECN-capture)" ;;
+    spcl) train d2m_budget_spcl spcl ;;  # SpCL (--method spcl), no CamStyle set
+    *) stop "unknown run $run (source-only ECN EC EN ECN-capture spcl)" ;;
   esac
 done

@@ -1,4 +1,4 @@
-"""Tests for ecnreid/memory.py: logits, the momentum update, duplicates, state_dict, float16."""
+"""Tests for ecnreid/memory.py: logits, the momentum update, duplicates, state_dict, float16; the hybrid memory."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import ecnreid.memory as memory_module
 from ecnreid.config import ECNConfig
-from ecnreid.memory import ExemplarMemory
+from ecnreid.memory import ExemplarMemory, HybridMemory, occurrence_ranks
 
 
 def test_starts_at_zero_and_is_a_saved_buffer() -> None:
@@ -186,3 +186,61 @@ def test_one_slot_of_one_dimension_is_the_smallest_memory() -> None:
     for slots, dim in ((0, 3), (3, 0)):
         with pytest.raises(ValueError, match=f"at least one slot and one dimension, got {slots} x {dim}"):
             ExemplarMemory(slots, dim=dim)
+
+
+def reference_hybrid_loss(features, memory_rows, labels, slots, temperature) -> torch.Tensor:
+    """SpCL's loss written out per sample: the mean similarity of a feature to each class's slots, a softmax
+    over the classes that have slots (with the authors' 1e-6 guards), minus the log of its own class."""
+    num_classes = max(labels) + 1
+    losses = []
+    for f, slot in zip(features, slots, strict=True):
+        scores = {}
+        for c in range(num_classes):
+            members = [s for s in range(len(labels)) if labels[s] == c]
+            if members:
+                scores[c] = sum(float(f @ memory_rows[s]) / temperature for s in members) / len(members)
+        total = sum(math.exp(v) for v in scores.values()) + 1e-6
+        losses.append(-math.log(math.exp(scores[labels[slot]]) / total + 1e-6))
+    return torch.tensor(sum(losses) / len(losses))
+
+
+def test_hybrid_loss_matches_the_per_sample_reference() -> None:
+    gen = torch.Generator().manual_seed(0)
+    memory = HybridMemory(num_source_classes=3, num_target=7, dim=5)
+    memory.features.copy_(F.normalize(torch.randn(10, 5, generator=gen), dim=1))
+    # target labels: a cluster of three, a cluster of two, two un-clustered; target class 2 (memory class 5) empty
+    memory.set_target_labels(torch.tensor([0, 1, 0, 3, 4, 0, 1]))
+    assert memory.labels.tolist() == [0, 1, 2, 3, 4, 3, 6, 7, 3, 4]
+    features = F.normalize(torch.randn(6, 5, generator=gen), dim=1).requires_grad_()
+    slots = torch.tensor([0, 2, 3, 4, 8, 9])
+    loss = memory.loss(features, slots, temperature=0.05)
+    expected = reference_hybrid_loss(features.detach(), memory.features, memory.labels.tolist(), slots.tolist(), 0.05)
+    assert torch.allclose(loss.detach(), expected.float(), rtol=1e-5, atol=1e-5)
+    loss.backward()
+    assert features.grad is not None and not memory.features.requires_grad
+
+
+def test_hybrid_update_takes_each_occurrence_in_batch_order() -> None:
+    assert occurrence_ranks(torch.tensor([4, 1, 4, 4, 2, 1])).tolist() == [0, 0, 1, 2, 0, 1]
+    gen = torch.Generator().manual_seed(1)
+    memory = HybridMemory(num_source_classes=2, num_target=4, dim=3)
+    memory.features.copy_(F.normalize(torch.randn(6, 3, generator=gen), dim=1))
+    expected = memory.features.clone()
+    features = torch.randn(7, 3, generator=gen)
+    slots = torch.tensor([0, 0, 3, 1, 0, 5, 3])
+    for f, s in zip(features, slots.tolist(), strict=True):  # the authors' loop
+        expected[s] = 0.2 * expected[s] + 0.8 * f
+        expected[s] /= expected[s].norm()
+    memory.update_in_order(features, slots, momentum=0.2)
+    assert torch.allclose(memory.features, expected, atol=1e-6)
+    assert memory.labels.tolist() == list(range(6))  # each target image its own class until clustered
+
+
+def test_hybrid_memory_state_holds_features_and_labels() -> None:
+    memory = HybridMemory(2, 3, dim=4)
+    memory.set_target_labels(torch.tensor([1, 1, 0]))
+    restored = HybridMemory(2, 3, dim=4)
+    restored.load_state_dict(memory.state_dict())
+    assert restored.labels.tolist() == [0, 1, 3, 3, 2]
+    with pytest.raises(ValueError, match="3 target labels"):
+        memory.set_target_labels(torch.tensor([0, 1]))

@@ -10,7 +10,7 @@ from ecnreid.data.records import ImageRecord
 from ecnreid.evaluation import reranking
 from ecnreid.evaluation.evaluator import score_features
 from ecnreid.evaluation.metrics import evaluate_blocks, evaluate_ranking
-from ecnreid.evaluation.reranking import iter_rerank_blocks, k_reciprocal_rerank
+from ecnreid.evaluation.reranking import iter_rerank_blocks, jaccard_graph, k_reciprocal_rerank
 
 
 def reference_rerank(query: np.ndarray, gallery: np.ndarray, k1: int, k2: int, lambda_value: float) -> np.ndarray:
@@ -261,3 +261,58 @@ def test_blocks_are_validated_and_leave_the_inputs_alone() -> None:
         next(iter_rerank_blocks(x, x, block_size=0))
     list(iter_rerank_blocks(x, x))  # normalises a copy, never the caller's tensors
     assert torch.equal(x, kept)
+
+
+def reference_spcl_jaccard(features: np.ndarray, k1: int, k2: int) -> np.ndarray:
+    """SpCL's clustering distance as its authors write it, dense and in loops: lists of k1 images (itself
+    included), weights softmax(-||x_i - x_j||^2) on unit features, query expansion over k2, then Jaccard."""
+    x = features.astype(np.float64)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    n = len(x)
+    squared = np.array([[np.sum((x[i] - x[j]) ** 2) for j in range(n)] for i in range(n)])
+    rank = np.argsort(squared, axis=1, kind="stable")[:, :k1]
+
+    def reciprocal(i: int, k: int) -> list[int]:
+        return [int(j) for j in rank[i, : k + 1] if i in rank[j, : k + 1]]
+
+    v = np.zeros((n, n))
+    for i in range(n):
+        r = reciprocal(i, k1)
+        expanded = set(r)
+        for c in r:
+            rc = reciprocal(c, int(np.around(k1 / 2)))
+            if len(set(rc) & set(r)) > 2 / 3 * len(rc):
+                expanded |= set(rc)
+        cols = sorted(expanded)
+        weights = np.exp(-squared[i, cols])
+        v[i, cols] = weights / weights.sum()
+    if k2 > 1:
+        v = np.array([v[rank[i, :k2]].mean(axis=0) for i in range(n)])
+    shared = np.array([[np.minimum(v[i], v[j]).sum() for j in range(n)] for i in range(n)])
+    return 1 - shared / (2 - shared)
+
+
+def dense(graph) -> np.ndarray:
+    out = np.ones((graph.num_images, graph.num_images))
+    out[graph.rows.numpy(), graph.cols.numpy()] = graph.distances.numpy()
+    return out
+
+
+@pytest.mark.parametrize(
+    ("seed", "k1", "k2", "block_size"), [(0, 30, 6, 2048), (1, 8, 3, 7), (2, 5, 1, 4), (3, 12, 6, 1)]
+)
+def test_jaccard_graph_matches_the_authors_loops(seed: int, k1: int, k2: int, block_size: int) -> None:
+    features = clustered(seed, num_ids=6, per_id=5, dim=8, noise=0.7)
+    graph = jaccard_graph(features, k1=k1, k2=k2, block_size=block_size)
+    expected = reference_spcl_jaccard(features.double().numpy(), k1, k2)
+    np.testing.assert_allclose(dense(graph), expected, atol=1e-5, rtol=0)
+    assert (graph.distances < 1).all() and graph.distances.min() >= 0
+    keys = graph.rows * graph.num_images + graph.cols
+    assert torch.equal(keys, torch.sort(keys).values) and len(torch.unique(keys)) == len(keys)
+    assert torch.allclose(graph.distances[graph.rows == graph.cols], torch.zeros(graph.num_images), atol=1e-6)
+
+
+def test_jaccard_graph_leaves_out_pairs_without_shared_neighbours() -> None:
+    far_apart = torch.cat([clustered(5, num_ids=1, per_id=6, dim=4, noise=0.1) + 50, clustered(6, 1, 6, 4, 0.1) - 50])
+    graph = jaccard_graph(far_apart, k1=5, k2=2)
+    assert ((graph.rows < 6) == (graph.cols < 6)).all()

@@ -40,7 +40,7 @@ from ecnreid.config.fields import (
     setting_options,
     strip_optional,
 )
-from ecnreid.config.methods import KNN_METHODS, MEMORY_DTYPES, MEMORY_INITS, ECNConfig
+from ecnreid.config.methods import KNN_METHODS, MEMORY_DTYPES, MEMORY_INITS, ECNConfig, SpCLConfig
 from ecnreid.config.records import (
     LEGACY_TRAIN_NAMES,
     RENAMED_SETTINGS,
@@ -113,6 +113,7 @@ __all__ = [
     "DomainsConfig",
     "DuplicateFlagError",
     "ECNConfig",
+    "SpCLConfig",
     "EvalConfig",
     "EvalInputConfig",
     "EvalModelConfig",

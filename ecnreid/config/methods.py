@@ -62,3 +62,37 @@ class ECNConfig:
             return "source only"
         parts = ["E"] + (["C"] if self.use_camera else []) + (["N"] if self.use_neighbour else [])
         return "+" + "+".join(parts)
+
+
+@dataclass(frozen=True)
+class SpCLConfig:
+    """SpCL (Ge et al., NeurIPS 2020): the hybrid memory and the self-paced clustering; defaults are the authors'
+    UDA script. Epochs, iterations per epoch, batch sizes and the backbone come from their own sections; SpCL
+    trains every stage and has no head of its own (--frozen-stages, --embedding-dim and --dropout are ECN's).
+    Field names differ from other sections' (``override`` finds a setting by its name)."""
+
+    eps: float = setting(0.6, "DBSCAN radius on the Jaccard distance.", flag="--spcl-eps")
+    eps_gap: float = setting(0.02, "Tighter and looser radius for the reliability criteria.", flag="--spcl-eps-gap")
+    min_samples: int = setting(4, "DBSCAN neighbours (itself included) of a core image.", flag="--spcl-min-samples")
+    k1: int = setting(30, "k-reciprocal neighbours of the Jaccard distance.", flag="--spcl-k1")
+    k2: int = setting(6, "Neighbours of the Jaccard distance's query expansion.", flag="--spcl-k2")
+    instances: int = setting(4, "Images per identity in a batch (P identities x K images).", flag="--spcl-instances")
+    memory_momentum: float = setting(0.2, "Hybrid memory momentum (share of the old entry).", flag="--spcl-momentum")
+    temperature: float = setting(0.05, "Contrastive loss temperature.", flag="--spcl-temperature")
+    adam_lr: float = setting(3.5e-4, "Adam learning rate.", flag="--spcl-lr")
+    adam_weight_decay: float = setting(5e-4, "Adam weight decay.", flag="--spcl-weight-decay")
+    lr_step: int = setting(20, "Epochs between learning-rate drops.", flag="--spcl-lr-step")
+    lr_step_gamma: float = setting(0.1, "Learning-rate factor at each drop.", flag="--spcl-lr-gamma")
+
+    def __post_init__(self) -> None:
+        gap = flag_of(SpCLConfig, "eps_gap")
+        require(self, "eps", self.eps - self.eps_gap > 0, f"must exceed {gap}")
+        require(self, "eps", self.eps + self.eps_gap < 1, f"plus {gap} must stay below 1")
+        require(self, "eps_gap", self.eps_gap >= 0, "must not be negative")
+        for name in ("min_samples", "k1", "k2", "instances", "lr_step"):
+            require(self, name, getattr(self, name) >= 1, "must be at least 1")
+        require(self, "memory_momentum", 0 <= self.memory_momentum < 1, "must lie in [0, 1)")
+        require(self, "temperature", self.temperature > 0, "must be positive")
+        require(self, "adam_lr", self.adam_lr > 0, "must be positive")
+        require(self, "adam_weight_decay", self.adam_weight_decay >= 0, "must not be negative")
+        require(self, "lr_step_gamma", 0 < self.lr_step_gamma <= 1, "must lie in (0, 1]")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ecnreid.config.fields import flag_of, require, require_device, require_one_of, section, setting
-from ecnreid.config.methods import ECNConfig
+from ecnreid.config.methods import ECNConfig, SpCLConfig
 from ecnreid.dataset_names import DATASET_HELP
 from ecnreid.errors import EcnreidError
 
@@ -216,6 +216,7 @@ class TrainConfig:
     model: ModelConfig = section(ModelConfig, "Model")
     optim: OptimConfig = section(OptimConfig, "Optimisation")
     ecn: ECNConfig = section(ECNConfig, "ECN")
+    spcl: SpCLConfig = section(SpCLConfig, "SpCL")
     dg: DGConfig = section(DGConfig, "Domain generalisation")
     evaluation: EvaluationConfig = section(EvaluationConfig, "Evaluation")
     runtime: RuntimeConfig = section(RuntimeConfig, "Runtime")

@@ -232,6 +232,7 @@ class TwoDomainLoop:
         seconds = time.perf_counter() - start
         self.scheduler.step()
         row: dict[str, Any] = {"epoch": epoch + 1, **{k: v / iters for k, v in sums.items()}}
+        row.update(self.method.epoch_statistics())
         row.update(
             {"lr": self.optimizer.param_groups[0]["lr"], "seconds": seconds, "images_per_s": images_seen / seconds}
         )

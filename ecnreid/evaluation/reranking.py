@@ -120,11 +120,10 @@ def _reciprocal_mask(nearest: Tensor, k: int) -> Tensor:
     return (backward == own).any(dim=2)
 
 
-def _expansion_pairs(nearest: Tensor, k1: int) -> tuple[Tensor, Tensor]:
-    """Unique ``(i, j)`` pairs, sorted, with ``j`` in the expanded k-reciprocal set ``R*(i)``."""
+def _expansion_pairs(nearest: Tensor, k: int, k_half: int) -> tuple[Tensor, Tensor]:
+    """Unique ``(i, j)`` pairs, sorted, with ``j`` in the expanded k-reciprocal set ``R*(i)``, from neighbour
+    lists of ``k`` images (itself included) and, for the expansion, of ``k_half`` images."""
     n = len(nearest)
-    k = min(k1 + 1, n)
-    k_half = min(int(round(k1 / 2)) + 1, n)  # round half to even, like numpy.around
     forward = nearest[:, :k]
     reciprocal = _reciprocal_mask(nearest, k)
     forward_half = nearest[:, :k_half]
@@ -158,11 +157,14 @@ def _pair_distances(features: Tensor, squared_norms: Tensor, rows: Tensor, cols:
     return out
 
 
-def _encoding(features: Tensor, squared_norms: Tensor, neighbours: _Neighbours, k1: int) -> _SparseRows:
-    """``V``: Gaussian-kernel weights of the expanded k-reciprocal set, each row summing to one."""
+def _encoding(
+    features: Tensor, squared_norms: Tensor, neighbours: _Neighbours, k: int, k_half: int, scale_by_row_max: bool
+) -> _SparseRows:
+    """``V``: Gaussian-kernel weights ``exp(-d(i, j))`` of the expanded k-reciprocal set, each row summing to one;
+    ``d`` is the squared distance, divided by the row maximum when ``scale_by_row_max`` (CVPR 2017)."""
     nearest, nearest_dist, row_max = neighbours
     n = len(nearest)
-    rows, cols = _expansion_pairs(nearest, k1)
+    rows, cols = _expansion_pairs(nearest, k, k_half)
     # Most expansion pairs are among a row's nearest, whose distances the first pass kept; compute the rest.
     pool_keys, order = torch.sort((torch.arange(n, device=nearest.device).unsqueeze(1) * n + nearest).view(-1))
     pair_keys = rows * n + cols
@@ -171,7 +173,7 @@ def _encoding(features: Tensor, squared_norms: Tensor, neighbours: _Neighbours, 
     dist = torch.where(known, nearest_dist.view(-1)[order[at]], 0.0)
     unknown = torch.nonzero(~known).squeeze(1)
     dist[unknown] = _pair_distances(features, squared_norms, rows[unknown], cols[unknown])
-    weights = torch.exp(-dist / row_max[rows])
+    weights = torch.exp(-dist / row_max[rows]) if scale_by_row_max else torch.exp(-dist)
     totals = torch.zeros(n, device=weights.device).index_add_(0, rows, weights)
     return _SparseRows(rows, cols, weights / totals[rows])
 
@@ -316,7 +318,9 @@ def iter_rerank_blocks(
     squared_norms = features.pow(2).sum(dim=1)
     pool = min(max(k1 + 1, k2), len(features))
     neighbours = _neighbours(features, squared_norms, pool, block_size)
-    v = _encoding(features, squared_norms, neighbours, k1)
+    # R(i, k1) holds k1 + 1 images (itself included); R(c, k1/2) round(k1/2) + 1, rounding half to even.
+    k, k_half = min(k1 + 1, len(features)), min(int(round(k1 / 2)) + 1, len(features))
+    v = _encoding(features, squared_norms, neighbours, k, k_half, scale_by_row_max=True)
     if k2 > 1:
         v = _local_query_expansion(v, neighbours.indices, k2)
     gallery = _gallery_columns(v, num_query, len(features))
@@ -355,3 +359,50 @@ def k_reciprocal_rerank(
     for start, block in iter_rerank_blocks(query_features, gallery_features, k1, k2, lambda_value, block_size):
         out[start : start + len(block)] = block
     return out
+
+
+class JaccardGraph(NamedTuple):
+    """The pairs ``(rows[p], cols[p])`` of ``N`` images whose Jaccard distance ``distances[p]`` is below 1
+    (every other pair is at distance 1), sorted by (row, column); each image is at distance 0 from itself."""
+
+    rows: Tensor
+    cols: Tensor
+    distances: Tensor
+    num_images: int
+
+
+@torch.no_grad()
+def jaccard_graph(features: Tensor, k1: int = 30, k2: int = 6, block_size: int = 2048) -> JaccardGraph:
+    """The k-reciprocal Jaccard distance among all images of ``features`` ``[N, D]``, as SpCL (Ge et al.,
+    NeurIPS 2020) computes it for clustering: neighbour lists of ``k1`` images (itself included), the kernel
+    ``exp(-||x_i - x_j||^2)`` on unit features without the row-maximum scaling, local query expansion over ``k2``.
+
+    Sparse, because a pair shares mass only through common k-reciprocal neighbours; memory is ``V``, one
+    ``block_size`` x ``block_size`` distance block and one bounded block of rows x ``N`` shared masses at a time.
+    """
+    _check_inputs(features, features, k1, k2, 0.0, block_size)
+    unit = features.detach().float().clone()
+    unit.div_(unit.norm(dim=1, keepdim=True).clamp_min_(1e-12))
+    squared_norms = unit.pow(2).sum(dim=1)
+    n = len(unit)
+    k = min(k1, n)
+    neighbours = _neighbours(unit, squared_norms, k, block_size)
+    v = _encoding(unit, squared_norms, neighbours, k, min(int(round(k1 / 2)) + 1, k), scale_by_row_max=False)
+    if k2 > 1:
+        v = _local_query_expansion(v, neighbours.indices, k2)
+    columns = _gallery_columns(v, 0, n)
+    rows_per_block = min(block_size, max(1, _QUERY_BLOCK_ELEMENTS // 4 // n))
+    edges = torch.arange(0, n + rows_per_block, rows_per_block, device=v.rows.device).clamp_max_(n)
+    bounds = torch.searchsorted(v.rows, edges).tolist()
+    parts: list[tuple[Tensor, Tensor, Tensor]] = []
+    for index, start in enumerate(range(0, n, rows_per_block)):
+        stop = min(start + rows_per_block, n)
+        first, last = bounds[index], bounds[index + 1]
+        block = _SparseRows(v.rows[first:last], v.cols[first:last], v.values[first:last])
+        shared = _shared_mass(block, columns, start, stop - start, n).clamp_max_(1.0)
+        at = torch.nonzero(shared > 0)
+        mass = shared[at[:, 0], at[:, 1]]
+        parts.append((at[:, 0] + start, at[:, 1], 1.0 - mass / (2.0 - mass)))
+        del shared
+    rows, cols, distances = (torch.cat(field) for field in zip(*parts, strict=True))
+    return JaccardGraph(rows, cols, distances, n)

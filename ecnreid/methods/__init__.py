@@ -8,8 +8,9 @@ from ecnreid.data.two_domains import TwoDomainData
 from ecnreid.errors import EcnreidError
 from ecnreid.methods.base import LoaderFactory, Method, RunContext, StepOutput
 from ecnreid.methods.ecn import ECN
+from ecnreid.methods.spcl import SpCL
 
-METHODS: dict[str, type[Method]] = {"ecn": ECN}
+METHODS: dict[str, type[Method]] = {"ecn": ECN, "spcl": SpCL}
 
 
 def method_class(name: str, option: str = "--method") -> type[Method]:

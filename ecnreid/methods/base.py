@@ -133,6 +133,10 @@ class Method(ABC):
         loaders are re-seeded: labels it assigns (a clustering method's) order that epoch's batches."""
         return None
 
+    def epoch_statistics(self) -> dict[str, Any]:
+        """Values the method adds to the epoch's row (``log.jsonl``), e.g. its clustering's statistics."""
+        return {}
+
     def before_training(self) -> None:
         """Runs once when a run starts from scratch (not on resume)."""
         return None
