@@ -128,23 +128,34 @@ class _ImageStats(Dataset):
         return torch.cat([mean, std]), record.camid
 
 
+def per_camera_means(
+    dataset: Dataset, num_cameras: int, what: str, workers: int = 2, progress: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average the ``(values, camera)`` items of ``dataset`` per camera: ``([cameras, width] means, counts)``.
+    Items decode in ``workers``; a camera without images is an error naming ``what`` was being measured."""
+    loader = DataLoader(dataset, batch_size=64, num_workers=workers)
+    sums: torch.Tensor | None = None
+    counts = torch.zeros(num_cameras, dtype=torch.long)
+    with make_progress(transient=True) as bar:
+        task = bar.add_task(f"camera {what}", total=len(dataset), unit="img", info="", visible=progress)
+        for values, cameras in loader:
+            if sums is None:
+                sums = torch.zeros(num_cameras, values.shape[1], dtype=torch.float64)
+            sums.index_add_(0, cameras, values.double())
+            counts += torch.bincount(cameras, minlength=num_cameras)
+            bar.update(task, advance=len(cameras))
+    empty = (counts == 0).nonzero().flatten().tolist()
+    if empty or sums is None:
+        camera = empty[0] + 1 if empty else 1
+        raise EcnreidError(f"camera {camera} has no training images; cannot measure its {what}")
+    return (sums / counts[:, None]).float(), counts
+
+
 def camera_styles(
     records: Sequence[ImageRecord], num_cameras: int, workers: int = 2, progress: bool = True
 ) -> CameraStyles:
     """Average the per-image Lab statistics of each camera's images (one decode per image, in workers)."""
-    loader = DataLoader(_ImageStats(records), batch_size=64, num_workers=workers)
-    sums = torch.zeros(num_cameras, 6, dtype=torch.float64)
-    counts = torch.zeros(num_cameras, dtype=torch.long)
-    with make_progress(transient=True) as bar:
-        task = bar.add_task("camera colour stats", total=len(records), unit="img", info="", visible=progress)
-        for stats, cameras in loader:
-            sums.index_add_(0, cameras, stats.double())
-            counts += torch.bincount(cameras, minlength=num_cameras)
-            bar.update(task, advance=len(cameras))
-    empty = (counts == 0).nonzero().flatten().tolist()
-    if empty:
-        raise EcnreidError(f"camera {empty[0] + 1} has no training images; cannot compute its colour style")
-    averages = (sums / counts[:, None]).float()
+    averages, counts = per_camera_means(_ImageStats(records), num_cameras, "colour style", workers, progress)
     return CameraStyles(mean=averages[:, :3], std=averages[:, 3:], counts=counts)
 
 

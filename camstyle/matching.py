@@ -43,12 +43,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from camstyle.colour import lab_to_rgb, rgb_to_lab, to_float_rgb
+from camstyle.colour import lab_to_rgb, per_camera_means, rgb_to_lab, to_float_rgb
 from camstyle.generate import JPEG_QUALITY, GenerationCounts, ImageWriter, missing_outputs
 from ecnreid.data.camstyle_names import stargan_name
 from ecnreid.data.image_dataset import load_image
 from ecnreid.data.records import ImageRecord
-from ecnreid.errors import EcnreidError
 from ecnreid.progress import make_progress
 
 QUANTILES = 64  # levels of each tone curve: finer than 8-bit JPEG noise resolves at these image sizes
@@ -237,20 +236,7 @@ def camera_profiles(
     records: Sequence[ImageRecord], num_cameras: int, workers: int = 2, progress: bool = True
 ) -> CameraProfiles:
     """Average each camera's per-image profiles (one decode per image, in workers)."""
-    loader = DataLoader(_ImageProfile(records), batch_size=64, num_workers=workers)
-    width = 3 * QUANTILES + SPECTRUM_BINS + 2
-    sums = torch.zeros(num_cameras, width, dtype=torch.float64)
-    counts = torch.zeros(num_cameras, dtype=torch.long)
-    with make_progress(transient=True) as bar:
-        task = bar.add_task("camera profiles", total=len(records), unit="img", info="", visible=progress)
-        for values, cameras in loader:
-            sums.index_add_(0, cameras, values.double())
-            counts += torch.bincount(cameras, minlength=num_cameras)
-            bar.update(task, advance=len(cameras))
-    empty = (counts == 0).nonzero().flatten().tolist()
-    if empty:
-        raise EcnreidError(f"camera {empty[0] + 1} has no training images; cannot measure its profile")
-    mean = (sums / counts[:, None]).float()
+    mean, counts = per_camera_means(_ImageProfile(records), num_cameras, "profile", workers, progress)
     tone, spectrum, rest = mean.split([3 * QUANTILES, SPECTRUM_BINS, 2], dim=1)
     return CameraProfiles(
         tone=tone.reshape(num_cameras, 3, QUANTILES).contiguous(),

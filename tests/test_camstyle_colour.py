@@ -159,3 +159,25 @@ def test_prepare_interrupted_re_raises_without_a_manifest(tmp_path, monkeypatch,
         run_prepare(config, progress=False)
     assert "interrupted prepare" in capsys.readouterr().err
     assert not (tmp_path / "bounding_box_train_camstyle" / "prepare.json").exists()
+
+
+class _Values(torch.utils.data.Dataset):
+    def __init__(self, values: list[list[float]], cameras: list[int]) -> None:
+        self.values, self.cameras = values, cameras
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return torch.tensor(self.values[index]), self.cameras[index]
+
+
+def test_per_camera_means_average_each_cameras_items_and_name_an_empty_camera() -> None:
+    from camstyle.colour import per_camera_means
+    from ecnreid.errors import EcnreidError
+
+    dataset = _Values([[1.0, 2.0], [3.0, 6.0], [10.0, 0.0]], [0, 0, 1])
+    means, counts = per_camera_means(dataset, 2, "profile", workers=0, progress=False)
+    assert torch.allclose(means, torch.tensor([[2.0, 4.0], [10.0, 0.0]])) and counts.tolist() == [2, 1]
+    with pytest.raises(EcnreidError, match="camera 3 has no training images; cannot measure its profile"):
+        per_camera_means(dataset, 3, "profile", workers=0, progress=False)
