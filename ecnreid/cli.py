@@ -297,7 +297,8 @@ def config_command(
 @config_command(
     "train",
     TrainConfig,
-    help="Train ECN: source cross-entropy + exemplar, camera and neighbourhood invariance on the target.",
+    help="Train a domain-adaptive model: ECN (default; source cross-entropy + exemplar, camera and neighbourhood "
+    "invariance on the target) or SpCL (--method spcl).",
     exclude=frozenset({"evaluation.rerank", "evaluation.metric", "evaluation.save_ranks"}),
     helps={"input.batch_size": "Source images per batch (the target's too, unless --target-batch-size)."},
     config_file=config_file_option("[optim] lr = 0.01", run_record=True),

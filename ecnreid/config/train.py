@@ -206,7 +206,7 @@ class TrainConfig:
 
     domains: DomainsConfig = setting(help="Source and target.")
     out: Path = setting(Path("runs/train"), "Run folder: checkpoints, log.jsonl, curves.png, metrics.json.")
-    method: str = setting("ecn", "Training method (a name in ecnreid.methods.METHODS).")
+    method: str = setting("ecn", "Training method: ecn or spcl (the names in ecnreid.methods.METHODS).")
     tensorboard: bool = setting(
         False,
         "Also write TensorBoard events to tensorboard/ in --out: losses per step, lr, evaluations.",
