@@ -255,3 +255,26 @@ def test_write_index_leaves_no_temp_file(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(RuntimeError, match="disk full"):
         _write_index(index, tmp_path / "other.faiss")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ivf.faiss"]
+
+
+def test_calibration_truth_holds_only_the_first_k_exact_neighbours(monkeypatch) -> None:
+    # Ties (duplicate rows) can push the query's own row out of the exact top k + 1: the truth is then its first
+    # k entries, not all k + 1. The index finds the same rows but the exact first one last, so 9 of 10 agree.
+    own = int(np.random.default_rng(0).choice(12, size=1, replace=False)[0])  # the row calibration samples
+    others = [i for i in range(12) if i != own]  # k + 1 = 11 exact neighbours, the own row not among them
+
+    class FakeIndex:
+        nlist = 4
+
+    class FakeProbe:
+        def __init__(self, index, nprobe, recall, built) -> None:
+            pass
+
+        def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+            return np.zeros((1, k)), np.array([others[1:] + others[:1]])
+
+    monkeypatch.setattr(index_module, "flat_search", lambda q, g, k: (np.zeros((1, k)), np.array([others])))
+    monkeypatch.setattr(index_module, "IVFIndex", FakeProbe)
+    gallery = np.zeros((12, 4), dtype=np.float32)
+    nprobe, recall = index_module.calibrate_nprobe(FakeIndex(), gallery, queries=1, seed=0)
+    assert recall == pytest.approx(0.9) and nprobe == 4  # never reaches 0.95, so it stops at nlist
