@@ -61,6 +61,7 @@ def error_line(result) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_eval_of_a_checkpoint_scores_the_model_its_card_describes(trained_64x32, tmp_path: Path) -> None:
     target, run = trained_64x32
     checkpoint = run / "last.pt"
@@ -98,6 +99,7 @@ def test_eval_of_a_checkpoint_scores_the_model_its_card_describes(trained_64x32,
         (["--pretrained"], ["--pretrained", "holds the trained weights", "leave out --pretrained"]),
     ],
 )
+@pytest.mark.slow
 def test_an_option_that_contradicts_the_card_stops_with_one_line(
     trained_64x32, tmp_path: Path, option: list[str], fragments: list[str]
 ) -> None:
@@ -109,6 +111,7 @@ def test_an_option_that_contradicts_the_card_stops_with_one_line(
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_weights_with_a_checkpoint_are_refused(trained_64x32, tmp_path: Path) -> None:
     target, run = trained_64x32
     args = eval_args(target, tmp_path / "eval", "--checkpoint", str(run / "last.pt"), "--weights", "w.pth")
@@ -116,6 +119,7 @@ def test_weights_with_a_checkpoint_are_refused(trained_64x32, tmp_path: Path) ->
     assert "--weights w.pth" in line and "leave out --weights" in line
 
 
+@pytest.mark.slow  # evaluates a ResNet-18 at the default 256x128: about 15 s on 2 cores
 def test_eval_of_a_bare_backbone_records_the_backbone_it_built(two_domains, tmp_path: Path) -> None:
     _, target = two_domains
     weights = tmp_path / "resnet18.pth"
@@ -281,6 +285,7 @@ def saved_split(checkpoint: Path, target: Path, split: str, out: Path) -> tuple[
     return np.load(out / "features.npy"), np.array([int(r[1]) for r in rows]), np.array([int(r[2]) for r in rows])
 
 
+@pytest.mark.slow
 def test_training_table_metrics_json_and_saved_features_agree(two_domains, tmp_path: Path) -> None:
     source, target = two_domains
     out = tmp_path / "run"

@@ -69,6 +69,7 @@ def check_sidecar(out: Path, fmt: str, checkpoint: Path) -> None:
     assert sidecar["card"] == adapted.card.to_dict() and sidecar["ecnreid_version"] == ecnreid_version()
 
 
+@pytest.mark.slow
 def test_onnx_matches_pytorch_on_any_batch_size(checkpoint: Path, tmp_path: Path) -> None:
     import onnxruntime
 
@@ -85,6 +86,7 @@ def test_onnx_matches_pytorch_on_any_batch_size(checkpoint: Path, tmp_path: Path
         assert np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)  # the normalisation is in the graph
 
 
+@pytest.mark.slow
 def test_torchscript_matches_pytorch_on_any_batch_size(checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "model.pt"
     result = export(checkpoint, out, "torchscript")
@@ -106,6 +108,7 @@ def test_torchscript_matches_pytorch_on_any_batch_size(checkpoint: Path, tmp_pat
         assert np.abs(got - pytorch_features(checkpoint, images)).max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_a_failed_parity_check_writes_nothing(checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
     exporter, runner_of = export_module.EXPORTERS["torchscript"]
     monkeypatch.setitem(export_module.EXPORTERS, "torchscript",
@@ -118,6 +121,7 @@ def test_a_failed_parity_check_writes_nothing(checkpoint: Path, tmp_path: Path, 
     assert not out.exists() and not out.with_name("model.pt.json").exists()
 
 
+@pytest.mark.slow
 def test_export_needs_a_file_not_a_folder(checkpoint: Path, tmp_path: Path) -> None:
     result = export(checkpoint, tmp_path, "torchscript")
     assert result.exit_code == 2
@@ -140,6 +144,7 @@ def test_the_parity_batch_is_fixed_by_its_seed() -> None:
                                                 "to nan (tolerance 0.0001) on a fixed batch of 3; nothing written"),
     ],
 )
+@pytest.mark.slow
 def test_an_export_of_another_shape_or_nan_writes_nothing(
     checkpoint: Path, tmp_path: Path, monkeypatch, broken: np.ndarray, message: str
 ) -> None:
@@ -151,6 +156,7 @@ def test_an_export_of_another_shape_or_nan_writes_nothing(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_onnx_without_its_packages_is_a_one_line_error_naming_the_missing_one(
     checkpoint: Path, tmp_path: Path, monkeypatch
 ) -> None:

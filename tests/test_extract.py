@@ -43,6 +43,7 @@ def extract(checkpoint: Path, out: Path, *source: str, extra: tuple[str, ...] = 
     return runner.invoke(app, [*args, "--device", "cpu", "--workers", "0", "--batch-size", "4", *extra])
 
 
+@pytest.mark.slow
 def test_a_dataset_split_gives_the_features_eval_scores(tiny, tmp_path: Path) -> None:
     checkpoint, target = tiny
     out = tmp_path / "feats"
@@ -62,6 +63,7 @@ def test_a_dataset_split_gives_the_features_eval_scores(tiny, tmp_path: Path) ->
     assert meta["source"]["split"] == "query" and read_card_json(out / "card.json").feature_dim == 512
 
 
+@pytest.mark.slow
 def test_folders_of_any_depth_and_suffix_in_float16(tiny, tmp_path: Path) -> None:
     checkpoint, target = tiny
     images = tmp_path / "site"
@@ -89,6 +91,7 @@ def test_name_parsers() -> None:
     assert parse_ids("IMG_2041.jpg") == (None, None)
 
 
+@pytest.mark.slow
 def test_a_killed_extraction_resumes_to_the_same_bytes(tiny, tmp_path: Path, monkeypatch) -> None:
     checkpoint, target = tiny
     gallery = ("--images", str(target / "bounding_box_test"))  # 18 images: 5 batches of 4
@@ -121,6 +124,7 @@ def test_a_killed_extraction_resumes_to_the_same_bytes(tiny, tmp_path: Path, mon
     assert json.loads((killed / "extract.json").read_text())["complete"]
 
 
+@pytest.mark.slow
 def test_a_finished_extraction_is_kept_and_other_settings_are_refused(tiny, tmp_path: Path) -> None:
     checkpoint, target = tiny
     out, query = tmp_path / "feats", ("--images", str(target / "query"))
@@ -135,6 +139,7 @@ def test_a_finished_extraction_is_kept_and_other_settings_are_refused(tiny, tmp_
     assert result.exit_code == 2 and "of other images" in result.output
 
 
+@pytest.mark.slow
 def test_a_bad_image_stops_with_one_line_or_is_skipped(tiny, tmp_path: Path) -> None:
     checkpoint, target = tiny
     images = tmp_path / "images"
@@ -160,6 +165,7 @@ def test_a_bad_image_stops_with_one_line_or_is_skipped(tiny, tmp_path: Path) -> 
         (("--dataset", "synthetic"), "needs --root"),
     ],
 )
+@pytest.mark.slow
 def test_bad_sources_are_one_line_errors(tiny, tmp_path: Path, source: tuple[str, ...], message: str) -> None:
     checkpoint, _ = tiny
     (tmp_path / "empty" / "sub").mkdir(parents=True)
@@ -168,6 +174,7 @@ def test_bad_sources_are_one_line_errors(tiny, tmp_path: Path, source: tuple[str
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_extract_reads_its_settings_from_a_config_file(tiny, tmp_path: Path) -> None:
     checkpoint, target = tiny
     settings = tmp_path / "extract.toml"

@@ -66,6 +66,7 @@ def search(site: dict[str, Path], out: Path, *extra: str, gallery: Path | None =
     return runner.invoke(app, [*args, *extra])
 
 
+@pytest.mark.slow
 def test_the_copy_of_each_query_comes_first(site, tmp_path: Path) -> None:
     out = tmp_path / "found"
     result = search(site, out, "--top-k", "5")
@@ -85,6 +86,7 @@ def test_the_copy_of_each_query_comes_first(site, tmp_path: Path) -> None:
     assert page.count("data:image/jpeg;base64,") == 4 * 6 and "copy_of_" in page
 
 
+@pytest.mark.slow
 def test_a_single_query_image_against_a_gallery_folder_extracts_it_once(site, tmp_path: Path) -> None:
     out = tmp_path / "folder"
     query = next(site["queries"].iterdir())
@@ -98,6 +100,7 @@ def test_a_single_query_image_against_a_gallery_folder_extracts_it_once(site, tm
     assert sorted(p.name for p in (out / "ranks").iterdir()) == ["rank_00000.png"]
 
 
+@pytest.mark.slow
 def test_rerank_orders_by_the_re_ranked_distance(site, tmp_path: Path) -> None:
     out = tmp_path / "rerank"
     result = search(site, out, "--rerank", "--top-k", "22")
@@ -110,6 +113,7 @@ def test_rerank_orders_by_the_re_ranked_distance(site, tmp_path: Path) -> None:
         assert Path(entry["matches"][0]["path"]).name.startswith("copy_of_")
 
 
+@pytest.mark.slow
 def test_rerank_gives_the_reference_re_ranked_order_not_the_plain_one(site, tmp_path: Path) -> None:
     from test_reranking import reference_rerank
 
@@ -137,6 +141,7 @@ def test_rerank_gives_the_reference_re_ranked_order_not_the_plain_one(site, tmp_
     assert differs  # the re-ranked order is not the plain one on this gallery
 
 
+@pytest.mark.slow
 def test_rerank_that_would_not_fit_is_refused_in_one_line(site, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(search_module, "available_memory", lambda device: 1 << 20)
     result = search(site, tmp_path / "out", "--rerank")
@@ -151,6 +156,7 @@ def test_the_rerank_estimate_covers_the_measured_peaks() -> None:
     assert rerank_peak_bytes(1_000, 1_000_000, 2048) > 20e9  # a million-image gallery is refused on most machines
 
 
+@pytest.mark.slow
 def test_the_ivf_index_is_saved_reused_and_rebuilt_when_the_features_change(site, tmp_path: Path) -> None:
     feats = tmp_path / "feats"
     shutil.copytree(site["feats"], feats)
@@ -174,6 +180,7 @@ def test_the_ivf_index_is_saved_reused_and_rebuilt_when_the_features_change(site
     assert third.exit_code == 0 and "features changed since the IVF index was built" in text(third)
 
 
+@pytest.mark.slow
 def test_a_gallery_of_another_dimension_is_a_one_line_error(site, tmp_path: Path) -> None:
     other = tmp_path / "other"
     other.mkdir()
@@ -184,6 +191,7 @@ def test_a_gallery_of_another_dimension_is_a_one_line_error(site, tmp_path: Path
     assert "features have dimension 16, but the model" in text(result) and "gives 512" in text(result)
 
 
+@pytest.mark.slow
 def test_features_of_another_checkpoint_are_refused(site, tmp_path: Path) -> None:
     feats = tmp_path / "feats"
     shutil.copytree(site["feats"], feats)
@@ -193,6 +201,7 @@ def test_features_of_another_checkpoint_are_refused(site, tmp_path: Path) -> Non
     assert result.exit_code == 2 and "features of another checkpoint (old.pt)" in text(result)
 
 
+@pytest.mark.slow
 def test_an_empty_query_folder_is_a_one_line_error(site, tmp_path: Path) -> None:
     (tmp_path / "empty" / "deeper").mkdir(parents=True)
     (tmp_path / "empty" / "readme.txt").write_text("no pictures")
@@ -201,6 +210,7 @@ def test_an_empty_query_folder_is_a_one_line_error(site, tmp_path: Path) -> None
     assert f"--query {tmp_path / 'empty'}: no images in the folder or below it" in text(result)
 
 
+@pytest.mark.slow
 def test_a_gallery_that_is_neither_images_nor_features_is_a_one_line_error(site, tmp_path: Path) -> None:
     result = search(site, tmp_path / "out", gallery=tmp_path / "missing")
     assert result.exit_code == 2 and "expected a folder of images or a feature folder" in text(result)
