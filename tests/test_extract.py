@@ -246,6 +246,7 @@ def test_extract_to_folder_records_what_it_extracted(tmp_path: Path, capsys) -> 
     ],
 )
 def test_another_extraction_in_the_folder_is_refused_or_restarted(tmp_path: Path, capsys, change, difference) -> None:
+    change = dict(change)  # popped below: the parameter itself must stay whole for a rerun in one process
     listing = image_list(tmp_path / "imgs", 4)
     out = tmp_path / "feats"
     to_folder(small_adapted(tmp_path), listing, out)

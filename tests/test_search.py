@@ -396,3 +396,124 @@ def test_old_rank_lists_are_cleared_and_kept_ones_stay(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(b"x")
     search_module._clear_old_rank_lists(tmp_path, {tmp_path / "rank_00000.png"})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.png", "rank_00000.png"]
+
+
+# run_search itself, through the CLI, with a small network in place of a trained checkpoint's.
+class HalfMeans(torch.nn.Module):
+    """Unit features of the left and right halves' channel means: mirroring an image changes them."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        halves = torch.cat([images[..., :2].mean(dim=(2, 3)), images[..., 2:].mean(dim=(2, 3)) + 1.0], dim=1)
+        return torch.nn.functional.normalize(halves, dim=1)
+
+
+@pytest.fixture
+def small_site(tmp_path: Path, monkeypatch) -> dict:
+    """Three queries, a gallery folder of their lossless copies (other cameras) and five other people, and a
+    small model that run_search loads for the checkpoint path."""
+    card = ModelCard("resnet18", 8, 4, "half means", 6, "ecn", "a", "b", 1, 1)
+    checkpoint = tmp_path / "small.pt"
+    adapted = AdaptedModel(HalfMeans(), card, checkpoint, "sha-small")
+    monkeypatch.setattr(search_module, "load_adapted_model",
+                        lambda path: adapted if Path(path) == checkpoint else pytest.fail(str(path)))
+    rng = np.random.default_rng(0)
+    queries, gallery = tmp_path / "queries", tmp_path / "gallery"
+    queries.mkdir()
+    gallery.mkdir()
+    for pid in range(1, 9):
+        pixels = Image.fromarray(rng.integers(0, 256, (8, 4, 3), dtype=np.uint8))
+        if pid <= 3:
+            pixels.save(queries / f"{pid:04d}_c1s1_000001_00.png")
+        pixels.save(gallery / f"{pid:04d}_c2s1_000002_00.png")
+    return {"checkpoint": checkpoint, "adapted": adapted, "queries": queries, "gallery": gallery}
+
+
+def small_search(site: dict, out: Path, *extra: str, query: Path | None = None, gallery: Path | None = None):
+    args = ["search", "--checkpoint", str(site["checkpoint"]), "--query", str(query or site["queries"]),
+            "--gallery", str(gallery or site["gallery"]), "--out", str(out), "--device", "cpu", "--workers", "0",
+            "--batch-size", "2", *extra]
+    return runner.invoke(app, args)
+
+
+def image_entry(path: Path) -> dict:
+    pid, cam = int(path.name[:4]), int(path.name[6]) - 1
+    return {"path": str(path.resolve()), "pid": pid, "camid": cam}
+
+
+def test_search_of_an_image_gallery_with_a_small_model(small_site: dict, tmp_path: Path) -> None:
+    out = tmp_path / "found"
+    result = small_search(small_site, out, "--top-k", "3")
+    assert result.exit_code == 0, result.output
+    said = text(result)
+    cache = out / "gallery"
+    assert f"gallery features in {cache}: pass --gallery {cache} to search them again without images" in said
+    assert said.endswith(f"results: {out / 'results.json'}, {out / 'index.html'}, {out / 'ranks'}/")
+    assert "3 queries in 8 gallery images (flat)" in said and "0001_c1s1_000001_00.png" in said
+    summary = json.loads((out / "results.json").read_text())
+    timings = summary.pop("timings")
+    assert set(timings) == {"query_features_s", "search_s"} and min(timings.values()) >= 0
+    results = summary.pop("results")
+    assert summary == {
+        "checkpoint": str(small_site["checkpoint"]), "checkpoint_sha256": "sha-small",
+        "card": small_site["adapted"].card.to_dict(), "query": str(small_site["queries"]),
+        "gallery": {"given": str(small_site["gallery"]), "features": str(cache), "count": 8, "dtype": "float32"},
+        "flip": False, "top_k": 3, "search": {"kind": "flat"}, "html": str(out / "index.html"),
+        "rank_lists": str(out / "ranks"),
+    }
+    gallery = sorted(small_site["gallery"].iterdir())
+    features = HalfMeans()(torch.stack([torch.from_numpy(np.asarray(Image.open(p), np.float32)).permute(2, 0, 1)
+                                        for p in gallery]))
+    assert len(results) == 3
+    for number, (query, found) in enumerate(zip(sorted(small_site["queries"].iterdir()), results, strict=True)):
+        assert found["query"] == image_entry(query)
+        assert [m["rank"] for m in found["matches"]] == [1, 2, 3]
+        best = found["matches"][0]  # the query's own copy: the same features
+        assert {k: best[k] for k in ("row", "path", "pid", "camid", "same_person")} == {
+            "row": number, **image_entry(gallery[number]), "same_person": True}
+        assert best["similarity"] == pytest.approx(1.0, abs=1e-5) and "rerank_distance" not in best
+        assert all(m["same_person"] is False for m in found["matches"][1:])
+        similarities = [m["similarity"] for m in found["matches"]]
+        assert similarities == sorted(similarities, reverse=True) and similarities[1] < 0.9999
+        assert (out / "ranks" / f"rank_{number:05d}.png").is_file()
+    assert len(features) == 8 and (out / "index.html").is_file()
+    assert sorted(p.name for p in (out / "ranks").iterdir()) == [f"rank_{n:05d}.png" for n in range(3)]
+
+
+def test_search_of_a_feature_folder_follows_its_flip_and_reranks(small_site: dict, tmp_path: Path) -> None:
+    out = tmp_path / "found"
+    assert small_search(small_site, out, "--flip").exit_code == 0
+    cache = out / "gallery"
+    one = next(iter(sorted(small_site["queries"].iterdir())))
+    result = small_search(small_site, out, "--flip", "--rerank", "--top-k", "4", gallery=cache, query=one)
+    assert result.exit_code == 0, result.output
+    assert "queries embedded" not in text(result) and "gallery features in" not in text(result), result.output
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["flip"] is True and summary["search"] == {"kind": "rerank", "k1": 20, "k2": 6, "lambda": 0.3}
+    assert summary["gallery"]["given"] == str(cache) and summary["top_k"] == 4
+    matches = summary["results"][0]["matches"]
+    assert matches[0]["row"] == 0 and matches[0]["similarity"] == pytest.approx(1.0, abs=1e-5)
+    distances = [m["rerank_distance"] for m in matches]
+    assert len(distances) == 4 and distances == sorted(distances)
+    # One query now: the rank lists of the earlier three are gone.
+    assert sorted(p.name for p in (out / "ranks").iterdir()) == ["rank_00000.png"]
+    # Without --flip, the queries still follow the gallery's features (embedded with --flip) and say so.
+    result = small_search(small_site, tmp_path / "plain", gallery=cache)
+    assert result.exit_code == 0, result.output
+    assert "queries embedded with flip=True, as the gallery features were" in text(result)
+    summary = json.loads((tmp_path / "plain" / "results.json").read_text())
+    assert summary["flip"] is True
+    assert [r["matches"][0]["similarity"] for r in summary["results"]] == pytest.approx([1.0] * 3, abs=1e-5)
+
+
+def test_search_skips_bad_query_images_when_asked(small_site: dict, tmp_path: Path) -> None:
+    (small_site["queries"] / "0009_c1s1_000009_00.png").write_bytes(b"not an image")
+    result = small_search(small_site, tmp_path / "found", "--skip-bad-images")
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 undecodable query images" in text(result)
+    assert len(json.loads((tmp_path / "found" / "results.json").read_text())["results"]) == 3
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.png").write_bytes(b"not an image")
+    result = small_search(small_site, tmp_path / "none", "--skip-bad-images", query=bad)
+    assert result.exit_code == 2 and text(result).endswith(
+        f"skipped 1 undecodable query images error: --query {bad}: no query image decodes")
