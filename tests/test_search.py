@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -440,10 +441,19 @@ def image_entry(path: Path) -> dict:
     return {"path": str(path.resolve()), "pid": pid, "camid": cam}
 
 
-def test_search_of_an_image_gallery_with_a_small_model(small_site: dict, tmp_path: Path) -> None:
+def test_search_of_an_image_gallery_with_a_small_model(small_site: dict, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(index_module, "BLOCK_BYTES", 4 * 6 * 2)  # exact search in blocks of 2 gallery rows
     out = tmp_path / "found"
     result = small_search(small_site, out, "--top-k", "3")
     assert result.exit_code == 0, result.output
+    # Where the console is not a terminal, the short search step prints a line at half way and at the end.
+    progress = [re.sub(r"\), .* (\w+)/s, \d+ s$", r"), R \1/s", line) for line in result.output.splitlines()
+                if line.startswith(("search", "query features", "rank lists"))]
+    assert progress == [
+        "query features: 2/3 (67%), R img/s", "query features: 3/3 (100%), R img/s",
+        "search (exact): 4/8 (50%), R vec/s", "search (exact): 8/8 (100%), R vec/s",
+        "rank lists: 2/3 (67%), R img/s", "rank lists: 3/3 (100%), R img/s",
+    ], result.output
     said = text(result)
     cache = out / "gallery"
     assert f"gallery features in {cache}: pass --gallery {cache} to search them again without images" in said
