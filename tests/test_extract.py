@@ -341,3 +341,33 @@ def test_a_dataset_split_without_images_is_a_one_line_error(tmp_path: Path, monk
     monkeypatch.setattr(ecnreid.inference.extract, "dataset_images", lambda name, root, split: ["x"])
     assert source_images(config) == (["x"], {"dataset": "market1501", "root": str(tmp_path.resolve()),
                                              "split": "query"})
+
+
+def test_the_extract_command_with_a_small_model(tmp_path: Path, monkeypatch) -> None:
+    adapted, listing = small_adapted(tmp_path), image_list(tmp_path / "imgs", 5)
+    checkpoint = tmp_path / "last.pt"
+    monkeypatch.setattr(ecnreid.inference.extract, "load_adapted_model",
+                        lambda path: adapted if Path(path) == checkpoint else pytest.fail(str(path)))
+    Path(listing[2].path).write_bytes(b"not an image")
+    out = tmp_path / "feats"
+    args = ["extract", "--checkpoint", str(checkpoint), "--images", str(tmp_path / "imgs"), "--out", str(out),
+            "--device", "cpu", "--workers", "0", "--batch-size", "2", "--dtype", "float16", "--flip",
+            "--skip-bad-images"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "extract.json").read_text())
+    kept = [entry for i, entry in enumerate(listing) if i != 2]
+    assert {k: v for k, v in meta.items() if k != "seconds"} == {
+        "format": "ecnreid-features", "format_version": 1, "source": {"images": str((tmp_path / "imgs").resolve())},
+        "listing_sha256": list_sha256(listing), "checkpoint": str(checkpoint.resolve()), "checkpoint_sha256": "sha-a",
+        "dim": 3, "dtype": "float16", "flip": True, "skip_bad_images": True, "input_size": [8, 4],
+        "ecnreid_version": ecnreid_version(), "count": 4, "skipped": [listing[2].path], "done": 4, "complete": True,
+    }
+    expected = torch.cat(list(iter_features(adapted, [e.record() for e in kept], device=torch.device("cpu"),
+                                            batch_size=4, workers=0, flip=True))).numpy()
+    assert np.allclose(np.load(out / "features.npy"), expected, atol=1e-3)
+    said = result.output.splitlines()
+    assert f"skipping 1 undecodable images (listed in {out / 'extract.json'})" in said
+    assert "features of 4 images" in result.output
+    rows = [line.replace("│", " ").split() for line in said if "float16" in line]  # the folder may be cut short
+    assert rows == [[rows[0][0], "4", "3", "float16", "yes", "1", f"{meta['seconds']:.1f}"]], result.output
