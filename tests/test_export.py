@@ -181,9 +181,10 @@ class SmallEmbedding(torch.nn.Module):
         self.norm = torch.nn.BatchNorm2d(4)
         self.norm.running_mean.uniform_(-1, 1)
         self.norm.running_var.uniform_(0.5, 2)
+        self.register_buffer("ballast", torch.zeros(1 << 17))  # 0.5 MiB, so that the size said is not 0.0 MiB
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.normalize(self.norm(self.conv(images)).mean(dim=(2, 3)), dim=1)
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:  # not named like the graph's input
+        return torch.nn.functional.normalize(self.norm(self.conv(batch)).mean(dim=(2, 3)), dim=1) + self.ballast[0]
 
 
 SMALL_CARD = ModelCard("resnet18", 8, 4, "pool5, L2-normalised", 4, "ecn", "a", "b", 1, 1,
@@ -248,6 +249,10 @@ def test_export_of_a_small_model_writes_the_file_its_json_and_says_so(small, tmp
     for batch in (1, 5):
         images = torch.randn(batch, 3, 8, 4, generator=torch.Generator().manual_seed(batch))
         if fmt == "onnx":
+            import onnx
+
+            (graph_input,) = onnx.load_from_string(out.read_bytes()).graph.input
+            assert graph_input.name == "images" and graph_input.type.tensor_type.shape.dim[0].dim_param == "batch"
             got = export_module.run_onnx(out.read_bytes(), images)
         else:
             got = export_module.run_torchscript(out.read_bytes(), images)
@@ -293,6 +298,12 @@ def test_a_small_export_needs_a_file_and_onnx_its_packages(small, tmp_path: Path
     result = export(small[0], tmp_path, "torchscript")
     assert result.exit_code == 2
     assert " ".join(result.output.split()) == f"error: --out {tmp_path}: is a folder; expected the file to write"
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = export(small[0], blocker / "model.pt", "torchscript")
+    assert result.exit_code == 2
+    assert " ".join(result.output.split()) == f"error: --out {blocker}: exists and is a file, not a folder"
+    blocker.unlink()
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import of it raises ImportError
     result = export(small[0], tmp_path / "model.onnx", "onnx")
     assert result.exit_code == 2 and list(tmp_path.iterdir()) == []
