@@ -569,3 +569,25 @@ def test_the_nprobe_asked_for_reaches_the_ivf_index(tmp_path: Path) -> None:
     assert index.nprobe > 1  # else the calibrated default could not be told from nprobe 1
     assert np.array_equal(rows, index.search(queries, 10, 1)[1])
     assert not np.array_equal(rows, index.search(queries, 10, index.nprobe)[1])
+
+
+def test_a_small_search_names_the_gallery_in_every_error(small_site: dict, tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    result = small_search(small_site, tmp_path / "a", gallery=missing)
+    assert result.exit_code == 2 and text(result) == (
+        f"error: --gallery {missing}: not found; expected a folder of images or a feature folder of `ecnreid extract`")
+    a_file = next(small_site["gallery"].iterdir())
+    result = small_search(small_site, tmp_path / "b", gallery=a_file)
+    assert result.exit_code == 2 and text(result).startswith(f"error: --gallery {a_file}: is a file; expected")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = small_search(small_site, tmp_path / "c", gallery=empty)
+    assert result.exit_code == 2 and text(result).startswith(f"error: --gallery {empty}: ")
+    # The cached gallery of another model is extracted over, not refused.
+    out = tmp_path / "d"
+    assert small_search(small_site, out).exit_code == 0
+    meta = json.loads((out / "gallery" / "extract.json").read_text())
+    assert meta["source"] == {"images": str(small_site["gallery"].resolve())}
+    (out / "gallery" / "extract.json").write_text(json.dumps({**meta, "checkpoint_sha256": "another"}))
+    result = small_search(small_site, out)
+    assert result.exit_code == 0 and "starting the extraction over (checkpoint_sha256 changed)" in text(result)
