@@ -310,3 +310,17 @@ def test_a_small_export_needs_a_file_and_onnx_its_packages(small, tmp_path: Path
     assert " ".join(result.output.split()) == (
         "error: --format onnx needs onnx, onnxruntime and onnxscript (onnxruntime is missing): "
         "pip install 'ecnreid[export]'")
+
+
+def test_warnings_of_the_trace_other_than_torch_jits_deprecation_reach_the_user(tmp_path: Path, monkeypatch) -> None:
+    class WarnsWhileTraced(SmallEmbedding):
+        def forward(self, batch: torch.Tensor) -> torch.Tensor:
+            if torch.jit.is_tracing():
+                warnings.warn("seen while traced", UserWarning, stacklevel=2)
+            return super().forward(batch)
+
+    path = tmp_path / "small.pt"
+    adapted = AdaptedModel(WarnsWhileTraced(), SMALL_CARD, path, "sha-small")
+    monkeypatch.setattr(export_module, "load_adapted_model", lambda checkpoint: adapted)
+    with pytest.warns(UserWarning, match="seen while traced"):
+        assert export(path, tmp_path / "model.pt", "torchscript").exit_code == 0
