@@ -27,7 +27,7 @@ from ecnreid.data.datasets import read_dataset
 from ecnreid.data.transforms import build_test_transform
 from ecnreid.evaluation.metrics import RankingResult
 from ecnreid.inference.adapted import AdaptedModel
-from ecnreid.inference.card import ModelCard
+from ecnreid.inference.card import ECN_FEATURE, ModelCard
 
 runner = CliRunner()
 METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")
@@ -241,6 +241,12 @@ def test_eval_reports_the_recomputed_plain_and_re_ranked_metrics(problem: dict, 
     assert plain["mAP"] != pytest.approx(reranked["mAP"], abs=0.5)  # re-ranking changes this problem's ranking
     assert plain["rank1"] != plain["rank5"]  # ...and rank-5 is not rank-1 here
     run = run_eval(problem, tmp_path / "eval", "--rerank")
+    weights = problem["weights"]
+    assert run["metrics"]["model"] == {  # the bare backbone eval built, as --arch and --weights asked
+        "arch": "resnet18", "weights": {"kind": "file", "path": str(weights),
+                                        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()},
+        "last_stride": 2, "input_height": 32, "input_width": 16, "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225], "feature": ECN_FEATURE, "feature_dim": 512}
     results = run["metrics"]["results"]
     assert_row(results["plain"], plain)
     assert_row(results["rerank"], reranked)
