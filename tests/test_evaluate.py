@@ -21,10 +21,13 @@ from ranking_reference import evaluate_ranking_reference
 from test_reranking import reference_rerank
 from typer.testing import CliRunner
 
+import ecnreid.inference.evaluate as evaluate_module
 from ecnreid.cli import app
 from ecnreid.data.datasets import read_dataset
 from ecnreid.data.transforms import build_test_transform
 from ecnreid.evaluation.metrics import RankingResult
+from ecnreid.inference.adapted import AdaptedModel
+from ecnreid.inference.card import ECN_FEATURE, ModelCard
 
 runner = CliRunner()
 METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")
@@ -61,6 +64,7 @@ def error_line(result) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_eval_of_a_checkpoint_scores_the_model_its_card_describes(trained_64x32, tmp_path: Path) -> None:
     target, run = trained_64x32
     checkpoint = run / "last.pt"
@@ -98,6 +102,7 @@ def test_eval_of_a_checkpoint_scores_the_model_its_card_describes(trained_64x32,
         (["--pretrained"], ["--pretrained", "holds the trained weights", "leave out --pretrained"]),
     ],
 )
+@pytest.mark.slow
 def test_an_option_that_contradicts_the_card_stops_with_one_line(
     trained_64x32, tmp_path: Path, option: list[str], fragments: list[str]
 ) -> None:
@@ -109,6 +114,7 @@ def test_an_option_that_contradicts_the_card_stops_with_one_line(
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_weights_with_a_checkpoint_are_refused(trained_64x32, tmp_path: Path) -> None:
     target, run = trained_64x32
     args = eval_args(target, tmp_path / "eval", "--checkpoint", str(run / "last.pt"), "--weights", "w.pth")
@@ -116,6 +122,7 @@ def test_weights_with_a_checkpoint_are_refused(trained_64x32, tmp_path: Path) ->
     assert "--weights w.pth" in line and "leave out --weights" in line
 
 
+@pytest.mark.slow  # evaluates a ResNet-18 at the default 256x128: about 15 s on 2 cores
 def test_eval_of_a_bare_backbone_records_the_backbone_it_built(two_domains, tmp_path: Path) -> None:
     _, target = two_domains
     weights = tmp_path / "resnet18.pth"
@@ -234,6 +241,12 @@ def test_eval_reports_the_recomputed_plain_and_re_ranked_metrics(problem: dict, 
     assert plain["mAP"] != pytest.approx(reranked["mAP"], abs=0.5)  # re-ranking changes this problem's ranking
     assert plain["rank1"] != plain["rank5"]  # ...and rank-5 is not rank-1 here
     run = run_eval(problem, tmp_path / "eval", "--rerank")
+    weights = problem["weights"]
+    assert run["metrics"]["model"] == {  # the bare backbone eval built, as --arch and --weights asked
+        "arch": "resnet18", "weights": {"kind": "file", "path": str(weights),
+                                        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()},
+        "last_stride": 2, "input_height": 32, "input_width": 16, "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225], "feature": ECN_FEATURE, "feature_dim": 512}
     results = run["metrics"]["results"]
     assert_row(results["plain"], plain)
     assert_row(results["rerank"], reranked)
@@ -281,6 +294,7 @@ def saved_split(checkpoint: Path, target: Path, split: str, out: Path) -> tuple[
     return np.load(out / "features.npy"), np.array([int(r[1]) for r in rows]), np.array([int(r[2]) for r in rows])
 
 
+@pytest.mark.slow
 def test_training_table_metrics_json_and_saved_features_agree(two_domains, tmp_path: Path) -> None:
     source, target = two_domains
     out = tmp_path / "run"
@@ -340,7 +354,6 @@ def test_the_training_summary_marks_only_the_last_evaluation_final() -> None:
 
 
 def test_the_cards_pretrained_setting() -> None:
-    from ecnreid.inference.card import ModelCard
     from ecnreid.inference.evaluate import _card_pretrained
 
     card = ModelCard("resnet18", 32, 16, "f", 512, "ecn", "a", "b", 1, 1)
@@ -377,3 +390,82 @@ def test_save_pictures_draws_the_curves_and_the_rank_lists_asked_for(tmp_path: P
     distmat, out, num = lists[0]
     assert (out, num) == (tmp_path / "ranks", 2)
     torch.testing.assert_close(distmat, torch.tensor([[5.0, 4.0]]).sqrt())
+
+
+# `eval --checkpoint` with a small network in place of a trained checkpoint's (no training needed).
+class ChannelStats(torch.nn.Module):
+    """Unit features of each channel's mean and standard deviation."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(torch.cat([images.mean(dim=(2, 3)), images.std(dim=(2, 3))], dim=1), dim=1)
+
+
+@pytest.fixture
+def small_checkpoint(tmp_path: Path, monkeypatch) -> tuple[Path, AdaptedModel]:
+    """A --checkpoint path whose model (24x12 input, its own normalisation, last stride 1, from a weights file)
+    the eval command loads."""
+    card = ModelCard("resnet18", 24, 12, "channel stats", 6, "ecn", "a", "b", 1, 1, mean=(0.5, 0.4, 0.3),
+                     std=(0.2, 0.3, 0.4), details={"model": {"last_stride": 1}, "backbone_weights": {"kind": "file"}})
+    path = tmp_path / "small.pt"
+    adapted = AdaptedModel(ChannelStats(), card, path, "sha-small")
+    monkeypatch.setattr(evaluate_module, "load_adapted_model",
+                        lambda checkpoint: adapted if Path(checkpoint) == path else pytest.fail(str(checkpoint)))
+    return path, adapted
+
+
+def test_eval_of_a_small_checkpoint_uses_its_card(problem: dict, small_checkpoint, tmp_path: Path) -> None:
+    path, adapted = small_checkpoint
+    out = tmp_path / "eval"
+    result = runner.invoke(app, eval_args(problem["tree"], out, "--checkpoint", str(path)))
+    assert result.exit_code == 0, result.output
+    assert f"{path}: resnet18 at 24x12, as its model card states" in " ".join(result.output.split())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"] == {"checkpoint": str(path), "checkpoint_sha256": "sha-small", **adapted.card.to_dict()}
+    dataset = problem["dataset"]
+    transform = build_test_transform(24, 12, (0.5, 0.4, 0.3), (0.2, 0.3, 0.4))
+
+    def features(records) -> torch.Tensor:
+        return ChannelStats()(torch.stack([transform(Image.open(r.path).convert("RGB")) for r in records]))
+
+    assert_row(metrics["results"]["plain"], expected_row(cosine(features(dataset.query), features(dataset.gallery)),
+                                                         dataset))
+    assert (metrics["query"], metrics["gallery"]) == (len(dataset.query), len(dataset.gallery))
+    # Options equal to the card's are accepted; a card that does not record one accepts any value.
+    same = ["--arch", "resnet18", "--height", "24", "--width", "12", "--last-stride", "1", "--pretrained"]
+    result = runner.invoke(app, eval_args(problem["tree"], tmp_path / "same", "--checkpoint", str(path), *same))
+    assert result.exit_code == 0, result.output
+    adapted.card = dataclasses.replace(adapted.card, details={})
+    result = runner.invoke(app, eval_args(problem["tree"], tmp_path / "any", "--checkpoint", str(path),
+                                          "--last-stride", "2"))
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--height", "256"], "--height 256: {where} input height 24; leave out --height {card}"),
+        (["--width", "128"], "--width 128: {where} input width 12; leave out --width {card}"),
+        (["--arch", "resnet50"], "--arch resnet50: {where} architecture resnet18; leave out --arch {card}"),
+        (["--last-stride", "2"], "--last-stride 2: {where} last stride 1; leave out --last-stride {card}"),
+        (["--no-pretrained"], "--no-pretrained: --checkpoint {path} holds the trained weights; leave out "
+                              "--no-pretrained"),
+    ],
+)
+def test_an_option_that_contradicts_a_small_card_stops_with_one_line(
+    problem: dict, small_checkpoint, tmp_path: Path, option: list[str], message: str
+) -> None:
+    path = small_checkpoint[0]
+    out = tmp_path / "eval"
+    line = error_line(runner.invoke(app, eval_args(problem["tree"], out, "--checkpoint", str(path), *option)))
+    expected = message.format(where=f"--checkpoint {path} holds a model with", path=path,
+                              card="(eval takes it from the model card)")
+    assert " ".join(line.split()) == f"error: {expected}"
+    assert not out.exists()
+
+
+def test_pretrained_against_a_card_that_does_not_say_is_refused(problem: dict, small_checkpoint, tmp_path) -> None:
+    path, adapted = small_checkpoint
+    adapted.card = dataclasses.replace(adapted.card, details={})
+    line = error_line(runner.invoke(app, eval_args(problem["tree"], tmp_path, "--checkpoint", str(path),
+                                                   "--pretrained")))
+    assert line == f"error: --pretrained: --checkpoint {path} holds the trained weights; leave out --pretrained"

@@ -4,8 +4,10 @@ images, and an interrupted extraction that a rerun finishes into the very bytes 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -43,6 +45,7 @@ def extract(checkpoint: Path, out: Path, *source: str, extra: tuple[str, ...] = 
     return runner.invoke(app, [*args, "--device", "cpu", "--workers", "0", "--batch-size", "4", *extra])
 
 
+@pytest.mark.slow
 def test_a_dataset_split_gives_the_features_eval_scores(tiny, tmp_path: Path) -> None:
     checkpoint, target = tiny
     out = tmp_path / "feats"
@@ -62,6 +65,7 @@ def test_a_dataset_split_gives_the_features_eval_scores(tiny, tmp_path: Path) ->
     assert meta["source"]["split"] == "query" and read_card_json(out / "card.json").feature_dim == 512
 
 
+@pytest.mark.slow
 def test_folders_of_any_depth_and_suffix_in_float16(tiny, tmp_path: Path) -> None:
     checkpoint, target = tiny
     images = tmp_path / "site"
@@ -89,6 +93,7 @@ def test_name_parsers() -> None:
     assert parse_ids("IMG_2041.jpg") == (None, None)
 
 
+@pytest.mark.slow
 def test_a_killed_extraction_resumes_to_the_same_bytes(tiny, tmp_path: Path, monkeypatch) -> None:
     checkpoint, target = tiny
     gallery = ("--images", str(target / "bounding_box_test"))  # 18 images: 5 batches of 4
@@ -121,6 +126,7 @@ def test_a_killed_extraction_resumes_to_the_same_bytes(tiny, tmp_path: Path, mon
     assert json.loads((killed / "extract.json").read_text())["complete"]
 
 
+@pytest.mark.slow
 def test_a_finished_extraction_is_kept_and_other_settings_are_refused(tiny, tmp_path: Path) -> None:
     checkpoint, target = tiny
     out, query = tmp_path / "feats", ("--images", str(target / "query"))
@@ -135,6 +141,7 @@ def test_a_finished_extraction_is_kept_and_other_settings_are_refused(tiny, tmp_
     assert result.exit_code == 2 and "of other images" in result.output
 
 
+@pytest.mark.slow
 def test_a_bad_image_stops_with_one_line_or_is_skipped(tiny, tmp_path: Path) -> None:
     checkpoint, target = tiny
     images = tmp_path / "images"
@@ -160,6 +167,7 @@ def test_a_bad_image_stops_with_one_line_or_is_skipped(tiny, tmp_path: Path) -> 
         (("--dataset", "synthetic"), "needs --root"),
     ],
 )
+@pytest.mark.slow
 def test_bad_sources_are_one_line_errors(tiny, tmp_path: Path, source: tuple[str, ...], message: str) -> None:
     checkpoint, _ = tiny
     (tmp_path / "empty" / "sub").mkdir(parents=True)
@@ -168,6 +176,7 @@ def test_bad_sources_are_one_line_errors(tiny, tmp_path: Path, source: tuple[str
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_extract_reads_its_settings_from_a_config_file(tiny, tmp_path: Path) -> None:
     checkpoint, target = tiny
     settings = tmp_path / "extract.toml"
@@ -239,6 +248,7 @@ def test_extract_to_folder_records_what_it_extracted(tmp_path: Path, capsys) -> 
     ],
 )
 def test_another_extraction_in_the_folder_is_refused_or_restarted(tmp_path: Path, capsys, change, difference) -> None:
+    change = dict(change)  # popped below: the parameter itself must stay whole for a rerun in one process
     listing = image_list(tmp_path / "imgs", 4)
     out = tmp_path / "feats"
     to_folder(small_adapted(tmp_path), listing, out)
@@ -333,3 +343,106 @@ def test_a_dataset_split_without_images_is_a_one_line_error(tmp_path: Path, monk
     monkeypatch.setattr(ecnreid.inference.extract, "dataset_images", lambda name, root, split: ["x"])
     assert source_images(config) == (["x"], {"dataset": "market1501", "root": str(tmp_path.resolve()),
                                              "split": "query"})
+
+
+class HalfMeans(torch.nn.Module):
+    """Unit features of the left and right halves' channel means: mirroring an image changes them."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        halves = torch.cat([images[..., :2].mean(dim=(2, 3)), images[..., 2:].mean(dim=(2, 3)) + 1.0], dim=1)
+        return torch.nn.functional.normalize(halves, dim=1)
+
+
+def test_the_extract_command_with_a_small_model(tmp_path: Path, monkeypatch) -> None:
+    card = ModelCard("resnet18", 8, 4, "halves", 6, "ecn", "a", "b", 1, 1)
+    checkpoint = tmp_path / "last.pt"
+    adapted = AdaptedModel(HalfMeans(), card, checkpoint, "sha-a")
+    listing = image_list(tmp_path / "imgs", 6)
+    monkeypatch.setattr(ecnreid.inference.extract, "load_adapted_model",
+                        lambda path: adapted if Path(path) == checkpoint else pytest.fail(str(path)))
+    clock = iter(range(10, 100))  # perf_counter: 10 at the start, one second more after each batch
+    monkeypatch.setattr(ecnreid.inference.extract, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    Path(listing[2].path).write_bytes(b"not an image")
+    out = tmp_path / "feats"
+    args = ["extract", "--checkpoint", str(checkpoint), "--images", str(tmp_path / "imgs"), "--out", str(out),
+            "--device", "cpu", "--workers", "0", "--batch-size", "2", "--dtype", "float16", "--flip",
+            "--skip-bad-images"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "extract.json").read_text())
+    kept = [entry for i, entry in enumerate(listing) if i != 2]
+    assert meta == {
+        "format": "ecnreid-features", "format_version": 1, "source": {"images": str((tmp_path / "imgs").resolve())},
+        "listing_sha256": list_sha256(listing), "checkpoint": str(checkpoint.resolve()), "checkpoint_sha256": "sha-a",
+        "dim": 6, "dtype": "float16", "flip": True, "skip_bad_images": True, "input_size": [8, 4],
+        "ecnreid_version": ecnreid_version(), "count": 5, "skipped": [listing[2].path], "done": 5, "complete": True,
+        "seconds": 3.0,  # three batches
+    }
+    mirrored = torch.cat(list(iter_features(adapted, [e.record() for e in kept], device=torch.device("cpu"),
+                                            batch_size=5, workers=0, flip=True))).numpy()
+    plain = torch.cat(list(iter_features(adapted, [e.record() for e in kept], device=torch.device("cpu"),
+                                         batch_size=5, workers=0, flip=False))).numpy()
+    assert not np.allclose(mirrored, plain, atol=1e-2)  # mirroring matters to this model
+    assert np.allclose(np.load(out / "features.npy"), mirrored, atol=1e-3)
+    said = result.output.splitlines()
+    assert f"skipping 1 undecodable images (listed in {out / 'extract.json'})" in said
+    # Where the console is not a terminal, a line every 10 % of the images.
+    progress = [re.sub(r"\), .* img/s, \d+ s$", "), R img/s", line) for line in said if line.startswith("features")]
+    assert progress == ["features: 2/5 (40%), R img/s", "features: 4/5 (80%), R img/s",
+                        "features: 5/5 (100%), R img/s"], result.output
+    assert "features of 5 images" in result.output
+    rows = [line.replace("│", " ").split() for line in said if "float16" in line]  # the folder may be cut short
+    assert rows == [[rows[0][0], "5", "6", "float16", "yes", "1", "3.0"]], result.output
+    # The same command again: already there, not extracted over.
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0 and f"{out}: already extracted (5 images)" in result.output.splitlines()
+    assert json.loads((out / "extract.json").read_text()) == meta
+    # An --out that is a file: one line naming the option.
+    result = runner.invoke(app, [*args[:5], "--out", str(listing[0].path)])
+    assert result.exit_code == 2
+    assert " ".join(result.output.split()) == f"error: --out {listing[0].path}: exists and is a file, not a folder"
+
+
+def test_the_extract_table_names_its_columns() -> None:
+    table = render_extract_table({"count": 2, "dim": 8, "dtype": "float32", "flip": False}, Path("/f"))
+    assert [c.header for c in table.columns] == ["folder", "images", "dim", "dtype", "flip", "skipped", "seconds"]
+    assert [c.justify for c in table.columns] == ["left"] + ["right"] * 6
+    assert [list(c.cells) for c in table.columns] == [["/f"], ["2"], ["8"], ["float32"], ["no"], ["0"], ["0.0"]]
+    assert table.title == "features of 2 images"
+
+
+def test_an_unfinished_extraction_with_other_settings_is_refused_unless_it_is_skip_bad_images(tmp_path: Path,
+                                                                                            capsys) -> None:
+    adapted, listing = small_adapted(tmp_path), image_list(tmp_path / "imgs", 4)
+    out = tmp_path / "feats"
+    record = to_folder(adapted, listing, out)
+    # A finished extraction with other --skip-bad-images is refused; the same one is kept, even with restart_stale.
+    with pytest.raises(EcnreidError, match="holds an extraction with skip_bad_images False"):
+        to_folder(adapted, listing, out, skip_bad_images=True)
+    capsys.readouterr()
+    assert to_folder(adapted, listing, out, restart_stale=True) == record
+    assert "starting the extraction over" not in capsys.readouterr().err
+    # Unfinished: other --skip-bad-images starts over, another dtype is still refused.
+    (out / "extract.json").write_text(json.dumps({**record, "done": 2, "complete": False}))
+    with pytest.raises(EcnreidError, match="holds an extraction with dtype 'float32'"):
+        to_folder(adapted, listing, out, dtype="float16")
+    meta = to_folder(adapted, listing, out, skip_bad_images=True)
+    assert meta["complete"] and meta["skip_bad_images"]
+    assert f"{out}: starting the extraction over (skip_bad_images changed)" in capsys.readouterr().err
+
+
+def test_a_missing_or_unreadable_features_file_names_the_reason(tmp_path: Path) -> None:
+    adapted, listing = small_adapted(tmp_path), image_list(tmp_path / "imgs", 4)
+    out = tmp_path / "feats"
+    record = to_folder(adapted, listing, out)
+    (out / "extract.json").write_text(json.dumps({**record, "done": 2, "complete": False}))
+    (out / "features.npy").unlink()
+    with pytest.raises(EcnreidError) as info:
+        to_folder(adapted, listing, out)
+    assert str(info.value) == (f"{out / 'features.npy'}: cannot continue the extraction (not a readable .npy array: "
+                               f"No such file or directory); delete {out} and extract again")
+    (out / "features.npy").write_bytes(b"junk")
+    with pytest.raises(EcnreidError) as info:
+        to_folder(adapted, listing, out)
+    reason = str(info.value).split("not a readable .npy array: ")[1].split("); delete")[0]
+    assert reason not in ("", "None") and "No such file" not in reason

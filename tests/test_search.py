@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -66,6 +67,7 @@ def search(site: dict[str, Path], out: Path, *extra: str, gallery: Path | None =
     return runner.invoke(app, [*args, *extra])
 
 
+@pytest.mark.slow
 def test_the_copy_of_each_query_comes_first(site, tmp_path: Path) -> None:
     out = tmp_path / "found"
     result = search(site, out, "--top-k", "5")
@@ -85,6 +87,7 @@ def test_the_copy_of_each_query_comes_first(site, tmp_path: Path) -> None:
     assert page.count("data:image/jpeg;base64,") == 4 * 6 and "copy_of_" in page
 
 
+@pytest.mark.slow
 def test_a_single_query_image_against_a_gallery_folder_extracts_it_once(site, tmp_path: Path) -> None:
     out = tmp_path / "folder"
     query = next(site["queries"].iterdir())
@@ -98,6 +101,7 @@ def test_a_single_query_image_against_a_gallery_folder_extracts_it_once(site, tm
     assert sorted(p.name for p in (out / "ranks").iterdir()) == ["rank_00000.png"]
 
 
+@pytest.mark.slow
 def test_rerank_orders_by_the_re_ranked_distance(site, tmp_path: Path) -> None:
     out = tmp_path / "rerank"
     result = search(site, out, "--rerank", "--top-k", "22")
@@ -110,6 +114,7 @@ def test_rerank_orders_by_the_re_ranked_distance(site, tmp_path: Path) -> None:
         assert Path(entry["matches"][0]["path"]).name.startswith("copy_of_")
 
 
+@pytest.mark.slow
 def test_rerank_gives_the_reference_re_ranked_order_not_the_plain_one(site, tmp_path: Path) -> None:
     from test_reranking import reference_rerank
 
@@ -137,6 +142,7 @@ def test_rerank_gives_the_reference_re_ranked_order_not_the_plain_one(site, tmp_
     assert differs  # the re-ranked order is not the plain one on this gallery
 
 
+@pytest.mark.slow
 def test_rerank_that_would_not_fit_is_refused_in_one_line(site, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(search_module, "available_memory", lambda device: 1 << 20)
     result = search(site, tmp_path / "out", "--rerank")
@@ -151,6 +157,7 @@ def test_the_rerank_estimate_covers_the_measured_peaks() -> None:
     assert rerank_peak_bytes(1_000, 1_000_000, 2048) > 20e9  # a million-image gallery is refused on most machines
 
 
+@pytest.mark.slow
 def test_the_ivf_index_is_saved_reused_and_rebuilt_when_the_features_change(site, tmp_path: Path) -> None:
     feats = tmp_path / "feats"
     shutil.copytree(site["feats"], feats)
@@ -174,6 +181,7 @@ def test_the_ivf_index_is_saved_reused_and_rebuilt_when_the_features_change(site
     assert third.exit_code == 0 and "features changed since the IVF index was built" in text(third)
 
 
+@pytest.mark.slow
 def test_a_gallery_of_another_dimension_is_a_one_line_error(site, tmp_path: Path) -> None:
     other = tmp_path / "other"
     other.mkdir()
@@ -184,6 +192,7 @@ def test_a_gallery_of_another_dimension_is_a_one_line_error(site, tmp_path: Path
     assert "features have dimension 16, but the model" in text(result) and "gives 512" in text(result)
 
 
+@pytest.mark.slow
 def test_features_of_another_checkpoint_are_refused(site, tmp_path: Path) -> None:
     feats = tmp_path / "feats"
     shutil.copytree(site["feats"], feats)
@@ -193,6 +202,7 @@ def test_features_of_another_checkpoint_are_refused(site, tmp_path: Path) -> Non
     assert result.exit_code == 2 and "features of another checkpoint (old.pt)" in text(result)
 
 
+@pytest.mark.slow
 def test_an_empty_query_folder_is_a_one_line_error(site, tmp_path: Path) -> None:
     (tmp_path / "empty" / "deeper").mkdir(parents=True)
     (tmp_path / "empty" / "readme.txt").write_text("no pictures")
@@ -201,6 +211,7 @@ def test_an_empty_query_folder_is_a_one_line_error(site, tmp_path: Path) -> None
     assert f"--query {tmp_path / 'empty'}: no images in the folder or below it" in text(result)
 
 
+@pytest.mark.slow
 def test_a_gallery_that_is_neither_images_nor_features_is_a_one_line_error(site, tmp_path: Path) -> None:
     result = search(site, tmp_path / "out", gallery=tmp_path / "missing")
     assert result.exit_code == 2 and "expected a folder of images or a feature folder" in text(result)
@@ -386,3 +397,197 @@ def test_old_rank_lists_are_cleared_and_kept_ones_stay(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(b"x")
     search_module._clear_old_rank_lists(tmp_path, {tmp_path / "rank_00000.png"})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.png", "rank_00000.png"]
+
+
+# run_search itself, through the CLI, with a small network in place of a trained checkpoint's.
+class HalfMeans(torch.nn.Module):
+    """Unit features of the left and right halves' channel means: mirroring an image changes them."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        halves = torch.cat([images[..., :2].mean(dim=(2, 3)), images[..., 2:].mean(dim=(2, 3)) + 1.0], dim=1)
+        return torch.nn.functional.normalize(halves, dim=1)
+
+
+@pytest.fixture
+def small_site(tmp_path: Path, monkeypatch) -> dict:
+    """Three queries, a gallery folder of their lossless copies (other cameras) and five other people, and a
+    small model that run_search loads for the checkpoint path."""
+    card = ModelCard("resnet18", 8, 4, "half means", 6, "ecn", "a", "b", 1, 1)
+    checkpoint = tmp_path / "small.pt"
+    adapted = AdaptedModel(HalfMeans(), card, checkpoint, "sha-small")
+    monkeypatch.setattr(search_module, "load_adapted_model",
+                        lambda path: adapted if Path(path) == checkpoint else pytest.fail(str(path)))
+    rng = np.random.default_rng(0)
+    queries, gallery = tmp_path / "queries", tmp_path / "gallery"
+    queries.mkdir()
+    gallery.mkdir()
+    for pid in range(1, 9):
+        pixels = Image.fromarray(rng.integers(0, 256, (8, 4, 3), dtype=np.uint8))
+        if pid <= 3:
+            pixels.save(queries / f"{pid:04d}_c1s1_000001_00.png")
+        pixels.save(gallery / f"{pid:04d}_c2s1_000002_00.png")
+    return {"checkpoint": checkpoint, "adapted": adapted, "queries": queries, "gallery": gallery}
+
+
+def small_search(site: dict, out: Path, *extra: str, query: Path | None = None, gallery: Path | None = None):
+    args = ["search", "--checkpoint", str(site["checkpoint"]), "--query", str(query or site["queries"]),
+            "--gallery", str(gallery or site["gallery"]), "--out", str(out), "--device", "cpu", "--workers", "0",
+            "--batch-size", "2", *extra]
+    return runner.invoke(app, args)
+
+
+def image_entry(path: Path) -> dict:
+    pid, cam = int(path.name[:4]), int(path.name[6]) - 1
+    return {"path": str(path.resolve()), "pid": pid, "camid": cam}
+
+
+def test_search_of_an_image_gallery_with_a_small_model(small_site: dict, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(index_module, "BLOCK_BYTES", 4 * 6 * 2)  # exact search in blocks of 2 gallery rows
+    out = tmp_path / "found"
+    result = small_search(small_site, out, "--top-k", "3")
+    assert result.exit_code == 0, result.output
+    # Where the console is not a terminal, the short search step prints a line at half way and at the end.
+    progress = [re.sub(r"\), .* (\w+)/s, \d+ s$", r"), R \1/s", line) for line in result.output.splitlines()
+                if line.startswith(("search", "query features", "rank lists"))]
+    assert progress == [
+        "query features: 2/3 (67%), R img/s", "query features: 3/3 (100%), R img/s",
+        "search (exact): 4/8 (50%), R vec/s", "search (exact): 8/8 (100%), R vec/s",
+        "rank lists: 2/3 (67%), R img/s", "rank lists: 3/3 (100%), R img/s",
+    ], result.output
+    said = text(result)
+    cache = out / "gallery"
+    assert f"gallery features in {cache}: pass --gallery {cache} to search them again without images" in said
+    assert said.endswith(f"results: {out / 'results.json'}, {out / 'index.html'}, {out / 'ranks'}/")
+    assert "3 queries in 8 gallery images (flat)" in said
+    table = [line.replace("│", " ").split() for line in result.output.splitlines() if "_c1s1_" in line]
+    assert [row[0] for row in table] == [f"{pid:04d}_c1s1_000001_00.png" for pid in (1, 2, 3)]
+    assert all(row[1:] == [f"{row[0][:4]}_c2s1_000002_00.png", "1.000", "yes"] for row in table), table
+    summary = json.loads((out / "results.json").read_text())
+    timings = summary.pop("timings")
+    assert set(timings) == {"query_features_s", "search_s"} and min(timings.values()) >= 0
+    results = summary.pop("results")
+    assert summary == {
+        "checkpoint": str(small_site["checkpoint"]), "checkpoint_sha256": "sha-small",
+        "card": small_site["adapted"].card.to_dict(), "query": str(small_site["queries"]),
+        "gallery": {"given": str(small_site["gallery"]), "features": str(cache), "count": 8, "dtype": "float32"},
+        "flip": False, "top_k": 3, "search": {"kind": "flat"}, "html": str(out / "index.html"),
+        "rank_lists": str(out / "ranks"),
+    }
+    gallery = sorted(small_site["gallery"].iterdir())
+    features = HalfMeans()(torch.stack([torch.from_numpy(np.asarray(Image.open(p), np.float32)).permute(2, 0, 1)
+                                        for p in gallery]))
+    assert len(results) == 3
+    for number, (query, found) in enumerate(zip(sorted(small_site["queries"].iterdir()), results, strict=True)):
+        assert found["query"] == image_entry(query)
+        assert [m["rank"] for m in found["matches"]] == [1, 2, 3]
+        best = found["matches"][0]  # the query's own copy: the same features
+        assert {k: best[k] for k in ("row", "path", "pid", "camid", "same_person")} == {
+            "row": number, **image_entry(gallery[number]), "same_person": True}
+        assert best["similarity"] == pytest.approx(1.0, abs=1e-5) and "rerank_distance" not in best
+        assert all(m["same_person"] is False for m in found["matches"][1:])
+        similarities = [m["similarity"] for m in found["matches"]]
+        assert similarities == sorted(similarities, reverse=True) and similarities[1] < 0.9999
+        assert (out / "ranks" / f"rank_{number:05d}.png").is_file()
+    assert len(features) == 8 and (out / "index.html").is_file()
+    assert sorted(p.name for p in (out / "ranks").iterdir()) == [f"rank_{n:05d}.png" for n in range(3)]
+
+
+def test_search_of_a_feature_folder_follows_its_flip_and_reranks(small_site: dict, tmp_path: Path) -> None:
+    out = tmp_path / "found"
+    assert small_search(small_site, out, "--flip", "--dtype", "float16").exit_code == 0
+    cache = out / "gallery"
+    one = next(iter(sorted(small_site["queries"].iterdir())))
+    result = small_search(small_site, out, "--flip", "--rerank", "--top-k", "4", gallery=cache, query=one)
+    assert result.exit_code == 0, result.output
+    assert "queries embedded" not in text(result) and "gallery features in" not in text(result), result.output
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["flip"] is True and summary["search"] == {"kind": "rerank", "k1": 20, "k2": 6, "lambda": 0.3}
+    assert summary["gallery"] == {"given": str(cache), "features": str(cache), "count": 8, "dtype": "float16"}
+    assert summary["top_k"] == 4
+    matches = summary["results"][0]["matches"]
+    assert matches[0]["row"] == 0 and matches[0]["similarity"] == pytest.approx(1.0, abs=1e-3)  # float16
+    distances = [m["rerank_distance"] for m in matches]
+    assert len(distances) == 4 and distances == sorted(distances)
+    # One query now: the rank lists of the earlier three are gone.
+    assert sorted(p.name for p in (out / "ranks").iterdir()) == ["rank_00000.png"]
+    # Without --flip, the queries still follow the gallery's features (embedded with --flip) and say so.
+    result = small_search(small_site, tmp_path / "plain", gallery=cache)
+    assert result.exit_code == 0, result.output
+    assert "queries embedded with flip=True, as the gallery features were" in text(result)
+    summary = json.loads((tmp_path / "plain" / "results.json").read_text())
+    assert summary["flip"] is True
+    assert [r["matches"][0]["similarity"] for r in summary["results"]] == pytest.approx([1.0] * 3, abs=1e-3)
+
+
+def test_search_skips_bad_query_images_when_asked(small_site: dict, tmp_path: Path) -> None:
+    (small_site["queries"] / "0009_c1s1_000009_00.png").write_bytes(b"not an image")
+    result = small_search(small_site, tmp_path / "found", "--skip-bad-images")
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 undecodable query images" in text(result)
+    assert len(json.loads((tmp_path / "found" / "results.json").read_text())["results"]) == 3
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.png").write_bytes(b"not an image")
+    result = small_search(small_site, tmp_path / "none", "--skip-bad-images", query=bad)
+    assert result.exit_code == 2 and text(result).endswith(
+        f"skipped 1 undecodable query images error: --query {bad}: no query image decodes")
+
+
+def test_available_memory_is_memavailable_in_bytes(monkeypatch) -> None:
+    import builtins
+    import io
+
+    real_open = builtins.open
+    meminfo = "MemTotal:       16000000 kB\nMemFree:         1000000 kB\nMemAvailable:    1234567 kB\n"
+
+    def fake_proc(path, *args, **kwargs):
+        return io.StringIO(meminfo) if str(path) == "/proc/meminfo" else real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_proc)
+    assert search_module.available_memory(torch.device("cpu")) == 1234567 * 1024
+
+
+def test_rerank_that_just_fits_runs_and_the_estimate_is_whole_bytes(monkeypatch) -> None:
+    cpu = torch.device("cpu")
+    need = rerank_peak_bytes(5, 100_000, 16)
+    # 2^26 // 100,000 = 671 query rows per block of distances, in whole bytes
+    assert isinstance(need, int) and need == (1 << 30) + 2 * 100_005 * 16 * 4 + 100_005 * 16384 + 3 * 671 * 100_000 * 4
+    monkeypatch.setattr(search_module, "available_memory", lambda device: need)
+    search_module.check_rerank_fits(5, 100_000, 16, cpu)
+    monkeypatch.setattr(search_module, "available_memory", lambda device: need - 1)
+    with pytest.raises(EcnreidError):
+        search_module.check_rerank_fits(5, 100_000, 16, cpu)
+
+
+def test_the_nprobe_asked_for_reaches_the_ivf_index(tmp_path: Path) -> None:
+    gallery = unit_gallery(tmp_path / "g", random_unit(120, 8, 0))
+    queries = random_unit(20, 8, 1)
+    config = SearchConfig(checkpoint=tmp_path / "c.pt", query=tmp_path, gallery=tmp_path, out=tmp_path, top_k=10,
+                          index="ivf", nprobe=1)
+    rows = search_module.rank(config, queries, gallery, torch.device("cpu"))[1]
+    index = index_module.load_or_build_ivf(gallery.folder, gallery.features, show_progress=False)
+    assert index.nprobe > 1  # else the calibrated default could not be told from nprobe 1
+    assert np.array_equal(rows, index.search(queries, 10, 1)[1])
+    assert not np.array_equal(rows, index.search(queries, 10, index.nprobe)[1])
+
+
+def test_a_small_search_names_the_gallery_in_every_error(small_site: dict, tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    result = small_search(small_site, tmp_path / "a", gallery=missing)
+    assert result.exit_code == 2 and text(result) == (
+        f"error: --gallery {missing}: not found; expected a folder of images or a feature folder of `ecnreid extract`")
+    a_file = next(small_site["gallery"].iterdir())
+    result = small_search(small_site, tmp_path / "b", gallery=a_file)
+    assert result.exit_code == 2 and text(result).startswith(f"error: --gallery {a_file}: is a file; expected")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = small_search(small_site, tmp_path / "c", gallery=empty)
+    assert result.exit_code == 2 and text(result).startswith(f"error: --gallery {empty}: ")
+    # The cached gallery of another model is extracted over, not refused.
+    out = tmp_path / "d"
+    assert small_search(small_site, out).exit_code == 0
+    meta = json.loads((out / "gallery" / "extract.json").read_text())
+    assert meta["source"] == {"images": str(small_site["gallery"].resolve())}
+    (out / "gallery" / "extract.json").write_text(json.dumps({**meta, "checkpoint_sha256": "another"}))
+    result = small_search(small_site, out)
+    assert result.exit_code == 0 and "starting the extraction over (checkpoint_sha256 changed)" in text(result)
