@@ -20,7 +20,21 @@ from rich.progress import (
 )
 from rich.text import Text
 
-console = Console(stderr=True)
+
+class _ProgressConsole(Console):
+    """The shared console. Off a terminal (a log file, nohup, CI) a printed line stays one line instead of being
+    wrapped at the default 80 columns, so that a log reads and greps like the run printed it."""
+
+    @property
+    def soft_wrap(self) -> bool:
+        return self._soft_wrap or not self.is_terminal
+
+    @soft_wrap.setter
+    def soft_wrap(self, value: bool) -> None:
+        self._soft_wrap = value
+
+
+console = _ProgressConsole(stderr=True)
 
 
 def _rate(task: Task) -> str:

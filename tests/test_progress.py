@@ -65,3 +65,11 @@ def test_prepare_with_its_output_in_a_file_writes_plain_lines(tmp_path: Path) ->
     assert "\x1b" not in text and "\r" not in text
     assert "colour CamStyle: 18/18 (100%)" in text
     assert not any("━" in line for line in text.splitlines() if "/s" in line)
+
+
+def test_a_long_line_stays_one_line_off_a_terminal(capsys) -> None:
+    words = " ".join(f"word{i}" for i in range(40))  # about 300 characters, far past the 80-column default
+    console.print(words)
+    assert capsys.readouterr().err.splitlines() == [words]
+    console.print(words, soft_wrap=False)  # a caller that asks for wrapping still gets it
+    assert len(capsys.readouterr().err.splitlines()) > 1
