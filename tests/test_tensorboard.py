@@ -72,3 +72,28 @@ def test_without_the_package_the_flag_is_a_one_line_error(two_domains, tmp_path:
         "error: --tensorboard: the tensorboard package is not installed; pip install 'ecnreid[tensorboard]'"
     )
     assert not out.exists()
+
+
+def test_a_resumed_run_shows_each_step_of_the_repeated_epoch_once(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from ecnreid.engine.tensorboard import TensorBoardHook
+
+    class Loop:
+        iters_per_epoch = 2
+
+    first = TensorBoardHook(tmp_path)
+    for iteration in range(2):
+        first.after_step(Loop(), 0, iteration, {"loss_total": 1.0 + iteration})
+    first.after_epoch(Loop(), 0, {"lr": 0.01})
+    first.after_step(Loop(), 1, 0, {"loss_total": 9.0})  # then the process is killed inside epoch 2
+    first.writer.flush()
+    resumed = TensorBoardHook(tmp_path)  # resumes from the epoch-1 checkpoint and runs epoch 2 again
+    for iteration in range(2):
+        resumed.after_step(Loop(), 1, iteration, {"loss_total": 3.0 + iteration})
+    resumed.after_run(Loop(), {})
+    first.after_run(Loop(), {})
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    scalars = events.Scalars("loss/total")
+    assert [(s.step, s.value) for s in scalars] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0)]

@@ -35,14 +35,16 @@ class TensorBoardHook(Hook):
         self.folder = Path(folder)
         self.writer: Any = None
 
-    def _writer(self) -> Any:
+    def _writer(self, first_step: int | None = None) -> Any:
         if self.writer is None:
-            self.writer = self.writer_class(log_dir=str(self.folder))
+            # A resumed run repeats the epoch it was interrupted in: TensorBoard drops the events an earlier
+            # process wrote from this step on, so each step is shown once.
+            self.writer = self.writer_class(log_dir=str(self.folder), purge_step=first_step)
         return self.writer
 
     def after_step(self, loop: TrainingRun, epoch: int, iteration: int, values: dict[str, float]) -> None:
         step = epoch * loop.iters_per_epoch + iteration + 1
-        writer = self._writer()
+        writer = self._writer(first_step=step)
         for name, value in values.items():
             writer.add_scalar(f"loss/{name.removeprefix('loss_')}", value, step)
 
