@@ -42,9 +42,10 @@ def test_the_index_round_trips_unknown_ids_and_awkward_paths(tmp_path: Path) -> 
 
 
 def test_the_index_file_has_plain_newlines_and_keeps_carriage_returns_in_paths(tmp_path: Path) -> None:
-    entries = [ImageEntry("a\r\nb.jpg", 1, None), ImageEntry("c.jpg", None, 2)]
+    entries = [ImageEntry("a\r\nb.jpg", 1, None), ImageEntry("c.jpg", None, 2), ImageEntry("d\re.jpg", 3, 0)]
     write_index(entries, tmp_path / "index.csv")
-    assert (tmp_path / "index.csv").read_bytes() == b'path,pid,camid\n"a\r\nb.jpg",1,\nc.jpg,,2\n'
+    expected = b'path,pid,camid\n"a\r\nb.jpg","1",""\nc.jpg,,2\n"d\re.jpg","3","0"\n'
+    assert (tmp_path / "index.csv").read_bytes() == expected
     assert read_index(tmp_path / "index.csv") == entries
 
 

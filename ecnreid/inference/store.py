@@ -36,9 +36,13 @@ def write_index(entries: list[ImageEntry], path: Path) -> None:
     """``index.csv`` (atomically), one row per feature row."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
+    # The minimal quoting covers only the characters of the "\n" terminator: a path holding a bare "\r" is
+    # quoted by hand, or a reader would end the row there.
+    quoted = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_ALL)
     writer.writerow(INDEX_HEADER)
     for image, pid, camid in entries:
-        writer.writerow([image, "" if pid is None else pid, "" if camid is None else camid])
+        row = [image, "" if pid is None else pid, "" if camid is None else camid]
+        (quoted if "\r" in image else writer).writerow(row)
     atomic_write_bytes(buffer.getvalue().encode(), path)
 
 
