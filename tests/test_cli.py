@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import typer
+import typer.main
 from typer.testing import CliRunner
 
 from ecnreid.cli import app, parse_size, parse_stages, user_errors
@@ -612,6 +613,9 @@ def test_help_is_true_for_each_command(command: str) -> None:
         assert "=" in example and (example.startswith("[") or " " not in example.split("=")[0].strip())
     if "--workers" in text:
         assert "[default: 4]" in help_row(text, "--workers")
+    # Help prose names other options ("--backbone-lr-mult of it"): each one named must be an option of the command.
+    options = {o for p in typer.main.get_command(app).commands[command].params for o in p.opts + p.secondary_opts}
+    assert set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", text)) - options == {"--help"}
     if command in ("train", "eval", "prepare", "extract"):
         flags = ["--source", "--target"] if command == "train" else ["--dataset"]
         for flag in flags:
