@@ -218,13 +218,13 @@ def test_default_dataset_size_and_source_model_gap(tmp_path: Path) -> None:
     train = relabel_pids(source.train)
     x, y = tensor(_load(train)), torch.tensor([r.pid for r in train])
     net = torch.nn.Sequential(
-        block(3, 32), block(32, 64), block(64, 128), block(128, 256), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+        block(3, 16), block(16, 32), block(32, 64), block(64, 128), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
     )
-    head = torch.nn.Linear(256, int(y.max()) + 1)
+    head = torch.nn.Linear(128, int(y.max()) + 1)
     optimiser = torch.optim.SGD(
         [*net.parameters(), *head.parameters()], lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4
     )
-    for _ in range(20):
+    for _ in range(10):  # source rank-1 about 96 here, target 0, camera-normalised target about 47
         order = torch.randperm(len(x))
         for i in range(0, len(x), 32):
             batch = x[order[i : i + 32]]
