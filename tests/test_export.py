@@ -324,3 +324,21 @@ def test_warnings_of_the_trace_other_than_torch_jits_deprecation_reach_the_user(
     monkeypatch.setattr(export_module, "load_adapted_model", lambda checkpoint: adapted)
     with pytest.warns(UserWarning, match="seen while traced"):
         assert export(path, tmp_path / "model.pt", "torchscript").exit_code == 0
+
+
+def test_warnings_of_the_reload_other_than_torch_jits_deprecation_reach_the_user(
+    small, tmp_path: Path, monkeypatch
+) -> None:
+    real_load = torch.jit.load
+
+    def load(*args, **kwargs):
+        warnings.warn("torch.jit.load is deprecated", FutureWarning, stacklevel=2)
+        warnings.warn("seen while loaded", UserWarning, stacklevel=2)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch.jit, "load", load)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert export(small[0], tmp_path / "model.pt", "torchscript").exit_code == 0
+    said = [str(warning.message) for warning in caught]
+    assert "seen while loaded" in said and "torch.jit.load is deprecated" not in said
