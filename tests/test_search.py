@@ -622,7 +622,8 @@ def test_a_small_search_names_the_gallery_in_every_error(small_site: dict, tmp_p
     cache = out / "gallery"
     (cache / "features.npy").write_bytes(b"not an array")
     result = small_search(small_site, out)
-    assert result.exit_code == 2 and f"error: --gallery {cache}: cannot read features.npy" in text(result)
+    assert result.exit_code == 2 and text(result).endswith(
+        f"error: --gallery {cache}: cannot read features.npy (not a .npy array); delete {cache} and search again")
     # The gallery's cache folder under --out cannot be made.
     blocked = tmp_path / "e"
     blocked.mkdir()

@@ -99,8 +99,7 @@ def test_unreadable_files_are_named_by_the_systems_reason(tmp_path: Path, monkey
     monkeypatch.undo()
     monkeypatch.setattr(np, "load", io_error)
     assert error_of(open_feature_folder, folder, "--gallery") == (
-        f"--gallery {folder}: cannot read features.npy (not a .npy array: Input/output error); extract the features "
-        "again")
+        f"--gallery {folder}: cannot read features.npy (Input/output error); extract the features again")
 
 
 def feature_folder(folder: Path, features: np.ndarray, rows: int | None = None) -> Path:
@@ -141,9 +140,11 @@ def test_unusable_folders_are_one_line_errors_naming_the_option(tmp_path: Path) 
     assert "unfinished extraction (0 of ? images)" in error_of(open_feature_folder, folder, "--gallery")
     (folder / "extract.json").unlink()
     (folder / "features.npy").write_bytes(b"not an array")
-    message = error_of(open_feature_folder, folder, "--gallery")
-    assert message.startswith(f"--gallery {folder}: cannot read features.npy (not a .npy array: ")
-    assert message.endswith("); extract the features again")
+    assert error_of(open_feature_folder, folder, "--gallery") == (
+        f"--gallery {folder}: cannot read features.npy (not a .npy array); extract the features again")
+    np.save(folder / "features.npy", np.array([{"a": 1}, None]), allow_pickle=True)  # pickled objects
+    assert error_of(open_feature_folder, folder, "--gallery", "delete it") == (
+        f"--gallery {folder}: cannot read features.npy (not a .npy array); delete it")
     np.save(folder / "features.npy", np.ones((2, 3), np.float64))
     assert error_of(open_feature_folder, folder, "--gallery") == (
         f"--gallery {folder}: features.npy holds float64 (2, 3); expected [N, D] float16 or float32")
@@ -152,6 +153,9 @@ def test_unusable_folders_are_one_line_errors_naming_the_option(tmp_path: Path) 
     np.save(folder / "features.npy", np.ones((3, 3), np.float32))
     assert error_of(open_feature_folder, folder, "--gallery") == (
         f"--gallery {folder}: index.csv has 2 rows but features.npy 3")
+    (folder / "index.csv").write_text("path,pid,camid\na.jpg,1\n")
+    assert error_of(open_feature_folder, folder, "--gallery") == (
+        f"--gallery {folder / 'index.csv'}:2: expected 'path,pid,camid', got 2 fields; extract the features again")
 
 
 def test_the_stamp_samples_64_spread_rows_and_the_file(tmp_path: Path) -> None:

@@ -101,7 +101,7 @@ def gallery_features(config: SearchConfig, adapted: AdaptedModel, device: torch.
         option="--gallery",
     )
     say(f"gallery features in {cache}: pass --gallery {cache} to search them again without images")
-    return open_feature_folder(cache, "--gallery")
+    return open_feature_folder(cache, "--gallery", remedy=f"delete {cache} and search again")
 
 
 def check_gallery(gallery: FeatureFolder, adapted: AdaptedModel, option: str = "--gallery") -> None:

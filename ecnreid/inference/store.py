@@ -112,9 +112,9 @@ class FeatureFolder:
         return int(self.features.shape[0])
 
 
-def open_feature_folder(path: Path, option: str) -> FeatureFolder:
+def open_feature_folder(path: Path, option: str, remedy: str = "extract the features again") -> FeatureFolder:
     """Read a feature folder for ``option``: an unfinished extraction, a damaged file or an index that does
-    not match the features is a one-line error."""
+    not match the features is a one-line error (a damaged file's ends with ``remedy``)."""
     folder = Path(path)
     label = f"{option} {folder}"
     if not is_feature_folder(folder):
@@ -128,15 +128,17 @@ def open_feature_folder(path: Path, option: str) -> FeatureFolder:
     try:
         features = np.load(folder / FEATURES, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise EcnreidError(
-            f"{label}: cannot read {FEATURES} (not a .npy array: {getattr(exc, 'strerror', None) or exc}); "
-            "extract the features again"
-        ) from None
+        # numpy's own text for a non-array file is a paragraph about pickles: the reason is one phrase.
+        reason = getattr(exc, "strerror", None) or "not a .npy array"
+        raise EcnreidError(f"{label}: cannot read {FEATURES} ({reason}); {remedy}") from None
     if features.ndim != 2 or features.dtype not in (np.float16, np.float32):
         raise EcnreidError(
             f"{label}: {FEATURES} holds {features.dtype} {tuple(features.shape)}; expected [N, D] float16 or float32"
         )
-    entries = read_index(folder / INDEX)
+    try:
+        entries = read_index(folder / INDEX)
+    except EcnreidError as exc:
+        raise EcnreidError(f"{option} {exc}; {remedy}") from None
     if len(entries) != len(features):
         raise EcnreidError(f"{label}: {INDEX} has {len(entries)} rows but {FEATURES} {len(features)}")
     card = read_card_json(folder / CARD) if (folder / CARD).is_file() else None
