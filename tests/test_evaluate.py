@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -363,6 +364,23 @@ def test_the_cards_pretrained_setting() -> None:
     assert _card_pretrained(dataclasses.replace(card, details={"backbone_weights": {"kind": "file"}})) is True
 
 
+def test_a_bare_backbone_is_built_as_its_options_say_and_recorded_whole(tmp_path: Path) -> None:
+    from ecnreid.config.commands import EvalConfig, EvalInputConfig, EvalModelConfig
+    from ecnreid.inference.evaluate import build_eval_model
+
+    config = EvalConfig(dataset="synthetic", root=tmp_path, input=EvalInputConfig(height=32, width=16),
+                        model=EvalModelConfig(arch="resnet18", pretrained=False, last_stride=1))
+    scored = build_eval_model(config)
+    assert scored.record == {
+        "arch": "resnet18", "weights": {"kind": "random"}, "last_stride": 1, "input_height": 32, "input_width": 16,
+        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "feature": ECN_FEATURE, "feature_dim": 512}
+    assert (scored.height, scored.width, scored.mean, scored.std) == (32, 16, (0.485, 0.456, 0.406),
+                                                                      (0.229, 0.224, 0.225))
+    # Last stride 1: a 32x16 input leaves a 2x1 final map (1x1 at stride 2).
+    with torch.no_grad():
+        assert scored.network.backbone(torch.zeros(1, 3, 32, 16)).shape == (1, 512, 2, 1)
+
+
 def test_save_pictures_draws_the_curves_and_the_rank_lists_asked_for(tmp_path: Path, monkeypatch) -> None:
     import ecnreid.evaluation.visualize
     import ecnreid.plots
@@ -390,6 +408,11 @@ def test_save_pictures_draws_the_curves_and_the_rank_lists_asked_for(tmp_path: P
     distmat, out, num = lists[0]
     assert (out, num) == (tmp_path / "ranks", 2)
     torch.testing.assert_close(distmat, torch.tensor([[5.0, 4.0]]).sqrt())
+    # One rank list is drawn too; the distances are cosine unless told otherwise.
+    assert save_pictures(q, g, *records, results, tmp_path, num_rank_lists=1)[1:] == [tmp_path / "ranks" / "0.png"]
+    distmat, _, num = lists[1]
+    assert num == 1
+    torch.testing.assert_close(distmat, torch.tensor([[1.0, 0.0]]))
 
 
 # `eval --checkpoint` with a small network in place of a trained checkpoint's (no training needed).
@@ -413,23 +436,56 @@ def small_checkpoint(tmp_path: Path, monkeypatch) -> tuple[Path, AdaptedModel]:
     return path, adapted
 
 
-def test_eval_of_a_small_checkpoint_uses_its_card(problem: dict, small_checkpoint, tmp_path: Path) -> None:
+def test_eval_of_a_small_checkpoint_uses_its_card(problem: dict, small_checkpoint, tmp_path: Path,
+                                                  monkeypatch) -> None:
+    import ecnreid.evaluation.visualize
+
     path, adapted = small_checkpoint
+    evaluators, real_evaluator = [], evaluate_module.Evaluator
+    monkeypatch.setattr(evaluate_module, "Evaluator",
+                        lambda *args, **kwargs: evaluators.append(real_evaluator(*args, **kwargs)) or evaluators[-1])
+    drawn, real_rank_lists = [], ecnreid.evaluation.visualize.save_rank_lists
+    monkeypatch.setattr(ecnreid.evaluation.visualize, "save_rank_lists",
+                        lambda distmat, *args, **kwargs: drawn.append(distmat) or real_rank_lists(distmat, *args,
+                                                                                                  **kwargs))
     out = tmp_path / "eval"
-    result = runner.invoke(app, eval_args(problem["tree"], out, "--checkpoint", str(path)))
+    result = runner.invoke(app, eval_args(problem["tree"], out, "--checkpoint", str(path), "--metric", "euclidean",
+                                          "--save-ranks", "1", "--batch-size", "4"))
     assert result.exit_code == 0, result.output
     assert f"{path}: resnet18 at 24x12, as its model card states" in " ".join(result.output.split())
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["model"] == {"checkpoint": str(path), "checkpoint_sha256": "sha-small", **adapted.card.to_dict()}
     dataset = problem["dataset"]
+    assert f"synthetic: query {len(dataset.query)} vs gallery {len(dataset.gallery)}" in result.output
+    # The evaluator takes the card's input and the options given.
+    evaluator = evaluators[0]
+    assert {field.name: getattr(evaluator, field.name) for field in dataclasses.fields(evaluator)} == {
+        "query": dataset.query, "gallery": dataset.gallery, "height": 24, "width": 12, "device": torch.device("cpu"),
+        "mean": adapted.card.mean, "std": adapted.card.std, "batch_size": 4, "workers": 0, "flip": False,
+        "metric": "euclidean", "rerank": False, "show_progress": True}
+    metrics = json.loads((out / "metrics.json").read_text())
     transform = build_test_transform(24, 12, (0.5, 0.4, 0.3), (0.2, 0.3, 0.4))
 
     def features(records) -> torch.Tensor:
         return ChannelStats()(torch.stack([transform(Image.open(r.path).convert("RGB")) for r in records]))
 
-    assert_row(metrics["results"]["plain"], expected_row(cosine(features(dataset.query), features(dataset.gallery)),
-                                                         dataset))
-    assert (metrics["query"], metrics["gallery"]) == (len(dataset.query), len(dataset.gallery))
+    query, gallery = features(dataset.query), features(dataset.gallery)
+    euclidean = torch.cdist(query.double(), gallery.double())
+    plain = metrics["results"]["plain"]
+    assert_row(plain, expected_row(euclidean.numpy(), dataset))
+    assert len(drawn) == 1 and torch.allclose(drawn[0].double(), euclidean, atol=1e-4)  # the rank list's distances
+    assert metrics == {
+        "dataset": "synthetic", "query": len(dataset.query), "gallery": len(dataset.gallery),
+        "model": {"checkpoint": str(path), "checkpoint_sha256": "sha-small", **adapted.card.to_dict()},
+        "results": {"plain": {**{key: plain[key] for key in METRICS}, "num_valid_queries": len(dataset.query)}},
+        "cmc": {"plain": metrics["cmc"]["plain"]}, "timings": metrics["timings"],
+        "pictures": [str(out / "cmc.png"), *(str(p) for p in sorted((out / "ranks").iterdir()))],
+        "config": metrics["config"]}
+    (q_pids, q_cams), (g_pids, g_cams) = ids(dataset.query), ids(dataset.gallery)
+    reference = evaluate_ranking_reference(euclidean.numpy(), q_pids, g_pids, q_cams, g_cams)
+    assert metrics["cmc"]["plain"] == pytest.approx(list(reference.cmc), abs=1e-6)
+    assert list(metrics["timings"]) == ["features_s", "metrics_s"]
+    assert all(0 <= seconds < 60 for seconds in metrics["timings"].values())
+    assert len(metrics["pictures"]) == 2 and (out / "cmc.png").is_file()
+    assert metrics["config"]["evaluation"]["metric"] == "euclidean" and metrics["config"]["input"]["batch_size"] == 4
     # Options equal to the card's are accepted; a card that does not record one accepts any value.
     same = ["--arch", "resnet18", "--height", "24", "--width", "12", "--last-stride", "1", "--pretrained"]
     result = runner.invoke(app, eval_args(problem["tree"], tmp_path / "same", "--checkpoint", str(path), *same))
@@ -460,6 +516,33 @@ def test_an_option_that_contradicts_a_small_card_stops_with_one_line(
     expected = message.format(where=f"--checkpoint {path} holds a model with", path=path,
                               card="(eval takes it from the model card)")
     assert " ".join(line.split()) == f"error: {expected}"
+    assert not out.exists()
+
+
+def test_eval_skips_the_undecodable_images_it_is_told_to_skip(problem: dict, small_checkpoint, tmp_path) -> None:
+    tree = Path(shutil.copytree(problem["tree"], tmp_path / "tree"))
+    broken = sorted((tree / "bounding_box_test").glob("*.jpg"))[:2]  # in the gallery only: none in the query
+    for image in broken:
+        image.write_bytes(b"not a jpeg")
+    out = tmp_path / "eval"
+    result = runner.invoke(app, eval_args(tree, out, "--checkpoint", str(small_checkpoint[0]), "--skip-bad-images"))
+    assert result.exit_code == 0, result.output
+    assert "skipped 2 undecodable images" in result.output.splitlines()
+    metrics = json.loads((out / "metrics.json").read_text())
+    dataset = problem["dataset"]
+    assert (metrics["query"], metrics["gallery"]) == (len(dataset.query), len(dataset.gallery) - 2)
+
+
+def test_eval_of_a_dataset_without_its_test_split_stops_with_one_line(problem: dict, small_checkpoint,
+                                                                      tmp_path) -> None:
+    tree = tmp_path / "tree"
+    for split in ("bounding_box_train", "bounding_box_test"):
+        shutil.copytree(problem["tree"] / split, tree / split)
+    out = tmp_path / "eval"
+    line = error_line(runner.invoke(app, eval_args(tree, out, "--checkpoint", str(small_checkpoint[0]))))
+    assert " ".join(line.split()) == (f"error: {tree / 'query'}: split folder is missing (needed to evaluate on "
+                                      "synthetic; a dataset used only as a training source needs only its training "
+                                      "split)")
     assert not out.exists()
 
 

@@ -3,6 +3,7 @@ images, and an interrupted extraction that a rerun finishes into the very bytes 
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
@@ -20,6 +21,7 @@ from typer.testing import CliRunner
 import ecnreid.evaluation.features
 import ecnreid.inference.adapted
 import ecnreid.inference.extract
+import ecnreid.inference.messages
 from ecnreid.cli import app
 from ecnreid.config import ExtractConfig
 from ecnreid.data.datasets import read_dataset
@@ -210,6 +212,18 @@ def to_folder(adapted: AdaptedModel, listing: list[ImageEntry], out: Path, **opt
     return extract_to_folder(adapted, listing, out, source={"images": "imgs"}, batch_size=2, workers=0, **options)
 
 
+def colour_notices(monkeypatch) -> io.StringIO:
+    """The notices as a colour terminal gets them: a warning is its line in yellow's escape codes."""
+    shown = io.StringIO()
+    terminal = Console(file=shown, force_terminal=True, color_system="standard", width=100)
+    monkeypatch.setattr(ecnreid.inference.messages, "console", terminal)
+    return shown
+
+
+def in_yellow(line: str) -> str:
+    return f"\x1b[33m{line}\x1b[0m\n"
+
+
 def test_extract_to_folder_records_what_it_extracted(tmp_path: Path, capsys) -> None:
     adapted, listing = small_adapted(tmp_path), image_list(tmp_path / "imgs", 5)
     out = tmp_path / "feats"
@@ -277,12 +291,25 @@ def test_a_stop_resumes_where_the_record_says(tmp_path: Path, capsys, monkeypatc
             raise KeyboardInterrupt
 
     monkeypatch.setattr(ecnreid.inference.extract, "iter_features", stops_after_one_batch)
+    clock = iter(range(10, 100))  # perf_counter: one second more at each call
+    monkeypatch.setattr(ecnreid.inference.extract, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    capsys.readouterr()
     with pytest.raises(KeyboardInterrupt):
         to_folder(adapted, listing, out)
-    assert json.loads((out / "extract.json").read_text())["done"] == 2
+    stopped = json.loads((out / "extract.json").read_text())
+    assert (stopped["done"], stopped["seconds"]) == (2, 1.0)
+    said = capsys.readouterr().err.splitlines()
+    assert f"interrupted feature extraction into {out}: rerun with the same command to continue" in said
+    stale = out / ".extract.json.k2x9q1.tmp"  # a temp file a killed write left behind
+    stale.write_text("{")
     monkeypatch.setattr(ecnreid.inference.extract, "iter_features", real)
     meta = to_folder(adapted, listing, out)
-    assert f"resuming the extraction into {out} at image 3 of 5" in capsys.readouterr().err and meta["done"] == 5
+    said = capsys.readouterr().err.splitlines()
+    assert f"resuming the extraction into {out} at image 3 of 5" in said and meta["done"] == 5
+    # The bar goes on from the 2 images done, and the time spent before the stop is kept: 1 s + 2 batches.
+    progress = [re.sub(r"\), .* img/s, \d+ s$", "), R img/s", line) for line in said if line.startswith("features")]
+    assert progress == ["features: 4/5 (80%), R img/s", "features: 5/5 (100%), R img/s"], said
+    assert meta["seconds"] == 3.0 and not stale.exists()
     assert (out / "features.npy").read_bytes() == (tmp_path / "whole" / "features.npy").read_bytes()
     assert {k: v for k, v in meta.items() if k != "seconds"} == {k: v for k, v in whole.items() if k != "seconds"}
 
@@ -315,7 +342,8 @@ def test_a_damaged_unfinished_extraction_is_refused(tmp_path: Path) -> None:
                                "another folder")
 
 
-def test_bad_images_stop_with_the_remedy_or_are_skipped(tmp_path: Path, capsys) -> None:
+def test_bad_images_stop_with_the_remedy_or_are_skipped(tmp_path: Path, monkeypatch) -> None:
+    shown = colour_notices(monkeypatch)
     adapted, listing = small_adapted(tmp_path), image_list(tmp_path / "imgs", 3)
     Path(listing[1].path).write_bytes(b"not an image")
     out = tmp_path / "feats"
@@ -325,7 +353,8 @@ def test_bad_images_stop_with_the_remedy_or_are_skipped(tmp_path: Path, capsys) 
         "; replace the file and rerun to resume, or rerun with --skip-bad-images (which starts over)")
     meta = to_folder(adapted, listing, out, skip_bad_images=True)
     assert meta["skipped"] == [listing[1].path] and meta["count"] == 2 and meta["complete"]
-    assert f"skipping 1 undecodable images (listed in {out / 'extract.json'})" in capsys.readouterr().err
+    assert shown.getvalue() == (in_yellow(f"{out}: starting the extraction over (skip_bad_images changed)")
+                                + in_yellow(f"skipping 1 undecodable images (listed in {out / 'extract.json'})"))
     for entry in listing:
         Path(entry.path).write_bytes(b"broken")
     with pytest.raises(EcnreidError) as info:
@@ -334,12 +363,14 @@ def test_bad_images_stop_with_the_remedy_or_are_skipped(tmp_path: Path, capsys) 
 
 
 def test_a_dataset_split_without_images_is_a_one_line_error(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(ecnreid.inference.extract, "dataset_images", lambda name, root, split: [])
+    asked = []
+    monkeypatch.setattr(ecnreid.inference.extract, "dataset_images", lambda *args: asked.append(args) or [])
     config = ExtractConfig(checkpoint=tmp_path / "c.pt", dataset="market1501", root=tmp_path, split="query",
                            out=tmp_path / "o")
     with pytest.raises(EcnreidError) as info:
         source_images(config)
     assert str(info.value) == f"--dataset market1501 --root {tmp_path}: the query split has no images"
+    assert asked == [("market1501", tmp_path, "query")]
     monkeypatch.setattr(ecnreid.inference.extract, "dataset_images", lambda name, root, split: ["x"])
     assert source_images(config) == (["x"], {"dataset": "market1501", "root": str(tmp_path.resolve()),
                                              "split": "query"})
@@ -393,6 +424,8 @@ def test_the_extract_command_with_a_small_model(tmp_path: Path, monkeypatch) -> 
     assert "features of 5 images" in result.output
     rows = [line.replace("│", " ").split() for line in said if "float16" in line]  # the folder may be cut short
     assert rows == [[rows[0][0], "5", "6", "float16", "yes", "1", "3.0"]], result.output
+    shown_folder = rows[0][0].removesuffix("…")  # cut short where the console is narrow
+    assert len(shown_folder) > 5 and str(out).startswith(shown_folder), result.output
     # The same command again: already there, not extracted over.
     result = runner.invoke(app, args)
     assert result.exit_code == 0 and f"{out}: already extracted (5 images)" in result.output.splitlines()
@@ -401,6 +434,12 @@ def test_the_extract_command_with_a_small_model(tmp_path: Path, monkeypatch) -> 
     result = runner.invoke(app, [*args[:5], "--out", str(listing[0].path)])
     assert result.exit_code == 2
     assert " ".join(result.output.split()) == f"error: --out {listing[0].path}: exists and is a file, not a folder"
+    # An --images folder without images: one line naming the option.
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, [*args[:3], "--images", str(tmp_path / "empty"), *args[5:]])
+    assert result.exit_code == 2
+    assert " ".join(result.output.split()) == (f"error: --images {tmp_path / 'empty'}: no images in the folder or "
+                                               "below it (.jpg, .jpeg, .png, .bmp)")
 
 
 def test_the_extract_table_names_its_columns() -> None:
@@ -412,23 +451,25 @@ def test_the_extract_table_names_its_columns() -> None:
 
 
 def test_an_unfinished_extraction_with_other_settings_is_refused_unless_it_is_skip_bad_images(tmp_path: Path,
-                                                                                            capsys) -> None:
+                                                                                            monkeypatch) -> None:
+    shown = colour_notices(monkeypatch)
     adapted, listing = small_adapted(tmp_path), image_list(tmp_path / "imgs", 4)
     out = tmp_path / "feats"
     record = to_folder(adapted, listing, out)
     # A finished extraction with other --skip-bad-images is refused; the same one is kept, even with restart_stale.
     with pytest.raises(EcnreidError, match="holds an extraction with skip_bad_images False"):
         to_folder(adapted, listing, out, skip_bad_images=True)
-    capsys.readouterr()
     assert to_folder(adapted, listing, out, restart_stale=True) == record
-    assert "starting the extraction over" not in capsys.readouterr().err
+    assert shown.getvalue() == f"{out}: already extracted (4 images)\n"  # a plain notice, no colour
+    shown.truncate(0)
+    shown.seek(0)
     # Unfinished: other --skip-bad-images starts over, another dtype is still refused.
     (out / "extract.json").write_text(json.dumps({**record, "done": 2, "complete": False}))
     with pytest.raises(EcnreidError, match="holds an extraction with dtype 'float32'"):
         to_folder(adapted, listing, out, dtype="float16")
     meta = to_folder(adapted, listing, out, skip_bad_images=True)
     assert meta["complete"] and meta["skip_bad_images"]
-    assert f"{out}: starting the extraction over (skip_bad_images changed)" in capsys.readouterr().err
+    assert shown.getvalue() == in_yellow(f"{out}: starting the extraction over (skip_bad_images changed)")
 
 
 def test_a_missing_or_unreadable_features_file_names_the_reason(tmp_path: Path) -> None:
