@@ -207,7 +207,9 @@ def source_images(config: ExtractConfig) -> tuple[list[ImageEntry], dict[str, An
 def render_extract_table(meta: dict[str, Any], out: Path) -> Table:
     table = Table(title=f"features of {meta['count']} images")
     for column in ("folder", "images", "dim", "dtype", "flip", "skipped", "seconds"):
-        table.add_column(column, justify="left" if column == "folder" else "right")
+        # A long folder wraps onto more lines instead of being cut with "…" (80 columns off a terminal).
+        folder = column == "folder"
+        table.add_column(column, justify="left" if folder else "right", overflow="fold" if folder else "ellipsis")
     table.add_row(
         str(out),
         str(meta["count"]),
