@@ -102,3 +102,74 @@ def test_the_defaults_of_a_method(config: TrainConfig) -> None:
     assert method.before_epoch(0) is None and method.before_training() is None
     assert (method.state_dict(), method.signature(), method.provenance(), method.notices()) == ({}, {}, {}, [])
     assert method.load_state_dict({"x": 1}) is None
+
+
+class OneWeight(Bare):
+    """A bare method with one trainable weight, so that an optimiser can be built."""
+
+    def __init__(self, config: TrainConfig, data: Any, model: nn.Module) -> None:
+        super().__init__(config, data, model)
+        self.weight = nn.Parameter(torch.ones(2))
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        return [{"params": [self.weight], "lr": self.config.optim.lr}]
+
+
+def test_the_default_optimiser_is_nesterov_sgd_stepped_at_the_configured_epochs(config: TrainConfig) -> None:
+    config = override(config, lr=0.3, momentum=0.8, weight_decay=1e-3, lr_steps=(2, 4), lr_gamma=0.5)
+    method = OneWeight(config, SimpleNamespace(source_train=[], target_train=[]), Recorder(width=1))
+    optimizer, scheduler = method.build_optimizer()
+    assert isinstance(optimizer, torch.optim.SGD)
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["momentum"], group["weight_decay"], group["nesterov"]) == (0.3, 0.8, 1e-3, True)
+    rates = []
+    for _ in range(5):  # the loop steps the scheduler once per epoch
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([0.3, 0.3, 0.15, 0.15, 0.075])
+
+
+class Factory:
+    """Records what a method asks of the loader factory."""
+
+    transform = "the training transform"
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def loader(self, dataset, batch_size, *, collate_fn, stream=0):
+        self.calls.append({"dataset": dataset, "batch_size": batch_size, "collate_fn": collate_fn, "stream": stream})
+        return f"loader {len(self.calls)}"
+
+
+def test_the_default_loaders_shuffle_the_source_and_the_target_at_their_batch_sizes(config: TrainConfig) -> None:
+    from ecnreid.data.batches import collate_labelled, collate_unlabelled
+    from ecnreid.data.loaders import SOURCE_STREAM, TARGET_STREAM
+    from ecnreid.data.records import ImageRecord
+
+    config = override(config, batch_size=20)
+    source = [ImageRecord("a.jpg", 1, 0), ImageRecord("b.jpg", 2, 1)]
+    data = SimpleNamespace(source_train=source, target_train=[])
+    factory = Factory()
+    assert Bare(config, data, Recorder(width=1)).build_loaders(factory) == ("loader 1", None)  # no target used
+    (call,) = factory.calls
+    assert (call["batch_size"], call["collate_fn"], call["stream"]) == (20, collate_labelled, SOURCE_STREAM)
+    assert call["dataset"].records == source and call["dataset"].transform == "the training transform"
+
+    class WithTarget(Bare):
+        def target_dataset(self, transform):
+            return ("target images", transform)
+
+    for target_batch, expected in ((None, 20), (12, 12)):
+        factory = Factory()
+        tuned = override(config, target_batch_size=target_batch)
+        assert WithTarget(tuned, data, Recorder(width=1)).build_loaders(factory) == ("loader 1", "loader 2")
+        target = factory.calls[1]
+        assert target["dataset"] == ("target images", "the training transform")
+        assert (target["batch_size"], target["collate_fn"], target["stream"]) == (
+            expected, collate_unlabelled, TARGET_STREAM)
+
+
+def test_a_method_needs_no_search_for_unused_parameters_unless_it_says_so(config: TrainConfig) -> None:
+    assert Bare(config, SimpleNamespace(), Recorder(width=1)).ddp_find_unused_parameters() is False

@@ -63,6 +63,10 @@ TARGETS: dict[str, Target] = {
     "extract": Target("ecnreid/inference/extract.py", ("tests/test_extract.py",)),
     "store": Target("ecnreid/inference/store.py", ("tests/test_store.py",)),
     "export": Target("ecnreid/inference/export.py", ("tests/test_export.py",)),
+    # SpCL: its pseudo-labelling against the hand-made cases and the authors' loop; the method against its unit
+    # tests and its two short training runs (through the CLI, and a resume mid-run).
+    "clustering": Target("ecnreid/clustering.py", ("tests/test_clustering.py",)),
+    "methods-spcl": Target("ecnreid/methods/spcl.py", ("tests/test_spcl_method.py",)),
 }
 
 
