@@ -173,3 +173,12 @@ def test_the_default_loaders_shuffle_the_source_and_the_target_at_their_batch_si
 
 def test_a_method_needs_no_search_for_unused_parameters_unless_it_says_so(config: TrainConfig) -> None:
     assert Bare(config, SimpleNamespace(), Recorder(width=1)).ddp_find_unused_parameters() is False
+
+
+def test_the_card_of_a_checkpoint_carries_its_epoch_and_the_last_evaluation(config: TrainConfig) -> None:
+    method = Bare(config, None, Recorder(width=5), setting="+E")
+    history = [{"epoch": 1, "loss_total": 2.0}, {"epoch": 2, "rank1": 40.0, "mAP": 20.0, "loss_total": 1.0}]
+    card = method.card(history, epoch=2)
+    assert (card["epoch"], card["feature_dim"], card["setting"]) == (2, 5, "+E")
+    assert card["metrics"] == {"epoch": 2, "rank1": 40.0, "mAP": 20.0}
+    assert method.card(history[:1], epoch=1)["metrics"] is None  # the last epoch was not evaluated
