@@ -244,3 +244,32 @@ def test_hybrid_memory_state_holds_features_and_labels() -> None:
     assert restored.labels.tolist() == [0, 1, 3, 3, 2]
     with pytest.raises(ValueError, match="3 target labels"):
         memory.set_target_labels(torch.tensor([0, 1]))
+
+
+def test_occurrence_ranks_count_each_slot_in_batch_order_in_a_long_batch() -> None:
+    slots = torch.randint(0, 5, (300,), generator=torch.Generator().manual_seed(2))
+    seen: dict[int, int] = {}
+    expected = []
+    for slot in slots.tolist():  # the k-th time a slot appears in the batch has rank k
+        expected.append(seen.get(slot, 0))
+        seen[slot] = expected[-1] + 1
+    assert occurrence_ranks(slots).tolist() == expected
+
+
+def test_hybrid_loss_uses_its_temperature_and_the_authors_guards() -> None:
+    gen = torch.Generator().manual_seed(3)
+    memory = HybridMemory(num_source_classes=2, num_target=4, dim=3)
+    memory.features.copy_(F.normalize(torch.randn(6, 3, generator=gen), dim=1))
+    memory.set_target_labels(torch.tensor([0, 0, 1, 2]))
+    features = F.normalize(torch.randn(3, 3, generator=gen), dim=1)
+    slots = torch.tensor([1, 2, 5])
+    for temperature in (0.1, 0.5):  # not the default 0.05 of the logits
+        expected = reference_hybrid_loss(features, memory.features, memory.labels.tolist(), slots.tolist(), temperature)
+        assert torch.allclose(memory.loss(features, slots, temperature), expected.float(), rtol=1e-5, atol=1e-5)
+    # Every slot opposite the features: each class's exp(-1 / 0.05) is far below the 1e-6 guard of the sum.
+    direction = F.normalize(torch.ones(1, 3), dim=1)
+    memory.features.copy_(direction.expand(6, 3))
+    features = -direction.expand(3, 3)
+    expected = reference_hybrid_loss(features, memory.features, memory.labels.tolist(), slots.tolist(), 0.05)
+    loss = memory.loss(features, slots, 0.05)
+    assert torch.isfinite(loss) and torch.allclose(loss, expected.float(), rtol=1e-4)
