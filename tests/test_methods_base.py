@@ -112,7 +112,7 @@ class OneWeight(Bare):
         self.weight = nn.Parameter(torch.ones(2))
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        return [{"params": [self.weight], "lr": self.config.optim.lr}]
+        return [{"params": [self.weight]}]  # no rate of its own: the optimiser's --lr applies
 
 
 def test_the_default_optimiser_is_nesterov_sgd_stepped_at_the_configured_epochs(config: TrainConfig) -> None:
