@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from terminal_bars import assert_finished_bar, last_frames, terminal_console
 
 import ecnreid.methods.ecn as ecn_module
 from ecnreid.config import DomainsConfig, ModelConfig, TrainConfig, config_to_dict, override
@@ -26,6 +27,7 @@ from ecnreid.losses import source_loss
 from ecnreid.methods.base import StepOutput
 from ecnreid.models.dg import dg_source_loss
 from ecnreid.models.rsc import RSC
+from ecnreid.runtime import DistributedContext
 from ecnreid.training import build_loop
 
 EMBEDDING = 4
@@ -428,11 +430,23 @@ def test_a_step_without_a_target_batch_is_the_source_loss_and_moves_no_memory(tw
     assert loop.method.memory.features.tolist() == memory
 
 
-def test_the_memory_state_round_trips_and_features_init_fills_it(two_domains, tmp_path: Path) -> None:
+def test_the_memory_state_round_trips_and_features_init_fills_it_with_a_bar_on_the_main_process(
+    two_domains, tmp_path: Path, monkeypatch
+) -> None:
     source, target = two_domains
+    shown = terminal_console(monkeypatch)
     loop = build_loop(tiny_config(source, target, tmp_path / "run", memory_init="features"))
     method = loop.method
     method.before_training()
+    frames = last_frames(shown.getvalue())
+    images = len(loop.data.target_train)
+    assert len(frames) == 1
+    assert_finished_bar(frames[0], "memory init", images, images, "img")
+    shown.seek(0)
+    shown.truncate()
+    method.run.dist = DistributedContext(rank=1, world_size=2)  # another rank's bar would garble the main one's
+    method.before_training()  # the same model: the same embeddings again
+    assert shown.getvalue() == ""
     expected = ecn_module.target_embeddings(
         method.model, loop.data.target_train, height=32, width=16, batch_size=32, workers=0,
         device=torch.device("cpu"), show_progress=False,

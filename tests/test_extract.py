@@ -16,6 +16,7 @@ import torch
 from inference_checkpoint import train_tiny_checkpoint
 from PIL import Image
 from rich.console import Console
+from terminal_bars import ERASED, assert_finished_bar, last_frames, terminal_console
 from typer.testing import CliRunner
 
 import ecnreid.evaluation.features
@@ -250,6 +251,15 @@ def test_extract_to_folder_records_what_it_extracted(tmp_path: Path, capsys) -> 
     assert "features of 5 images" in text
     row = [line.replace("│", " ").split() for line in text.splitlines() if str(out) in line][0]
     assert row == [str(out), "5", "3", "float16", "yes", "0", f"{meta['seconds']:.1f}"]
+
+
+def test_on_a_terminal_the_feature_bar_stays_with_an_empty_info_field(tmp_path: Path, monkeypatch) -> None:
+    shown = terminal_console(monkeypatch, ecnreid.inference.extract)
+    to_folder(small_adapted(tmp_path), image_list(tmp_path / "imgs", 5), tmp_path / "feats")
+    frames = last_frames(shown.getvalue())
+    assert len(frames) == 1
+    assert_finished_bar(frames[0], "features", 5, 5, "img")
+    assert not shown.getvalue().endswith(ERASED)  # the long step's bar stays on the screen
 
 
 @pytest.mark.parametrize(

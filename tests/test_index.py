@@ -10,6 +10,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
+from terminal_bars import ERASED, assert_finished_bar, last_frames, terminal_console
 
 import ecnreid.inference.index as index_module
 from ecnreid.inference.index import (
@@ -83,6 +84,21 @@ def test_build_ivf_trains_spherical_cells_and_adds_every_row(dtype, kind, monkey
     assert np.array_equal(rows, flat_search(gallery[:5], gallery, 4)[1])
     build_ivf(gallery, show_progress=False)
     assert "training an IVF index of 5 cells on 200 of 200 gallery features" in capsys.readouterr().err
+
+
+def test_on_a_terminal_the_build_draws_one_transient_bar_of_the_rows_added(monkeypatch) -> None:
+    shown = terminal_console(monkeypatch)
+    gallery = unit_rows(250, 8)
+    monkeypatch.setattr(index_module, "BLOCK_BYTES", 4 * 8 * 100)  # blocks of 100 rows: 100, 100, 50
+    build_ivf(gallery, 3)
+    frames = last_frames(shown.getvalue())
+    assert len(frames) == 1
+    assert_finished_bar(frames[0], "IVF index", 250, 250, "vec")
+    assert shown.getvalue().endswith(ERASED)  # a short step: the finished bar leaves no line behind
+    shown.seek(0)
+    shown.truncate()
+    build_ivf(gallery, 3, show_progress=False)
+    assert shown.getvalue() == ""
 
 
 def test_the_cells_are_trained_on_a_seeded_sample_without_repeats() -> None:
@@ -189,6 +205,17 @@ def test_the_ivf_index_is_saved_reused_and_rebuilt_when_the_features_change(tmp_
     assert load_or_build_ivf(folder, changed, show_progress=False).built
     err = capsys.readouterr().err
     assert "unreadable" not in err and "features changed" not in err and "training an IVF index" in err
+
+
+def test_load_or_build_ivf_draws_the_build_bar_unless_told_not_to(tmp_path: Path, monkeypatch) -> None:
+    shown = terminal_console(monkeypatch)
+    gallery = unit_rows(100, 4)
+    load_or_build_ivf(feature_folder(tmp_path / "quiet", gallery), gallery, show_progress=False)
+    assert shown.getvalue() == ""
+    load_or_build_ivf(feature_folder(tmp_path / "shown", gallery), gallery)
+    frames = last_frames(shown.getvalue())
+    assert len(frames) == 1
+    assert_finished_bar(frames[0], "IVF index", 100, 100, "vec")
 
 
 def test_the_notices_of_a_damaged_or_unsaved_index_are_warnings(tmp_path: Path, monkeypatch) -> None:
