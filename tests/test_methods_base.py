@@ -182,3 +182,8 @@ def test_the_card_of_a_checkpoint_carries_its_epoch_and_the_last_evaluation(conf
     assert (card["epoch"], card["feature_dim"], card["setting"]) == (2, 5, "+E")
     assert card["metrics"] == {"epoch": 2, "rank1": 40.0, "mAP": 20.0}
     assert method.card(history[:1], epoch=1)["metrics"] is None  # the last epoch was not evaluated
+
+
+def test_a_method_without_a_model_from_its_card_says_so_by_name() -> None:
+    with pytest.raises(NotImplementedError, match=r"^Bare does not rebuild its model from a model card$"):
+        Bare.model_from_card(None, torch.device("cpu"))  # type: ignore[arg-type]
