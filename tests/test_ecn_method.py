@@ -521,3 +521,22 @@ def test_the_source_loss_adds_the_snr_losses(two_domains, tmp_path: Path) -> Non
     output = loop.method.step(network, LabelledBatch(images, pids, torch.zeros(4, dtype=torch.long), pids), None, 0)
     expected = source_loss(out_x["source_logits"], pids) + snr
     assert output.parts["source"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_crossdomain_mixstyle_is_refused_only_without_target_images(tmp_path: Path) -> None:
+    domains = DomainsConfig("dukemtmc", tmp_path / "s", "market1501", tmp_path / "t")
+    base = TrainConfig(domains=domains, model=ModelConfig(pretrained=False))
+    message = ("--mixstyle-mix crossdomain mixes source with target statistics: it needs target images (not "
+               "--source-only or --no-target); use --mixstyle-mix random")
+    for switch in ("source_only", "no_target"):
+        config = override(base, mixstyle_stages=("layer1",), mixstyle_mix="crossdomain", **{switch: True})
+        with pytest.raises(EcnreidError) as refused:
+            ecn_module.ECN.check_config(config)
+        assert str(refused.value) == message
+    accepted = [
+        override(base, mixstyle_stages=("layer1",), mixstyle_mix="crossdomain"),  # with target images
+        override(base, mixstyle_stages=("layer1",), mixstyle_mix="random", source_only=True),
+        override(base, mixstyle_mix="crossdomain", source_only=True),  # MixStyle off: no stage
+    ]
+    for config in accepted:
+        assert ecn_module.ECN.check_config(config) is None
