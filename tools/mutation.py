@@ -50,7 +50,10 @@ TARGETS: dict[str, Target] = {
         "ecnreid/evaluation/evaluator.py",
         ("tests/test_evaluator.py", "tests/test_evaluate.py", "tests/test_reranking.py", "tests/test_metrics.py"),
     ),
-    "features": Target("ecnreid/evaluation/features.py", ("tests/test_features.py",)),
+    # The one feature loop: its own tests, and those of the model loading and the evaluator that call it.
+    "features": Target(
+        "ecnreid/evaluation/features.py", ("tests/test_features.py", "tests/test_adapted.py", "tests/test_evaluator.py")
+    ),
     "evaluate": Target("ecnreid/inference/evaluate.py", ("tests/test_evaluate.py",)),
     "camstyle-names": Target("ecnreid/data/camstyle_names.py", ("tests/test_camstyle_names.py",)),
     "camstyle-dataset": Target("ecnreid/data/camstyle_dataset.py", ("tests/test_camstyle_dataset.py",)),
