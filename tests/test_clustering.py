@@ -178,7 +178,9 @@ def test_self_paced_labels_keeps_a_given_threshold() -> None:
 
 
 def test_dbscan_uses_the_given_eps_and_the_graph_size() -> None:
-    graph = pairs_graph([(0, 1, 0.375)], 3)  # image 2, last in the index, has no neighbour
+    # image 2, last in the index, has no entry at all
+    graph = JaccardGraph(torch.tensor([0, 1, 0, 1]), torch.tensor([1, 0, 0, 1]),
+                         torch.tensor([0.375, 0.375, 0.0, 0.0]), 3)
     assert dbscan(graph, eps=0.25, min_samples=2).tolist() == [-1, -1, -1]
     ids = dbscan(graph, eps=0.5, min_samples=2)
     assert ids.dtype == np.int64 and ids.tolist() == [0, 0, -1]
