@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from ecnreid.clustering import cluster_purity, dbscan, disagreement, reliable_labels, self_paced_labels
+from ecnreid.clustering import (
+    PseudoLabels,
+    cluster_purity,
+    dbscan,
+    disagreement,
+    reliable_labels,
+    self_paced_labels,
+    singletons_apart,
+)
 from ecnreid.evaluation.reranking import JaccardGraph, jaccard_graph
 
 
@@ -140,3 +148,91 @@ def test_a_cluster_that_merges_when_loosened_is_dissolved() -> None:
 
 def test_purity_none_when_nothing_is_clustered() -> None:
     assert cluster_purity(np.arange(4), np.array([0, 0, 1, 1])) is None
+
+
+def pairs_graph(pairs: list[tuple[int, int, float]], num_images: int) -> JaccardGraph:
+    """A symmetric Jaccard graph with the given pair distances and every image at 0 from itself."""
+    rows = [i for i, j, _ in pairs] + [j for i, j, _ in pairs] + list(range(num_images))
+    cols = [j for i, j, _ in pairs] + [i for i, j, _ in pairs] + list(range(num_images))
+    dists = [d for *_, d in pairs] * 2 + [0.0] * num_images
+    return JaccardGraph(torch.tensor(rows), torch.tensor(cols), torch.tensor(dists), num_images)
+
+
+# Exact binary fractions: eps 0.5, gap 0.25, so tight 0.25 and loose 0.75. At eps: {0,1,2}, {4,5}, 3 alone;
+# tight: only {0,1}; loose: {0,1,2,3}, {4,5}.
+THREE_LEVELS = pairs_graph([(0, 1, 0.125), (1, 2, 0.375), (2, 3, 0.75), (4, 5, 0.375)], 6)
+
+
+def test_tight_and_loose_runs_use_eps_minus_and_plus_gap() -> None:
+    result = self_paced_labels(THREE_LEVELS, eps=0.5, eps_gap=0.25, min_samples=2, independence_threshold=None)
+    # {0,1,2} falls apart when tightened (2 is the least compact), merges with 3 when loosened: R_indep 1/4.
+    assert same_partition(result.labels, np.array([0, 0, 1, 2, 3, 3]))
+    assert result.independence_threshold == pytest.approx(0.25)
+    assert (result.dbscan_clusters, result.num_clusters, result.num_clustered) == (2, 2, 4)
+
+
+def test_self_paced_labels_keeps_a_given_threshold() -> None:
+    result = self_paced_labels(THREE_LEVELS, eps=0.5, eps_gap=0.25, min_samples=2, independence_threshold=0.125)
+    assert result.independence_threshold == 0.125
+    assert same_partition(result.labels, np.array([0, 1, 2, 3, 4, 4]))  # {0,1,2} not independent enough
+
+
+def test_dbscan_uses_the_given_eps_and_the_graph_size() -> None:
+    # image 2, last in the index, has no entry at all
+    graph = JaccardGraph(torch.tensor([0, 1, 0, 1]), torch.tensor([1, 0, 0, 1]),
+                         torch.tensor([0.375, 0.375, 0.0, 0.0]), 3)
+    assert dbscan(graph, eps=0.25, min_samples=2).tolist() == [-1, -1, -1]
+    ids = dbscan(graph, eps=0.5, min_samples=2)
+    assert ids.dtype == np.int64 and ids.tolist() == [0, 0, -1]
+
+
+def test_eps_zero_is_refused() -> None:
+    graph = JaccardGraph(torch.tensor([0]), torch.tensor([0]), torch.tensor([0.0]), 1)
+    with pytest.raises(ValueError, match=r"DBSCAN eps must lie in \(0, 1\) on Jaccard distances, got 0.0"):
+        dbscan(graph, eps=0.0, min_samples=1)
+
+
+def test_statistics_whole() -> None:
+    labels = PseudoLabels(np.array([0, 0, 1]), 1, 2, 1, 0.25, 3)
+    assert labels.statistics() == {
+        "clusters": 1, "clustered": 2, "unclustered": 1, "dbscan_clusters": 3, "independence_threshold": 0.25,
+    }
+
+
+def test_purity_and_counts_with_clusters_of_two() -> None:
+    assert cluster_purity(np.array([0, 0, 1, 1, 2]), np.array([5, 5, 5, 6, 7])) == pytest.approx(3 / 4)
+    result = reliable_labels(np.array([0, 0, 1, 1, 1]), np.array([0, 0, 1, 1, 1]), np.array([0, 0, 1, 1, 1]), None)
+    assert (result.dbscan_clusters, result.num_clusters, result.num_clustered) == (2, 2, 5)
+
+
+def test_singletons_apart_numbers_outliers_after_the_largest_label() -> None:
+    assert singletons_apart(np.array([2, -1, 0, -1])).tolist() == [2, 3, 0, 4]
+    assert singletons_apart(np.array([-1, -1])).tolist() == [0, 1]
+    assert singletons_apart(np.array([], dtype=np.int64)).tolist() == []
+
+
+def test_all_outliers_leave_the_threshold_unset() -> None:
+    result = reliable_labels(np.full(3, -1), np.full(3, -1), np.full(3, -1), None)
+    assert result.independence_threshold is None and result.num_unclustered == 3 and result.num_clusters == 0
+
+
+def test_independence_threshold_is_the_ninety_percent_quantile() -> None:
+    # 16 clusters of two; loosened, cluster c takes in c outliers: R_indep = 1 - 2 / (2 + c).
+    ids, loose = [], []
+    for c in range(16):
+        ids += [c, c]
+        loose += [c, c]
+    for c in range(16):
+        ids += [-1] * c
+        loose += [c] * c
+    ids_arr, loose_arr = np.array(ids), np.array(loose)
+    result = reliable_labels(ids_arr, ids_arr, loose_arr, None)
+    assert result.independence_threshold == pytest.approx(1 - 2 / 16)  # sorted scores[round(16 * 0.9)]
+
+
+def test_classes_are_renumbered_in_stable_order() -> None:
+    # 30 classes alternating one and two images: clusters keep their order, then the single images theirs.
+    ids = np.repeat(np.arange(30), [1, 2] * 15)
+    result = reliable_labels(ids, ids, ids, None)
+    expected = np.where(np.arange(30) % 2 == 1, np.arange(30) // 2, 15 + np.arange(30) // 2)[ids]
+    assert result.labels.tolist() == expected.tolist()
