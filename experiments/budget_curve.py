@@ -2,11 +2,14 @@
 
 Reads each run's ``log.jsonl`` (the evaluations its ``--eval-every`` logged, for watching only) and
 ``config.json`` (iterations per epoch), writes one PNG with three panels (rank-1, mAP, ratio to the baseline
-at the steps both evaluated) and prints a Markdown table and one JSON line. Nothing here selects anything:
-the number a run reports is its final evaluation.
+at the steps both evaluated) and prints a Markdown table and one JSON line (also written to ``--json``).
+Nothing here selects anything: the number a run reports is its final evaluation.
 
     python experiments/budget_curve.py --baseline "source only=runs/budget/source_only" \\
-        --run "+E+C+N (colour)=runs/budget/ECN" --out docs/budget_curve.png
+        --run "+E+C+N (colour)=runs/budget/ECN" --out docs/budget_curve.png --json docs/budget_curve.json
+
+A run may also be named by such a JSON record instead of its folder (``LABEL=FILE.json`` takes the record's
+curve of that label), so a figure can be redrawn after the run folders are gone.
 """
 
 from __future__ import annotations
@@ -30,8 +33,18 @@ def labelled_folder(text: str) -> tuple[str, Path]:
     return label, Path(folder)
 
 
-def evaluations(folder: Path) -> dict[int, dict[str, float]]:
+def recorded_evaluations(label: str, record: Path) -> dict[int, dict[str, float]]:
+    """The curve of ``label`` in a JSON record this script wrote."""
+    runs = json.loads(record.read_text())["runs"]
+    if label not in runs:
+        raise SystemExit(f"{record}: no curve labelled {label!r} (it has {', '.join(map(repr, runs))})")
+    return {int(step): {key: float(row[key]) for key, _ in METRICS} for step, row in runs[label].items()}
+
+
+def evaluations(label: str, folder: Path) -> dict[int, dict[str, float]]:
     """``{step: {"rank1": %, "mAP": %}}`` of the run's logged evaluations, steps = epochs x iterations."""
+    if folder.suffix == ".json":
+        return recorded_evaluations(label, folder)
     config = json.loads((folder / "config.json").read_text())
     # Today's config tree, or the flat config.json of the earlier version the long runs started with.
     steps_per_epoch = config["optim"]["iters_per_epoch"] if "optim" in config else config["iters_per_epoch"]
@@ -50,9 +63,10 @@ def main() -> None:
     parser.add_argument("--baseline", type=labelled_folder, required=True, help="LABEL=FOLDER of source only")
     parser.add_argument("--run", type=labelled_folder, action="append", required=True, help="LABEL=FOLDER")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
+    parser.add_argument("--json", type=Path, help="also write the curves' JSON record here")
     args = parser.parse_args()
 
-    runs = {label: evaluations(folder) for label, folder in [args.baseline, *args.run]}
+    runs = {label: evaluations(label, folder) for label, folder in [args.baseline, *args.run]}
     base_label = args.baseline[0]
     base = runs[base_label]
     panels = []
@@ -93,7 +107,10 @@ def main() -> None:
             else:
                 cells.append("")
         print(f"| {s:,} | " + " | ".join(cells) + " |")
-    print(json.dumps({"runs": {label: {str(s): v for s, v in rows.items()} for label, rows in runs.items()}}))
+    record = json.dumps({"runs": {label: {str(s): v for s, v in sorted(rows.items())} for label, rows in runs.items()}})
+    print(record)
+    if args.json:
+        args.json.write_text(record + "\n")
 
 
 if __name__ == "__main__":

@@ -51,3 +51,18 @@ def test_a_run_without_evaluations_stops_with_one_line(tmp_path: Path, monkeypat
     base = _run_folder(tmp_path / "base", {"iters_per_epoch": 50}, {})
     with pytest.raises(SystemExit, match="no evaluation logged yet$"):
         _main(monkeypatch, "--baseline", f"src={base}", "--run", f"ecn={base}", "--out", str(tmp_path / "c.png"))
+
+
+def test_a_recorded_curve_stands_for_its_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    # The JSON record written by one figure names a run in the next, by its label.
+    base = _run_folder(tmp_path / "base", {"optim": {"iters_per_epoch": 50}}, {10: (20.0, 10.0), 20: (25.0, 10.0)})
+    ecn = _run_folder(tmp_path / "ecn", {"optim": {"iters_per_epoch": 50}}, {10: (30.0, 15.0), 20: (50.0, 25.0)})
+    record = tmp_path / "curves.json"
+    args = ("--out", str(tmp_path / "a.png"), "--json", str(record))
+    _main(monkeypatch, "--baseline", f"src={base}", "--run", f"ecn={ecn}", *args)
+    first = capsys.readouterr().out
+    assert json.loads(record.read_text()) == json.loads(first.splitlines()[-1])
+    _main(monkeypatch, "--baseline", f"src={record}", "--run", f"ecn={record}", "--out", str(tmp_path / "b.png"))
+    assert capsys.readouterr().out == first
+    with pytest.raises(SystemExit, match=r"curves\.json: no curve labelled 'spcl' \(it has 'src', 'ecn'\)$"):
+        _main(monkeypatch, "--baseline", f"src={record}", "--run", f"spcl={record}", "--out", str(tmp_path / "c.png"))

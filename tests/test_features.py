@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
+import pytest
 import torch
+from PIL import Image
+from terminal_bars import ERASED, assert_finished_bar, last_frames, terminal_console
 from torch import nn
 
+import ecnreid.evaluation.features as features_module
 from ecnreid.data.datasets import read_dataset
-from ecnreid.evaluation.features import extract_features
+from ecnreid.data.records import ImageRecord
+from ecnreid.evaluation.features import extract_features, iter_features
 from ecnreid.models.pooled import PooledBackbone
 
 
@@ -18,6 +26,109 @@ class MeanColour(nn.Module):
         return torch.cat([x[..., :half].mean(dim=(2, 3)) - x[..., half:].mean(dim=(2, 3)), torch.ones(len(x), 1)], 1)
 
 
+class ChannelMeansAndSize(nn.Module):
+    """Features = the input's per-channel means, then its height and width."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = torch.tensor([[float(x.shape[2]), float(x.shape[3])]]).expand(len(x), 2)
+        return torch.cat([x.mean(dim=(2, 3)), size], 1)
+
+
+def solid_records(folder: Path, colours: list[tuple[int, int, int]]) -> list[ImageRecord]:
+    """One solid-colour 20x9 image per colour (a resize keeps a solid colour exact)."""
+    folder.mkdir()
+    records = []
+    for i, colour in enumerate(colours):
+        path = folder / f"{i}.png"
+        Image.new("RGB", (9, 20), colour).save(path)
+        records.append(ImageRecord(str(path), i, 0))
+    return records
+
+
+def test_images_reach_the_model_at_the_given_size_and_normalisation(tmp_path: Path) -> None:
+    colours = [(255, 0, 51), (102, 204, 0), (0, 0, 0)]
+    records = solid_records(tmp_path / "images", colours)
+    pixels = torch.tensor(colours, dtype=torch.float32) / 255
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.5)
+    raw = extract_features(
+        ChannelMeansAndSize(), records, height=24, width=10, mean=mean, std=std, batch_size=2, workers=0,
+        show_progress=False, normalize=False,
+    )
+    expected = (pixels - torch.tensor(mean)) / torch.tensor(std)
+    torch.testing.assert_close(raw, torch.cat([expected, torch.tensor([[24.0, 10.0]]).expand(3, 2)], 1))
+    # Unless told, ImageNet's normalisation (the one training uses).
+    imagenet = extract_features(
+        ChannelMeansAndSize(), records, height=8, width=4, batch_size=3, workers=0, show_progress=False,
+        normalize=False,
+    )
+    expected = (pixels - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
+    torch.testing.assert_close(imagenet, torch.cat([expected, torch.tensor([[8.0, 4.0]]).expand(3, 2)], 1))
+    batches = list(
+        iter_features(
+            ChannelMeansAndSize(), records, height=24, width=10, mean=mean, std=std, batch_size=2, workers=0,
+            device="cpu", flip=False, normalize=False,
+        )
+    )
+    assert [len(b) for b in batches] == [2, 1]
+    torch.testing.assert_close(torch.cat(batches), raw)
+
+
+class LoaderSpy:
+    """Stands in for ``DataLoader``: keeps the settings it was given and yields no batch."""
+
+    def __init__(self) -> None:
+        self.settings: list[dict] = []
+
+    def __call__(self, dataset, **settings) -> list:
+        self.settings.append(settings)
+        return []
+
+
+@pytest.mark.parametrize("device, pinned", [("cpu", False), ("cuda", True)])
+def test_the_loader_keeps_order_and_takes_the_batch_workers_and_pinning(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, device: str, pinned: bool
+) -> None:
+    spy = LoaderSpy()
+    monkeypatch.setattr(features_module, "DataLoader", spy)
+    records = solid_records(tmp_path / "images", [(1, 2, 3)])
+    model = nn.Identity().train()
+    batches = iter_features(
+        model, records, height=8, width=4, mean=(0, 0, 0), std=(1, 1, 1), batch_size=7, workers=3, device=device,
+        flip=False,
+    )
+    assert list(batches) == []
+    # Page-locked memory only where it speeds a copy to the GPU.
+    assert spy.settings == [{"batch_size": 7, "shuffle": False, "num_workers": 3, "pin_memory": pinned}]
+    assert model.training
+
+
+def test_no_records_give_an_empty_matrix_without_warnings() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        empty = extract_features(MeanColour(), [], height=8, width=4, batch_size=2, workers=0, show_progress=False)
+    assert empty.shape == (0, 0) and empty.dtype == torch.float32
+
+
+def test_the_bar_names_its_images_and_is_drawn_unless_told_not_to(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    shown = terminal_console(monkeypatch)
+    records = solid_records(tmp_path / "images", [(9, 9, 9)] * 5)
+    extract_features(MeanColour(), records, height=8, width=4, batch_size=2, workers=0, description="gallery")
+    frames = last_frames(shown.getvalue())
+    assert len(frames) == 1
+    assert_finished_bar(frames[0], "gallery", 5, 5, "img")
+    assert shown.getvalue().endswith(ERASED)  # gone once the features are in
+    shown.seek(0)
+    shown.truncate()
+    extract_features(MeanColour(), records, height=8, width=4, batch_size=2, workers=0)
+    assert_finished_bar(last_frames(shown.getvalue())[0], "features", 5, 5, "img")
+    shown.seek(0)
+    shown.truncate()
+    extract_features(MeanColour(), records, height=8, width=4, batch_size=2, workers=0, show_progress=False)
+    assert shown.getvalue() == ""
+
+
 def test_features_are_normalised_in_record_order(two_domains) -> None:
     _, target = two_domains
     records = read_dataset("synthetic", target).query
@@ -25,7 +136,10 @@ def test_features_are_normalised_in_record_order(two_domains) -> None:
     assert feats.shape == (len(records), 4)
     assert torch.allclose(feats.norm(dim=1), torch.ones(len(records)))
     one_by_one = torch.cat(
-        [extract_features(MeanColour(), [r], height=32, width=16, workers=0, show_progress=False) for r in records]
+        [
+            extract_features(MeanColour(), [r], height=32, width=16, batch_size=1, workers=0, show_progress=False)
+            for r in records
+        ]
     )
     assert torch.allclose(feats, one_by_one, atol=1e-6)
 
@@ -33,7 +147,9 @@ def test_features_are_normalised_in_record_order(two_domains) -> None:
 def test_flip_averaging_sums_image_and_mirror(two_domains) -> None:
     _, target = two_domains
     records = read_dataset("synthetic", target).query[:3]
-    flipped = extract_features(MeanColour(), records, height=32, width=16, workers=0, flip=True, show_progress=False)
+    flipped = extract_features(
+        MeanColour(), records, height=32, width=16, batch_size=2, workers=0, flip=True, show_progress=False
+    )
     # Left-minus-right cancels against its mirror, so only the constant survives.
     assert torch.allclose(flipped, torch.tensor([[0.0, 0.0, 0.0, 1.0]]).expand(3, 4), atol=1e-6)
 
@@ -51,7 +167,7 @@ def test_pooled_backbone_is_unit_norm_and_extraction_restores_train_mode(two_dom
     assert modes == [False, False]  # features come from the eval-mode model...
     assert model.training  # ...which is handed back in the mode it came in
     model.eval()
-    extract_features(model, records, height=32, width=16, workers=0, show_progress=False)
+    extract_features(model, records, height=32, width=16, batch_size=3, workers=0, show_progress=False)
     assert not model.training
 
 

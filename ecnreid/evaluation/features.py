@@ -34,14 +34,14 @@ def iter_features(
     model: nn.Module,
     records: Sequence[ImageRecord],
     *,
-    height: int = 256,
-    width: int = 128,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    batch_size: int = 128,
-    workers: int = 2,
-    device: torch.device | str = "cpu",
-    flip: bool = False,
+    height: int,
+    width: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    batch_size: int,
+    workers: int,
+    device: torch.device | str,
+    flip: bool,
     normalize: bool = True,
 ) -> Iterator[torch.Tensor]:
     """The features of ``records`` batch by batch, in order, on the CPU: see :func:`extract_features`. The
@@ -67,12 +67,12 @@ def extract_features(
     model: nn.Module,
     records: Sequence[ImageRecord],
     *,
-    height: int = 256,
-    width: int = 128,
+    height: int,
+    width: int,
+    batch_size: int,
+    workers: int,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
-    batch_size: int = 128,
-    workers: int = 2,
     device: torch.device | str = "cpu",
     flip: bool = False,
     description: str = "features",
@@ -80,9 +80,10 @@ def extract_features(
     normalize: bool = True,
 ) -> torch.Tensor:
     """Return L2-normalised features [N, D] (float32, on CPU) for ``records`` in order (as the model gives
-    them with ``normalize=False``).
+    them with ``normalize=False``; [0, 0] for no records).
 
-    Images are resized to ``height`` x ``width`` and normalised with ``mean`` / ``std`` (the model card's).
+    Images are resized to ``height`` x ``width`` and normalised with ``mean`` / ``std`` (the model card's;
+    ImageNet's, which training uses, unless told).
     ``model`` in eval mode must map an image batch to features. With ``flip`` the features of the image and
     its mirror are summed before normalisation.
     """
