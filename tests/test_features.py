@@ -102,6 +102,30 @@ def test_the_loader_keeps_order_and_takes_the_batch_workers_and_pinning(
     assert model.training
 
 
+class DeviceRecorder(nn.Module):
+    """Keeps the device of each batch it is given; its features are on the CPU whatever that device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.devices: list[str] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.devices.append(x.device.type)
+        return torch.ones(len(x), 2)
+
+
+def test_batches_reach_the_model_on_the_given_device(tmp_path: Path) -> None:
+    # The meta device stands in for a GPU: the batches must be moved there, whatever machine runs the test.
+    records = solid_records(tmp_path / "images", [(1, 2, 3)] * 3)
+    model = DeviceRecorder()
+    batches = iter_features(
+        model, records, height=8, width=4, mean=(0, 0, 0), std=(1, 1, 1), batch_size=2, workers=0, device="meta",
+        flip=False,
+    )
+    assert torch.cat(list(batches)).shape == (3, 2)
+    assert model.devices == ["meta", "meta"]
+
+
 def test_no_records_give_an_empty_matrix_without_warnings() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
