@@ -262,3 +262,20 @@ def test_card_json_files_that_cannot_be_read_name_the_file_and_what_was_expected
 
     monkeypatch.setattr(Path, "read_text", unreadable)
     assert message(tmp_path / "card.json") == f"{tmp_path / 'card.json'}: cannot read the model card (read error)"
+
+
+def test_the_rebuild_record_of_an_ecn_card_comes_from_the_config_only_when_the_card_lacks_it() -> None:
+    bare = minimal_card_fields()
+    config = {"model": {"last_stride": 1}, "dg": {"mixstyle": ["layer1"]}}
+    card = card_from_checkpoint({"card": bare, "config": config}, Path("old.pt"))
+    assert card.details == {"model": {"last_stride": 1, "dg": {"mixstyle": ["layer1"]}}}
+    # A config without the sections gives the defaults the first cards were trained with.
+    assert card_from_checkpoint({"card": bare}, Path("old.pt")).details == {"model": {"last_stride": 2, "dg": {}}}
+    assert card_from_checkpoint({"card": bare, "config": {"model": {}}}, Path("old.pt")).details["model"] == {
+        "last_stride": 2, "dg": {}
+    }
+    # A card that has the record keeps it, and another method's card is read as written.
+    recorded = {**bare, "details": {"model": {"last_stride": 2, "dg": {}}}}
+    assert card_from_checkpoint({"card": recorded, "config": config}, Path("new.pt")).details == recorded["details"]
+    spcl = {**bare, "method": "spcl"}
+    assert card_from_checkpoint({"card": spcl, "config": config}, Path("spcl.pt")).details == {}

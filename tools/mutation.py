@@ -61,6 +61,8 @@ TARGETS: dict[str, Target] = {
     # tests/test_search.py, tests/test_export.py) train a tiny checkpoint per mutant, about 20 s each on 2 cores.
     "adapted": Target("ecnreid/inference/adapted.py", ("tests/test_adapted.py",)),
     "card": Target("ecnreid/inference/card.py", ("tests/test_inference_card.py",)),
+    # The card itself (fields, dict round trip, build_card) lives with the models since the engine work.
+    "model-card": Target("ecnreid/models/card.py", ("tests/test_inference_card.py", "tests/test_adapted.py")),
     "index": Target("ecnreid/inference/index.py", ("tests/test_index.py",)),
     "search": Target("ecnreid/inference/search.py", ("tests/test_search.py",)),
     "extract": Target("ecnreid/inference/extract.py", ("tests/test_extract.py",)),
