@@ -21,6 +21,7 @@ from ecnreid.data.records import ImageRecord
 from ecnreid.errors import EcnreidError
 from ecnreid.inference.adapted import AdaptedModel, _first_line, iter_features, load_adapted_model
 from ecnreid.inference.card import ECN_FEATURE, MethodCard, ModelCard, build_card
+from ecnreid.methods import METHODS
 from ecnreid.models.factory import build_ecn_model
 from ecnreid.runstate import CHECKPOINT_EXPECTED
 
@@ -100,6 +101,21 @@ def test_a_stored_card_that_cannot_be_read_names_the_checkpoint(tmp_path: Path) 
 def test_a_card_that_disagrees_with_the_model_is_refused(tmp_path: Path) -> None:
     path = save(checkpoint_state(tmp_path, feature_dim=256), tmp_path / "last.pt")
     assert error_of(path, "--model") == f"--model {path}: its card says 256-d features but the model gives 512-d"
+
+
+def test_a_card_of_no_feature_size_is_refused_unless_derived_from_the_config(tmp_path: Path) -> None:
+    # Only a card derived from an old config leaves the size to be measured; a written card must state it.
+    path = save(checkpoint_state(tmp_path, feature_dim=0), tmp_path / "last.pt")
+    assert error_of(path) == f"--checkpoint {path}: its card says 0-d features but the model gives 512-d"
+
+
+def test_a_method_this_ecnreid_lacks_is_named_with_the_ones_it_has(tmp_path: Path) -> None:
+    path = save(checkpoint_state(tmp_path, method="mmt"), tmp_path / "last.pt")
+    assert error_of(path, "--model") == (
+        f"--model {path}: trained with the method 'mmt', which this ecnreid does not have "
+        f"(it has {', '.join(sorted(METHODS))})"
+    )
+    assert {"ecn", "spcl"} <= set(METHODS)
 
 
 def test_weights_or_a_config_that_do_not_rebuild_are_one_line_errors(tmp_path: Path) -> None:

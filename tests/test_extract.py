@@ -58,7 +58,7 @@ def test_a_dataset_split_gives_the_features_eval_scores(tiny, tmp_path: Path) ->
     features = np.load(out / "features.npy")
     query = read_dataset("synthetic", target).query
     assert features.shape == (len(query), 512) and features.dtype == np.float32
-    network, _ = model_from_checkpoint(load_checkpoint(checkpoint), checkpoint)
+    network, _ = model_from_checkpoint(load_checkpoint(checkpoint), checkpoint, "--checkpoint")
     expected = extract_features(network, query, height=32, width=16, batch_size=128, workers=0, show_progress=False)
     assert np.allclose(features, expected.numpy(), atol=1e-5)
     index = read_index(out / "index.csv")

@@ -51,9 +51,7 @@ def load_adapted_model(path: Path, option: str = "--checkpoint") -> AdaptedModel
     return AdaptedModel(network, card, path, file_sha256(path))
 
 
-def model_from_checkpoint(
-    state: dict[str, Any], path: Path, option: str = "--checkpoint"
-) -> tuple[nn.Module, ModelCard]:
+def model_from_checkpoint(state: dict[str, Any], path: Path, option: str) -> tuple[nn.Module, ModelCard]:
     """The one way from a checkpoint to its model, for every command: the card names the method, the
     registered method builds its test-time network from the card (``Method.model_from_card``), and the
     checkpoint's weights fill it. Returns the network in eval mode on the CPU, and the card."""
@@ -86,11 +84,7 @@ def model_from_checkpoint(
 def load_weights_it_uses(network: nn.Module, weights: dict[str, torch.Tensor]) -> None:
     """Fill ``network`` from a training model's state dict, which may hold more (ECN's head, for one); a
     weight the network has and the state dict lacks is a ``KeyError`` naming it."""
-    own = network.state_dict()
-    missing = [key for key in own if key not in weights]
-    if missing:
-        raise KeyError(missing[0])
-    network.load_state_dict({key: weights[key] for key in own})
+    network.load_state_dict({key: weights[key] for key in network.state_dict()})
 
 
 def _first_line(exc: BaseException) -> str:
