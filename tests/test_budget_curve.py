@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from experiment_scripts import run_experiment
 from PIL import Image
-
-SCRIPT = Path(__file__).parents[1] / "experiments" / "budget_curve.py"
 
 
 def _main(monkeypatch: pytest.MonkeyPatch, *args: str) -> None:
-    spec = importlib.util.spec_from_file_location("budget_curve", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    monkeypatch.setattr("sys.argv", ["budget_curve.py", *args])
-    module.main()
+    run_experiment(monkeypatch, "budget_curve", *args)
 
 
 def _run_folder(folder: Path, config: dict, evaluations: dict[int, tuple[float, float]]) -> Path:

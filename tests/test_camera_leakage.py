@@ -4,27 +4,20 @@ style."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torchvision
+from experiment_scripts import load_experiment
 from inference_checkpoint import train_tiny_checkpoint
 from PIL import Image
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "camera_leakage.py"
-
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("camera_leakage", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass resolves its annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment("camera_leakage")
 
 
 def _features(camera_strength: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "neighbour_precision.py"
+from experiment_scripts import load_experiment
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("neighbour_precision", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment("neighbour_precision")
 
 
 def test_precision_counts_same_identity_neighbours_and_reciprocal_ones() -> None:
