@@ -6,9 +6,9 @@
 # 2 cores; a run that is stopped resumes on the same command. Then the figure:
 #
 #   ECNREID_DATA=/datasets ECNREID_WEIGHTS=/weights/mobilenet_v2_imagenet_features.pth \
-#       bash experiments/duke2market_budget.sh source-only ECN
+#       bash experiments/duke2market_budget.sh source-only ECN spcl
 #   python experiments/budget_curve.py --baseline "source only=runs/budget/source_only" \
-#       --run "+E+C+N (colour)=runs/budget/ECN" --out docs/budget_curve.png
+#       --run "+E+C+N (colour)=runs/budget/ECN" --run "SpCL=runs/budget/spcl" --out docs/budget_curve.png
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
