@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ecnreid.errors import EcnreidError  # noqa: E402
 from ecnreid.plots import panel_plot  # noqa: E402
 
 METRICS = (("rank1", "rank-1 (%)"), ("mAP", "mAP (%)"))
@@ -37,7 +38,7 @@ def recorded_evaluations(label: str, record: Path) -> dict[int, dict[str, float]
     """The curve of ``label`` in a JSON record this script wrote."""
     runs = json.loads(record.read_text())["runs"]
     if label not in runs:
-        raise SystemExit(f"{record}: no curve labelled {label!r} (it has {', '.join(map(repr, runs))})")
+        raise EcnreidError(f"{record}: no curve labelled {label!r} (it has {', '.join(map(repr, runs))})")
     return {int(step): {key: float(row[key]) for key, _ in METRICS} for step, row in runs[label].items()}
 
 
@@ -54,7 +55,7 @@ def evaluations(label: str, folder: Path) -> dict[int, dict[str, float]]:
         if all(key in row for key, _ in METRICS):
             out[row["epoch"] * steps_per_epoch] = {key: float(row[key]) for key, _ in METRICS}
     if not out:
-        raise SystemExit(f"{folder / 'log.jsonl'}: no evaluation logged yet")
+        raise EcnreidError(f"{folder / 'log.jsonl'}: no evaluation logged yet")
     return out
 
 
@@ -66,7 +67,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the curves' JSON record here")
     args = parser.parse_args()
 
-    runs = {label: evaluations(label, folder) for label, folder in [args.baseline, *args.run]}
+    try:
+        runs = {label: evaluations(label, folder) for label, folder in [args.baseline, *args.run]}
+    except EcnreidError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    except OSError as error:
+        parser.exit(2, f"{parser.prog}: error: {error.filename}: {error.strerror}\n")
     base_label = args.baseline[0]
     base = runs[base_label]
     panels = []

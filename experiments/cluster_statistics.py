@@ -1,5 +1,7 @@
-"""SpCL's pseudo-labels epoch by epoch: clusters, clustered and un-clustered images, and for diagnosis their
-purity and NMI against the target's identities, with the run's evaluations beside them.
+"""SpCL's pseudo-labels, epoch by epoch, of one run.
+
+Clusters, clustered and un-clustered images, and for diagnosis their purity and NMI against the target's
+identities, with the run's evaluations beside them.
 
 Reads a run's ``log.jsonl`` (each epoch's row holds the clustering that opened the epoch), writes one PNG with
 three panels (clusters, images, purity and NMI) and prints a Markdown table (every ``--every``-th epoch, the
@@ -17,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ecnreid.errors import EcnreidError  # noqa: E402
 from ecnreid.plots import panel_plot  # noqa: E402
 
 COUNTS = ("spcl_clusters", "spcl_clustered", "spcl_unclustered")
@@ -29,7 +32,7 @@ def clustering_rows(folder: Path) -> list[dict]:
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     rows = sorted((row for row in rows if all(key in row for key in COUNTS)), key=lambda row: row["epoch"])
     if not rows:
-        raise SystemExit(f"{log}: no clustering statistics (is it an SpCL run?)")
+        raise EcnreidError(f"{log}: no clustering statistics (is it an SpCL run?)")
     return rows
 
 
@@ -51,9 +54,13 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=5, help="table rows: every N-th epoch (default 5)")
     args = parser.parse_args()
     if args.every < 1:
-        raise SystemExit(f"--every {args.every}: give a positive number of epochs")
-
-    rows = clustering_rows(args.run)
+        parser.error(f"--every {args.every}: give a positive number of epochs")
+    try:
+        rows = clustering_rows(args.run)
+    except EcnreidError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    except OSError as error:
+        parser.exit(2, f"{parser.prog}: error: {error.filename}: {error.strerror}\n")
     panels = [
         (
             "clusters",

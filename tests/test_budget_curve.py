@@ -41,10 +41,27 @@ def test_table_ratios_and_figure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         assert image.format == "PNG" and image.size == (1200, 420)
 
 
-def test_a_run_without_evaluations_stops_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _error(monkeypatch: pytest.MonkeyPatch, capsys, *args: str) -> str:
+    """The one line a bad input stops the script with (exit 2)."""
+    with pytest.raises(SystemExit) as stop:
+        _main(monkeypatch, *args)
+    assert stop.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_a_run_without_evaluations_or_files_stops_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
     base = _run_folder(tmp_path / "base", {"iters_per_epoch": 50}, {})
-    with pytest.raises(SystemExit, match="no evaluation logged yet$"):
-        _main(monkeypatch, "--baseline", f"src={base}", "--run", f"ecn={base}", "--out", str(tmp_path / "c.png"))
+    out = ("--out", str(tmp_path / "c.png"))
+    log = base / "log.jsonl"
+    no_evaluation = f"budget_curve.py: error: {log}: no evaluation logged yet\n"
+    assert _error(monkeypatch, capsys, "--baseline", f"src={base}", "--run", f"ecn={base}", *out) == no_evaluation
+    missing = tmp_path / "none"
+    assert _error(monkeypatch, capsys, "--baseline", f"src={missing}", "--run", f"ecn={base}", *out) == (
+        f"budget_curve.py: error: {missing / 'config.json'}: No such file or directory\n"
+    )
+    assert not (tmp_path / "c.png").exists()
 
 
 def test_a_recorded_curve_stands_for_its_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
@@ -58,5 +75,5 @@ def test_a_recorded_curve_stands_for_its_run(tmp_path: Path, monkeypatch: pytest
     assert json.loads(record.read_text()) == json.loads(first.splitlines()[-1])
     _main(monkeypatch, "--baseline", f"src={record}", "--run", f"ecn={record}", "--out", str(tmp_path / "b.png"))
     assert capsys.readouterr().out == first
-    with pytest.raises(SystemExit, match=r"curves\.json: no curve labelled 'spcl' \(it has 'src', 'ecn'\)$"):
-        _main(monkeypatch, "--baseline", f"src={record}", "--run", f"spcl={record}", "--out", str(tmp_path / "c.png"))
+    message = _error(monkeypatch, capsys, "--baseline", f"src={record}", "--run", f"spcl={record}", "--out", "c.png")
+    assert message == f"budget_curve.py: error: {record}: no curve labelled 'spcl' (it has 'src', 'ecn')\n"

@@ -50,9 +50,18 @@ def test_table_json_and_figure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
         assert image.format == "PNG" and image.size == (1200, 420)
 
 
-def test_a_run_without_clustering_stops_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_input_stops_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     run = tmp_path / "ecn"
     run.mkdir()
     (run / "log.jsonl").write_text(json.dumps({"epoch": 1, "loss_total": 1.0}) + "\n")
-    with pytest.raises(SystemExit, match=r"log\.jsonl: no clustering statistics \(is it an SpCL run\?\)$"):
-        _main(monkeypatch, "--run", str(run), "--out", str(tmp_path / "c.png"))
+    out = ("--out", str(tmp_path / "c.png"))
+    for args, message in (
+        (("--run", str(run)), f"{run / 'log.jsonl'}: no clustering statistics (is it an SpCL run?)"),
+        (("--run", str(tmp_path / "none")), f"{tmp_path / 'none' / 'log.jsonl'}: No such file or directory"),
+        (("--run", str(run), "--every", "0"), "--every 0: give a positive number of epochs"),
+    ):
+        with pytest.raises(SystemExit) as stop:
+            _main(monkeypatch, *args, *out)
+        assert stop.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1] == f"cluster_statistics.py: error: {message}"
+    assert not (tmp_path / "c.png").exists()
