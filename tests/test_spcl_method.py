@@ -536,3 +536,38 @@ def test_sampling_groups_at_the_edges() -> None:
         expected[image] = 1 + rank // 4
     assert sampling_groups(labels, num_clusters=1, instances=4, seed=9).tolist() == expected.tolist()
     assert sampling_groups(labels, 1, 4, 9).tolist() != sampling_groups(labels, 1, 4, 10).tolist()
+
+
+def recording_backbones(monkeypatch: pytest.MonkeyPatch) -> list[tuple[tuple, dict]]:
+    """Record what SpCL asks ``build_backbone`` for; build a random ResNet-18 of the asked last stride."""
+    calls: list[tuple[tuple, dict]] = []
+    real = spcl_module.build_backbone
+
+    def recorded(*args, **kwargs):
+        calls.append((args, kwargs))
+        return real("resnet18", pretrained=False, last_stride=kwargs["last_stride"])
+
+    monkeypatch.setattr(spcl_module, "build_backbone", recorded)
+    return calls
+
+
+def test_a_new_spcl_builds_the_configured_backbone_and_starts_unclustered(two_domains, tmp_path: Path,
+                                                                        monkeypatch) -> None:
+    source, target = two_domains
+    calls = recording_backbones(monkeypatch)
+    weights = tmp_path / "imagenet.pth"
+    config = override(small_config(source, target, tmp_path), pretrained=True, weights=weights, last_stride=1)
+    spcl = SpCL(config, load_two_domains(config, announce=False), RunContext(torch.device("cpu")))
+    assert calls == [(("resnet18",), {"weights": weights, "pretrained": True, "last_stride": 1})]
+    assert (spcl.independence_threshold, spcl.pseudo_labels, spcl.epoch_statistics()) == (None, None, {})
+    assert spcl.target_groups.tolist() == list(range(TARGET_IMAGES))
+    assert spcl.source_labels.dtype == np.int64 and spcl.target_ids.dtype == np.int64
+
+
+def test_the_card_asks_for_random_weights_of_its_own_arch_and_stride(monkeypatch) -> None:
+    calls = recording_backbones(monkeypatch)
+    details = {"model": {"last_stride": 1}}
+    card = ModelCard("resnet34", 32, 16, SPCL_FEATURE, DIM, "spcl", "a", "b", 1, 1, details=details)
+    model = SpCL.model_from_card(card, torch.device("cpu"))
+    assert calls == [(("resnet34",), {"pretrained": False, "last_stride": 1})]
+    assert type(model) is SpCLModel and model.backbone.last_stride == 1
