@@ -571,3 +571,27 @@ def test_the_card_asks_for_random_weights_of_its_own_arch_and_stride(monkeypatch
     model = SpCL.model_from_card(card, torch.device("cpu"))
     assert calls == [(("resnet34",), {"pretrained": False, "last_stride": 1})]
     assert type(model) is SpCLModel and model.backbone.last_stride == 1
+
+
+def test_a_clustering_without_clusters_leaves_the_threshold_to_the_next(two_domains, tmp_path: Path,
+                                                                       monkeypatch) -> None:
+    source, target = two_domains
+    shown = plain_console(monkeypatch)
+    monkeypatch.setattr(spcl_module, "time", FakeClock(0.0, 0.5, 1.0, 1.5))
+    spcl = build_spcl(source, target, tmp_path, **CLUSTERING)
+    spcl.memory.features[SOURCE_IDS:] = unit_rows(TARGET_IMAGES, 0)  # strangers: no cluster forms
+    spcl.before_epoch(0)
+    assert spcl.independence_threshold is None and sorted(spcl.pseudo_labels.labels) == list(range(TARGET_IMAGES))
+    true_ids = np.array([r.pid for r in spcl.data.target_train])
+    nmi = float(normalized_mutual_info_score(true_ids, spcl.pseudo_labels.labels))
+    assert spcl.epoch_statistics() == {
+        "spcl_clusters": 0, "spcl_clustered": 0, "spcl_unclustered": TARGET_IMAGES, "spcl_dbscan_clusters": 0,
+        "spcl_independence_iou": None, "spcl_purity": None, "spcl_nmi": nmi, "spcl_cluster_seconds": 0.5,
+    }
+    assert shown.getvalue() == (
+        f"epoch 1 pseudo-labels: 0 clusters (0 images), 24 un-clustered (diagnosis: purity -, NMI {nmi:.3f}) "
+        "in 0.5 s\n"
+    )
+    spcl.memory.features[SOURCE_IDS:] = clustered_rows(3)
+    spcl.before_epoch(1)  # the first clustering with clusters fixes it
+    assert spcl.independence_threshold == 0.25 and spcl.statistics["spcl_independence_iou"] == 0.75
