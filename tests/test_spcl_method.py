@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_reid_tree
 from rich.console import Console
 from sklearn.metrics import normalized_mutual_info_score
 from terminal_bars import assert_finished_bar, last_frames, terminal_console
@@ -172,6 +173,15 @@ def build_spcl(source: Path, target: Path, out: Path, dist: DistributedContext |
                                                                              DistributedContext()))
 
 
+@pytest.fixture(scope="module")
+def shared_spcl(tmp_path_factory: pytest.TempPathFactory) -> SpCL:
+    """One SpCL for the tests that only read it: building the ResNet-18 is most of such a test's time."""
+    root = tmp_path_factory.mktemp("spcl")
+    source = make_reid_tree(root / "source", ids=4, cameras=2, per_camera=2, seed=1)  # as two_domains
+    target = make_reid_tree(root / "target", ids=4, cameras=3, per_camera=2, seed=2, first_pid=50)
+    return build_spcl(source, target, root / "run")
+
+
 def unit_rows(rows: int, seed: int, dim: int = DIM) -> torch.Tensor:
     return F.normalize(torch.randn(rows, dim, generator=torch.Generator().manual_seed(seed)), dim=1)
 
@@ -265,9 +275,8 @@ def test_loaders_draw_p_x_k_batches_of_identities_and_of_the_groups_of_each_epoc
     assert (pairs[:, 0] == pairs[:, 1]).all() and len(set(pairs[:, 0].tolist())) == 4
 
 
-def test_the_target_dataset_gives_each_image_its_camera_and_index(two_domains, tmp_path: Path) -> None:
-    source, target = two_domains
-    spcl = build_spcl(source, target, tmp_path)
+def test_the_target_dataset_gives_each_image_its_camera_and_index(shared_spcl: SpCL) -> None:
+    spcl = shared_spcl
     dataset = spcl.target_dataset(lambda image: ("transformed", image.size))
     records = spcl.data.target_train
     assert len(dataset) == TARGET_IMAGES and spcl.num_target_cameras == 3
@@ -387,9 +396,8 @@ def test_target_identities_serve_the_diagnosis_only_when_every_image_has_one(two
          "epoch 5 pseudo-labels: 3 clusters (10 images), 14 un-clustered in 1.3 s"),
     ],
 )
-def test_the_clustering_line(two_domains, tmp_path: Path, changes: dict, line: str) -> None:
-    source, target = two_domains
-    spcl = build_spcl(source, target, tmp_path)
+def test_the_clustering_line(shared_spcl: SpCL, changes: dict, line: str) -> None:
+    spcl = shared_spcl
     statistics = {"spcl_clusters": 3, "spcl_clustered": 10, "spcl_unclustered": 14, "spcl_independence_iou": 0.8126,
                   "spcl_purity": 0.9, "spcl_nmi": 0.71234, "spcl_cluster_seconds": 1.26}
     statistics.update(changes)
@@ -434,9 +442,8 @@ def test_one_step_is_the_hybrid_loss_of_both_batches_at_the_temperature(two_doma
         spcl.step(network, x, None, epoch=1)
 
 
-def test_the_forward_runs_both_domains_through_their_batchnorms(two_domains, tmp_path: Path) -> None:
-    source, target = two_domains
-    spcl = build_spcl(source, target, tmp_path)
+def test_the_forward_runs_both_domains_through_their_batchnorms(shared_spcl: SpCL) -> None:
+    spcl = shared_spcl
     images = torch.randn(4, 3, 32, 16, generator=torch.Generator().manual_seed(0))
     assert isinstance(spcl.network, SpCLForward) and spcl.network.model is spcl.model
     with torch.no_grad():
@@ -473,13 +480,12 @@ def test_the_memory_and_the_threshold_round_trip_through_the_state(two_domains, 
     assert torch.equal(resumed.memory.labels, trained.memory.labels) and resumed.independence_threshold == 0.3
 
 
-def test_signature_provenance_card_and_description(two_domains, tmp_path: Path) -> None:
-    source, target = two_domains
-    spcl = build_spcl(source, target, tmp_path, last_stride=1)
+def test_signature_provenance_card_and_description(shared_spcl: SpCL) -> None:
+    spcl = shared_spcl
     assert spcl.signature() == {"memory_slots": SOURCE_IDS + TARGET_IMAGES, "feature_dim": DIM}
     assert spcl.provenance() == {"setting": "SpCL", "backbone_weights": {"kind": "random"}}
     assert spcl.model_card() == MethodCard(
-        SPCL_FEATURE, DIM, "SpCL", {"backbone_weights": {"kind": "random"}, "model": {"last_stride": 1}}
+        SPCL_FEATURE, DIM, "SpCL", {"backbone_weights": {"kind": "random"}, "model": {"last_stride": 2}}
     )
     data = spcl.data
     assert (len(data.target.query), len(data.target.gallery)) == (9, 18)
