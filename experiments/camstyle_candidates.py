@@ -12,7 +12,9 @@ the rendering. Score each folder with the same ``--score-images``/``--probe-imag
 
 Candidates: ``histogram`` (each image's Lab histograms matched to the camera's), ``tone`` (the own camera's
 average Lab curves mapped to the target camera's), and each of them with the camera's capture (spectrum, noise,
-JPEG quality): ``histogram_capture`` and ``tone_capture`` (what ``prepare --method capture`` makes).
+JPEG quality): ``histogram_capture`` and ``tone_capture`` (what ``prepare --method capture`` makes). With
+``--generator G.pt`` (a StarGAN checkpoint of ``ecnreid prepare``'s ``--work-dir``), also ``stargan``: the same
+sample rendered by that generator, so a StarGAN is scored without generating its whole set.
 """
 
 from __future__ import annotations
@@ -31,9 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from camstyle.check import PREPARE_FILE, open_camstyle_set  # noqa: E402
 from camstyle.colour import camera_styles, generate_colour_camstyle  # noqa: E402
 from camstyle.fidelity import draw_real_images  # noqa: E402
+from camstyle.generate import GenerationCounts, generate_camstyle, load_generator  # noqa: E402
 from camstyle.matching import camera_profiles, generate_matched_camstyle  # noqa: E402
+from camstyle.stargan import Generator, ModelSpec  # noqa: E402
 from ecnreid.data.datasets import read_dataset  # noqa: E402
 from ecnreid.data.records import ImageRecord  # noqa: E402
+from ecnreid.errors import EcnreidError  # noqa: E402
 from ecnreid.io import write_json  # noqa: E402
 
 CANDIDATES = {  # name: (per_image, capture)
@@ -49,34 +54,54 @@ def main() -> None:
     parser.add_argument("--root", type=Path, required=True, help="target dataset folder")
     parser.add_argument("--dataset", default="market1501")
     parser.add_argument("--out", type=Path, required=True, help="parent folder of the candidates' folders")
-    parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
+    parser.add_argument(
+        "--candidates", nargs="+", choices=[*CANDIDATES, "stargan"],
+        help="default: every matching candidate, and stargan with --generator",
+    )
     parser.add_argument("--score-images", type=int, default=600)
     parser.add_argument("--probe-images", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--generator", type=Path, help="also render the sample with this StarGAN checkpoint")
     parser.add_argument(
         "--time-images", type=int, default=0,
         help="instead: time colour and the candidates (fit and render) on this many images, one after another",
     )
     args = parser.parse_args()
+    try:
+        run(args)
+    except EcnreidError as exc:
+        print(f"camstyle_candidates.py: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
+
+def run(args: argparse.Namespace) -> None:
+    generator, spec = load_generator(args.generator) if args.generator else (None, None)
+    names = args.candidates or [*CANDIDATES, *(["stargan"] if generator is not None else [])]
+    if "stargan" in names and generator is None:
+        raise EcnreidError("the stargan candidate renders with a trained generator: give --generator G.pt")
     dataset = read_dataset(args.dataset, args.root, require_test=False)
     records = list(dataset.train)
     num_cameras = max(r.camid for r in records) + 1
+    if generator is not None and generator.num_cameras != num_cameras:
+        raise EcnreidError(f"{args.generator}: the generator was trained for {generator.num_cameras} cameras, "
+                           f"{args.root} has {num_cameras}; give the StarGAN of this dataset")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.time_images:
-        time_methods(records, num_cameras, args)
+        time_methods(records, num_cameras, names, args, generator, spec)
         return
     cache = args.out / f"profiles_{args.dataset}.pt"
     timings: dict[str, float] = {}
-    if cache.is_file():
+    if names == ["stargan"]:
+        profiles = None
+    elif cache.is_file():
         profiles = torch.load(cache, weights_only=False)
     else:
         started = time.perf_counter()
         profiles = camera_profiles(records, num_cameras, workers=args.workers)
         timings["fit_seconds"] = round(time.perf_counter() - started, 1)
         torch.save(profiles, cache)
-    for name in args.candidates:
+    for name in names:
         folder = args.out / f"camstyle_{args.dataset}_{name}"
         folder.mkdir(exist_ok=True)
         write_json({"dataset": dataset.name, "root": str(dataset.root), "method": name}, folder / PREPARE_FILE)
@@ -84,12 +109,16 @@ def main() -> None:
         index = {record.path: i for i, record in enumerate(found.records)}
         _, originals = draw_real_images(found, args.probe_images, args.score_images, args.seed)
         only = [index[r.path] for r in originals]
-        per_image, capture = CANDIDATES[name]
         started = time.perf_counter()
-        counts, _ = generate_matched_camstyle(
-            found.records, num_cameras, folder, profiles, seed=args.seed, per_image=per_image, capture=capture,
-            only=only, workers=args.workers,
-        )
+        if name == "stargan":
+            counts = render_stargan(generator, spec, [found.records[i] for i in only], num_cameras, folder,
+                                    args.workers)
+        else:
+            per_image, capture = CANDIDATES[name]
+            counts, _ = generate_matched_camstyle(
+                found.records, num_cameras, folder, profiles, seed=args.seed, per_image=per_image, capture=capture,
+                only=only, workers=args.workers,
+            )
         seconds = time.perf_counter() - started
         timings[name] = round(seconds, 1)
         print(json.dumps({"candidate": name, "written": counts.written, "seconds": round(seconds, 1),
@@ -97,17 +126,29 @@ def main() -> None:
     print(json.dumps(timings))
 
 
-def time_methods(records: list[ImageRecord], num_cameras: int, args: argparse.Namespace) -> None:
-    """Fit and render a seeded slice of the training images with colour and each candidate; the seconds, and
-    the same scaled to the whole training set (a fit reads every image once, a render writes C-1 fakes each)."""
+def render_stargan(generator: Generator, spec: ModelSpec, records: list[ImageRecord], num_cameras: int,
+                   folder: Path | str, workers: int, progress: bool = True) -> GenerationCounts:
+    """The records in every other camera, by the generator at the input size it was trained at (as ``prepare``)."""
+    return generate_camstyle(generator, records, num_cameras, folder, image_size=spec.image_size, workers=workers,
+                             progress=progress)
+
+
+def time_methods(records: list[ImageRecord], num_cameras: int, names: list[str], args: argparse.Namespace,
+                 generator: Generator | None = None, spec: ModelSpec | None = None) -> None:
+    """Fit and render a seeded slice of the training images with colour and each candidate (and the StarGAN
+    generator's rendering, whose training is timed by ``prepare``); the seconds, and the same scaled to the
+    whole training set (a fit reads every image once, a render writes C-1 fakes each)."""
     order = torch.randperm(len(records), generator=torch.Generator().manual_seed(args.seed)).tolist()
     chosen = [records[i] for i in order[: args.time_images]]
     scale = len(records) / len(chosen)
     results = []
-    for name in ["colour", *args.candidates]:
+    for name in ["colour", *names]:
         with tempfile.TemporaryDirectory(dir=args.out) as folder:
             started = time.perf_counter()
-            if name == "colour":
+            if name == "stargan":
+                fitted = started
+                counts = render_stargan(generator, spec, chosen, num_cameras, folder, args.workers, progress=False)
+            elif name == "colour":
                 styles = camera_styles(chosen, num_cameras, workers=args.workers, progress=False)
                 fitted = time.perf_counter()
                 counts, _ = generate_colour_camstyle(chosen, num_cameras, folder, styles, workers=args.workers,
