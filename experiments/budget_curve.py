@@ -20,6 +20,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from script_errors import refuse_bad_input  # noqa: E402
 
 from ecnreid.errors import EcnreidError  # noqa: E402
 from ecnreid.plots import panel_plot  # noqa: E402
@@ -67,12 +70,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the curves' JSON record here")
     args = parser.parse_args()
 
-    try:
+    with refuse_bad_input(parser):
         runs = {label: evaluations(label, folder) for label, folder in [args.baseline, *args.run]}
-    except EcnreidError as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
-    except OSError as error:
-        parser.exit(2, f"{parser.prog}: error: {error.filename}: {error.strerror}\n")
     base_label = args.baseline[0]
     base = runs[base_label]
     panels = []

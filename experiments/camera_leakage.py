@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from neighbour_precision import dataset_root  # noqa: E402
+from script_errors import refuse_bad_input  # noqa: E402
 
 from camstyle.fidelity import fit_probe  # noqa: E402
 from ecnreid.data.datasets import read_dataset  # noqa: E402
@@ -297,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = build_parser()
     args = parse_args(parser, argv)
     started = time.perf_counter()
-    try:
+    with refuse_bad_input(parser):
         dataset = read_dataset(args.dataset, dataset_root(args.root, args.dataset), require_test=True)
         models = [checkpoint_model(label, path) for label, path in args.run]
         if args.arch is not None:
@@ -305,8 +306,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             height = args.height or (first.height if first else 256)
             width = args.width or (first.width if first else 128)
             models.insert(0, imagenet_model(args.reference_label, args.arch, args.weights, height, width))
-    except EcnreidError as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
     rows = [
         diagnose(
             model, dataset.query, dataset.gallery, dataset.num_cameras,

@@ -29,6 +29,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from script_errors import refuse_bad_input  # noqa: E402
 
 from camstyle.check import PREPARE_FILE, open_camstyle_set  # noqa: E402
 from camstyle.colour import camera_styles, generate_colour_camstyle  # noqa: E402
@@ -68,11 +71,8 @@ def main() -> None:
         help="instead: time colour and the candidates (fit and render) on this many images, one after another",
     )
     args = parser.parse_args()
-    try:
+    with refuse_bad_input(parser):
         run(args)
-    except EcnreidError as exc:
-        print(f"camstyle_candidates.py: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def run(args: argparse.Namespace) -> None:

@@ -18,6 +18,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from script_errors import refuse_bad_input  # noqa: E402
 
 from ecnreid.errors import EcnreidError  # noqa: E402
 from ecnreid.plots import panel_plot  # noqa: E402
@@ -55,12 +58,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.every < 1:
         parser.error(f"--every {args.every}: give a positive number of epochs")
-    try:
+    with refuse_bad_input(parser):
         rows = clustering_rows(args.run)
-    except EcnreidError as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
-    except OSError as error:
-        parser.exit(2, f"{parser.prog}: error: {error.filename}: {error.strerror}\n")
     panels = [
         (
             "clusters",

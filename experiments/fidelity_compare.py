@@ -19,6 +19,9 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from script_errors import refuse_bad_input  # noqa: E402
 
 from camstyle.fidelity_report import FIDELITY_JSON, FIDELITY_PNG  # noqa: E402
 from ecnreid.errors import EcnreidError  # noqa: E402
@@ -138,12 +141,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="the side-by-side picture (PNG)")
     parser.add_argument("--json", type=Path, help="also write the table's figures here")
     args = parser.parse_args()
-    try:
+    with refuse_bad_input(parser):
         reports = [read_report(label, folder) for label, folder in args.report]
         check_comparable(reports)
-    except EcnreidError as exc:
-        print(f"fidelity_compare.py: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
     print(markdown_table(reports))
     side_by_side(reports, args.out)
     if args.json:
