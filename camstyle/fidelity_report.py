@@ -87,7 +87,8 @@ def save_fidelity_png(sample: Sample, verdicts: dict[str, torch.Tensor], num_cam
     atomic_save_image(canvas, path)
 
 
-def _percent(value: float | None) -> str:
+def percent(value: float | None) -> str:
+    """A share as the report writes it: one decimal and a per cent sign, '-' where there is none."""
     return "-" if value is None else f"{100 * value:.1f} %"
 
 
@@ -110,20 +111,20 @@ def render_fidelity_table(summary: dict[str, Any]) -> Group:
         cameras.add_row(
             f"c{entry['camera']}",
             f"{entry['fakes']:,}",
-            _percent(entry["fake_accuracy"]),
-            _percent(entry["fake_still_original"]),
-            _percent(entry["real_accuracy"]),
+            percent(entry["fake_accuracy"]),
+            percent(entry["fake_still_original"]),
+            percent(entry["real_accuracy"]),
         )
     table = Table(title=f"CamStyle fidelity of {summary['camstyle_dir']}", show_header=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")
     rows = [
-        ("camera fidelity", f"[bold]{_percent(deep['fake_accuracy'])}[/] of fakes classified as the camera made for"),
-        ("ceiling", f"{_percent(deep['real_accuracy'])} of held-out real images as their own camera "
-                    f"(chance {_percent(deep['chance'])})"),
-        ("still original", f"{_percent(deep['fake_still_original'])} of fakes classified as their original camera"),
-        ("colour/sharpness", f"fakes {_percent(stats['fake_accuracy'])}, real {_percent(stats['real_accuracy'])}, "
-                             f"still original {_percent(stats['fake_still_original'])} (statistics probe)"),
+        ("camera fidelity", f"[bold]{percent(deep['fake_accuracy'])}[/] of fakes classified as the camera made for"),
+        ("ceiling", f"{percent(deep['real_accuracy'])} of held-out real images as their own camera "
+                    f"(chance {percent(deep['chance'])})"),
+        ("still original", f"{percent(deep['fake_still_original'])} of fakes classified as their original camera"),
+        ("colour/sharpness", f"fakes {percent(stats['fake_accuracy'])}, real {percent(stats['real_accuracy'])}, "
+                             f"still original {percent(stats['fake_still_original'])} (statistics probe)"),
         ("identity: fake-original", _similarity(identity["fake_vs_original"])),
         ("same person, other camera", _similarity(identity["same_person_other_camera"])),
         ("other person, same camera", _similarity(identity["other_person_same_camera"])),

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from script_errors import refuse_bad_input  # noqa: E402
 
-from camstyle.fidelity_report import FIDELITY_JSON, FIDELITY_PNG  # noqa: E402
+from camstyle.fidelity_report import FIDELITY_JSON, FIDELITY_PNG, percent  # noqa: E402
 from ecnreid.errors import EcnreidError  # noqa: E402
 from ecnreid.evaluation.visualize import load_font  # noqa: E402
 from ecnreid.io import atomic_save_image, write_json  # noqa: E402
@@ -63,10 +63,6 @@ def check_comparable(reports: list[dict[str, Any]]) -> None:
                                    "every set with the same --score-images, --probe-images, --seed and probe")
 
 
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f} %"
-
-
 def _mean(entry: dict[str, Any]) -> str:
     return "-" if entry["mean"] is None else f"{entry['mean']:.3f}"
 
@@ -98,15 +94,15 @@ def markdown_table(reports: list[dict[str, Any]]) -> str:
     for r in reports:
         camera, statistics = r["camera_probe"], r["statistics_probe"]
         lines.append(
-            f"| {r['label']} | {_percent(camera['fake_accuracy'])} | {_percent(camera['fake_still_original'])} "
-            f"| {_percent(statistics['fake_accuracy'])} / {_percent(statistics['fake_still_original'])} "
+            f"| {r['label']} | {percent(camera['fake_accuracy'])} | {percent(camera['fake_still_original'])} "
+            f"| {percent(statistics['fake_accuracy'])} / {percent(statistics['fake_still_original'])} "
             f"| {_mean(r['identity']['fake_vs_original'])} |"
         )
     sample, probe = reports[0]["sample"], reports[0]["camera_probe"]
     lines.append(
         f"\n{sample['originals']:,} originals, {sample['fakes']:,} fakes, probe taught on {sample['probe_images']:,} "
         f"images, seed {sample['seed']}; camera probe on {probe['features']}: real images "
-        f"{_percent(probe['real_accuracy'])} (ceiling), chance {_percent(probe['chance'])}."
+        f"{percent(probe['real_accuracy'])} (ceiling), chance {percent(probe['chance'])}."
     )
     return "\n".join(lines)
 
