@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from script_errors import refuse_bad_input  # noqa: E402
 
 from ecnreid.errors import EcnreidError  # noqa: E402
-from ecnreid.plots import panel_plot  # noqa: E402
+from ecnreid.plots import Series, panel_plot  # noqa: E402
 
-METRICS = (("rank1", "rank-1 (%)"), ("mAP", "mAP (%)"))
+METRICS = (("rank1", "rank-1"), ("mAP", "mAP"))
 
 
 def labelled_folder(text: str) -> tuple[str, Path]:
@@ -62,6 +62,23 @@ def evaluations(label: str, folder: Path) -> dict[int, dict[str, float]]:
     return out
 
 
+def curve_panels(runs: dict[str, dict[int, dict[str, float]]], base_label: str) -> list[tuple[str, str, Series]]:
+    """Each metric against steps, then each metric divided by the baseline's at the same step. Every panel
+    lists the runs in the same order, so a run has one colour throughout; the baseline's ratio is the line at 1."""
+    base = runs[base_label]
+    panels = []
+    for key, name in METRICS:
+        curves = {label: (list(rows), [rows[s][key] for s in rows]) for label, rows in runs.items()}
+        panels.append((f"{name} (%)", f"{name} (%)", curves))
+    for key, name in METRICS:
+        ratios = {}
+        for label, rows in runs.items():
+            common = [s for s in rows if s in base]
+            ratios[label] = (common, [rows[s][key] / base[s][key] for s in common])
+        panels.append((f"{name} ÷ {base_label}", "ratio", ratios))
+    return panels
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", type=labelled_folder, required=True, help="LABEL=FOLDER of source only")
@@ -74,19 +91,7 @@ def main() -> None:
         runs = {label: evaluations(label, folder) for label, folder in [args.baseline, *args.run]}
     base_label = args.baseline[0]
     base = runs[base_label]
-    panels = []
-    for key, name in METRICS:
-        series = {label: (list(rows), [rows[s][key] for s in rows]) for label, rows in runs.items()}
-        panels.append((name, name, series))
-    ratios = {}
-    for label, rows in runs.items():
-        if label == base_label:
-            continue
-        for key, _ in METRICS:
-            common = [s for s in rows if s in base]
-            ratios[f"{label}: {key}"] = (common, [rows[s][key] / base[s][key] for s in common])
-    panels.append(("ratio to " + base_label, "ratio", ratios))
-    panel_plot(panels, args.out, xlabel="training step")
+    panel_plot(curve_panels(runs, base_label), args.out, xlabel="training step", size=(1600, 420))
 
     steps = sorted({s for rows in runs.values() for s in rows})
     header = (

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from experiment_scripts import run_experiment
+from experiment_scripts import load_experiment, run_experiment
 from PIL import Image
 
 
@@ -38,7 +38,7 @@ def test_table_ratios_and_figure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert "| 1,000 | 25.0 / 10.0 | 50.0 / 25.0 | ×2.00, ×2.50 |" in lines
     assert json.loads(lines[-1])["runs"]["ecn"]["1000"] == {"rank1": 50.0, "mAP": 25.0}
     with Image.open(out) as image:
-        assert image.format == "PNG" and image.size == (1200, 420)
+        assert image.format == "PNG" and image.size == (1600, 420)
 
 
 def _error(monkeypatch: pytest.MonkeyPatch, capsys, *args: str) -> str:
@@ -77,3 +77,19 @@ def test_a_recorded_curve_stands_for_its_run(tmp_path: Path, monkeypatch: pytest
     assert capsys.readouterr().out == first
     message = _error(monkeypatch, capsys, "--baseline", f"src={record}", "--run", f"spcl={record}", "--out", "c.png")
     assert message == f"budget_curve.py: error: {record}: no curve labelled 'spcl' (it has 'src', 'ecn')\n"
+
+
+def test_a_run_keeps_its_colour_in_every_panel_and_the_baseline_ratio_is_one() -> None:
+    # panel_plot colours a panel's series by their order, so one order in every panel is one colour per run.
+    runs = {
+        "src": {500: {"rank1": 20.0, "mAP": 10.0}, 1000: {"rank1": 25.0, "mAP": 10.0}},
+        "ecn": {500: {"rank1": 30.0, "mAP": 15.0}, 1000: {"rank1": 50.0, "mAP": 25.0}},
+        "spcl": {1000: {"rank1": 40.0, "mAP": 20.0}},
+    }
+    panels = load_experiment("budget_curve").curve_panels(runs, "src")
+    assert [title for title, _, _ in panels] == ["rank-1 (%)", "mAP (%)", "rank-1 ÷ src", "mAP ÷ src"]
+    assert all(list(series) == ["src", "ecn", "spcl"] for _, _, series in panels)
+    ratio_r1, ratio_map = panels[2][2], panels[3][2]
+    assert ratio_r1["src"] == ([500, 1000], [1.0, 1.0])
+    assert ratio_r1["ecn"] == ([500, 1000], [1.5, 2.0]) and ratio_map["ecn"] == ([500, 1000], [1.5, 2.5])
+    assert ratio_map["spcl"] == ([1000], [2.0])
