@@ -13,14 +13,10 @@ from ecnreid.evaluation.metrics import evaluate_blocks, evaluate_ranking
 from ecnreid.evaluation.reranking import iter_rerank_blocks, jaccard_graph, k_reciprocal_rerank
 
 
-def reference_rerank(query: np.ndarray, gallery: np.ndarray, k1: int, k2: int, lambda_value: float) -> np.ndarray:
-    """The algorithm as written in the paper's pseudo-code: dense float64 matrices, loops, full sorts."""
-    x = np.concatenate([query, gallery]).astype(np.float64)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    n, num_query = len(x), len(query)
-    squared = np.array([[np.sum((x[i] - x[j]) ** 2) for j in range(n)] for i in range(n)])
-    original = np.array([squared[i] / squared[i].max() for i in range(n)])
-    rank = np.argsort(original, axis=1, kind="stable")
+def reciprocal_weights(rank: np.ndarray, distance: np.ndarray, k1: int) -> np.ndarray:
+    """Row i: exp(-distance) over i's k1-reciprocal neighbours, grown by each neighbour's k1/2-reciprocal set
+    that shares more than 2/3 of it, normalised to sum to 1 (both oracles below build their vectors this way)."""
+    n = len(rank)
 
     def reciprocal(i: int, k: int) -> list[int]:
         return [int(j) for j in rank[i, : k + 1] if i in rank[j, : k + 1]]
@@ -34,8 +30,20 @@ def reference_rerank(query: np.ndarray, gallery: np.ndarray, k1: int, k2: int, l
             if len(set(rc) & set(r)) > 2 / 3 * len(rc):
                 expanded |= set(rc)
         cols = sorted(expanded)
-        weights = np.exp(-original[i, cols])
+        weights = np.exp(-distance[i, cols])
         v[i, cols] = weights / weights.sum()
+    return v
+
+
+def reference_rerank(query: np.ndarray, gallery: np.ndarray, k1: int, k2: int, lambda_value: float) -> np.ndarray:
+    """The algorithm as written in the paper's pseudo-code: dense float64 matrices, loops, full sorts."""
+    x = np.concatenate([query, gallery]).astype(np.float64)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    n, num_query = len(x), len(query)
+    squared = np.array([[np.sum((x[i] - x[j]) ** 2) for j in range(n)] for i in range(n)])
+    original = np.array([squared[i] / squared[i].max() for i in range(n)])
+    rank = np.argsort(original, axis=1, kind="stable")
+    v = reciprocal_weights(rank, original, k1)
     if k2 > 1:
         v = np.array([v[rank[i, :k2]].mean(axis=0) for i in range(n)])
     jaccard = np.zeros((num_query, n - num_query))
@@ -271,21 +279,7 @@ def reference_spcl_jaccard(features: np.ndarray, k1: int, k2: int) -> np.ndarray
     n = len(x)
     squared = np.array([[np.sum((x[i] - x[j]) ** 2) for j in range(n)] for i in range(n)])
     rank = np.argsort(squared, axis=1, kind="stable")[:, :k1]
-
-    def reciprocal(i: int, k: int) -> list[int]:
-        return [int(j) for j in rank[i, : k + 1] if i in rank[j, : k + 1]]
-
-    v = np.zeros((n, n))
-    for i in range(n):
-        r = reciprocal(i, k1)
-        expanded = set(r)
-        for c in r:
-            rc = reciprocal(c, int(np.around(k1 / 2)))
-            if len(set(rc) & set(r)) > 2 / 3 * len(rc):
-                expanded |= set(rc)
-        cols = sorted(expanded)
-        weights = np.exp(-squared[i, cols])
-        v[i, cols] = weights / weights.sum()
+    v = reciprocal_weights(rank, squared, k1)
     if k2 > 1:
         v = np.array([v[rank[i, :k2]].mean(axis=0) for i in range(n)])
     shared = np.array([[np.minimum(v[i], v[j]).sum() for j in range(n)] for i in range(n)])
